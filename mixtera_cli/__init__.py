@@ -1,0 +1,1 @@
+"""The `mixtera` command line: parses arguments, calls planner/ and runtime/, renders with rich."""

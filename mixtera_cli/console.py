@@ -1,0 +1,43 @@
+"""Shared rendering helpers: stdout carries data, stderr carries logs, progress and errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from runtime.errors import MixteraUserError
+
+out = Console(no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=True)
+err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def user_errors(func: F) -> F:
+    """Turn a MixteraUserError into `error: ...` / `hint: ...` on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MixteraUserError as exc:
+            err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
+            if exc.hint:
+                err.print(f"\n[bold cyan]hint:[/] {escape(exc.hint)}", highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Index, query language, mixture spec, compiler and feedback algorithms (pure where possible)."""
