@@ -29,3 +29,18 @@ def neox_tokenizer() -> Path:
 @pytest.fixture(scope="session")
 def olmo2_tokenizer() -> Path:
     return _require(SHARED / "tokenizers" / "olmo2-dolma2.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE trained here from the standard library's sources (no ../shared needed)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from demo_tokenizer import train_tokenizer
+
+    import json
+
+    stdlib = Path(json.__file__).parent.parent
+    texts = [p.read_text(errors="replace") for p in sorted(stdlib.glob("*.py"))[:40]]
+    return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tokenizer.json", vocab_size=600)
