@@ -13,7 +13,10 @@ rank replays, and per entry its component, its position in that component's shuf
 (:mod:`runtime.shuffle` maps it to a sample) and the token range ``[token_start, token_end)`` of
 that document that the entry covers. ``token_end == 0`` means "to the end of the document,
 end-of-document token included", which keeps the column almost all zeros. Positions are stored
-as differences to the previous entry of the same component, which are nearly always small.
+as differences to the previous entry of the same component, which are nearly always small. A
+frame holds 8 bytes of column type codes (narrowest integer type per column, see ``_NARROW``),
+then the columns step_counts, component, position_delta, token_start, token_end, each as byte
+planes (all first bytes, then all second bytes, ...).
 
 Compatibility: readers refuse a different major version; a minor bump only adds fields that
 older readers may ignore (flag bits, reserved header bytes).
@@ -116,16 +119,51 @@ def _delta_decode(component: np.ndarray, delta: np.ndarray) -> np.ndarray:
     return out
 
 
+# Column storage: each column in the narrowest integer type that holds its values (code below),
+# written as byte planes (all lowest bytes, then all second bytes, ...) so zstd sees long runs of
+# zeros in the high planes. The frame starts with one type code per column.
+_NARROW = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64)
+
+
+def _narrow(values: np.ndarray) -> tuple[int, np.ndarray]:
+    if values.size == 0:
+        return 0, values.astype(np.uint8)
+    lo, hi = int(values.min()), int(values.max())
+    for code, dt in enumerate(_NARROW):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return code, values.astype(dt, copy=False)
+    raise ValueError(f"column values [{lo}, {hi}] do not fit 64 bits")
+
+
+def _planes(values: np.ndarray) -> bytes:
+    width = values.dtype.itemsize
+    if width == 1:
+        return values.tobytes()
+    return np.ascontiguousarray(values.view(np.uint8).reshape(-1, width).T).tobytes()
+
+
+def _unplanes(raw: bytes, at: int, code: int, n: int) -> np.ndarray:
+    dt = np.dtype(_NARROW[code]).newbyteorder("<")
+    width = dt.itemsize
+    planes = np.frombuffer(raw, dtype=np.uint8, count=n * width, offset=at).reshape(width, n)
+    return np.ascontiguousarray(planes.T).view(dt).reshape(n)
+
+
+def _segment_bytes(seg: Segment) -> bytes:
+    cols = {"step_counts": seg.step_counts, "component": seg.component,
+            "position_delta": _delta_encode(seg.component.astype(np.int64), seg.position.astype(np.int64)),
+            "token_start": seg.token_start, "token_end": seg.token_end}
+    codes, parts = [], []
+    for name, _ in _COLUMNS:
+        code, values = _narrow(np.asarray(cols[name]))
+        codes.append(code)
+        parts.append(_planes(values))
+    return bytes(codes).ljust(8, b"\0") + b"".join(parts)
+
+
 def encode_segment(seg: Segment, level: int = 3) -> bytes:
-    cols = {
-        "step_counts": seg.step_counts,
-        "component": seg.component,
-        "position_delta": _delta_encode(seg.component.astype(np.int64), seg.position.astype(np.int64)),
-        "token_start": seg.token_start,
-        "token_end": seg.token_end,
-    }
-    raw = b"".join(np.ascontiguousarray(cols[name], dtype=dt).tobytes() for name, dt in _COLUMNS)
-    return zstandard.ZstdCompressor(level=level).compress(raw)
+    return zstandard.ZstdCompressor(level=level).compress(_segment_bytes(seg))
 
 
 def decode_segment(frame: bytes, seek: SeekEntry, where: str) -> Segment:
@@ -133,22 +171,45 @@ def decode_segment(frame: bytes, seek: SeekEntry, where: str) -> Segment:
         raw = zstandard.ZstdDecompressor().decompress(frame)
     except zstandard.ZstdError as exc:
         raise PlanError(f"{where}: segment does not decompress ({exc})", "recompile the plan") from exc
-    arrays, at = {}, 0
-    for name, dt in _COLUMNS:
+    codes = raw[:8]
+    if len(raw) < 8 or any(c >= len(_NARROW) for c in codes[: len(_COLUMNS)]):
+        raise PlanError(f"{where}: segment has bad column types", "recompile the plan")
+    arrays, at = {}, 8
+    for i, (name, dt) in enumerate(_COLUMNS):
         n = seek.steps if name == "step_counts" else seek.entries
-        size = n * np.dtype(dt).itemsize
-        arrays[name] = np.frombuffer(raw, dtype=dt, count=n, offset=at)
+        size = n * np.dtype(_NARROW[codes[i]]).itemsize
+        if at + size > len(raw):
+            raise PlanError(f"{where}: segment holds {len(raw)} bytes, too few for its columns",
+                            "recompile the plan")
+        arrays[name] = _unplanes(raw, at, codes[i], n).astype(dt)
         at += size
     if at != len(raw):
         raise PlanError(f"{where}: segment holds {len(raw)} bytes, expected {at}", "recompile the plan")
     component = arrays["component"]
     return Segment(seek.first_step, arrays["step_counts"], component,
-                   _delta_decode(component.astype(np.int64), arrays["position_delta"]),
+                   _delta_decode(component.astype(np.int64), arrays["position_delta"].astype(np.int64)),
                    arrays["token_start"], arrays["token_end"], seek.version)
 
 
-def write_rank_file(path: Path | str, header: RankHeader, segments: list[Segment]) -> int:
-    """Write a complete rank file atomically; returns its size in bytes."""
+@dataclass(frozen=True, slots=True)
+class EncodedSegment:
+    """A segment compressed for a rank file (what the seek table needs besides its offset)."""
+
+    frame: bytes
+    first_step: int
+    steps: int
+    entries: int
+    version: int = 0
+
+
+def encode_rank_segment(seg: Segment, compressor: zstandard.ZstdCompressor | None = None) -> EncodedSegment:
+    """Compress ``seg``; pass a reused ``compressor`` (level 3) to save its set-up per segment."""
+    frame = encode_segment(seg) if compressor is None else compressor.compress(_segment_bytes(seg))
+    return EncodedSegment(frame, seg.first_step, seg.steps, int(seg.component.size), seg.version)
+
+
+def rank_file_bytes(header: RankHeader, encoded: list[EncodedSegment]) -> bytes:
+    """The complete bytes of a rank file holding ``encoded`` segments in order."""
     if len(header.fingerprint) != 16:
         raise ValueError("fingerprint must be 16 bytes")
     head = _HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, header.rank, header.world_size,
@@ -156,15 +217,19 @@ def write_rank_file(path: Path | str, header: RankHeader, segments: list[Segment
                         header.segment_count, header.fingerprint, header.flags)
     parts = [head.ljust(HEADER_SIZE, b"\0")]
     seeks, offset = [], HEADER_SIZE
-    for seg in segments:
-        frame = encode_segment(seg)
-        seeks.append(_SEEK.pack(offset, len(frame), seg.first_step, seg.steps,
-                                int(seg.component.size), seg.version, zlib.crc32(frame)))
-        parts.append(frame)
-        offset += len(frame)
+    for enc in encoded:
+        seeks.append(_SEEK.pack(offset, len(enc.frame), enc.first_step, enc.steps, enc.entries,
+                                enc.version, zlib.crc32(enc.frame)))
+        parts.append(enc.frame)
+        offset += len(enc.frame)
     parts.extend(seeks)
     parts.append(_FOOTER.pack(offset, FOOTER_MAGIC))
-    data = b"".join(parts)
+    return b"".join(parts)
+
+
+def write_rank_file(path: Path | str, header: RankHeader, segments: list[Segment]) -> int:
+    """Write a complete rank file atomically; returns its size in bytes."""
+    data = rank_file_bytes(header, [encode_rank_segment(seg) for seg in segments])
     write_atomic(path, data)
     return len(data)
 

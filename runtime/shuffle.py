@@ -38,13 +38,37 @@ def _round_keys(key: int) -> np.ndarray:
         return _splitmix64(base + np.arange(_ROUNDS, dtype=np.uint64))
 
 
+_CHUNK = 1 << 15  # elements per pass: the working set of a round stays in the CPU cache
+_S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
+
+
 def _feistel(x: np.ndarray, half_bits: int, keys: np.ndarray) -> np.ndarray:
+    """One pass of the network; in-place arithmetic on cache-sized chunks (same values as
+    ``left, right = right, left ^ (_splitmix64(right ^ k) & mask)`` per round)."""
     mask = np.uint64((1 << half_bits) - 1)
     shift = np.uint64(half_bits)
-    left, right = x >> shift, x & mask
-    for k in keys:
-        left, right = right, left ^ (_splitmix64(right ^ k) & mask)
-    return (left << shift) | right
+    out = np.empty_like(x)
+    for lo in range(0, x.size, _CHUNK):
+        chunk = x[lo: lo + _CHUNK]
+        left, right = chunk >> shift, chunk & mask
+        z, t = np.empty_like(right), np.empty_like(right)
+        for k in keys:
+            np.bitwise_xor(right, k, out=z)
+            np.add(z, _GOLDEN, out=z)
+            np.right_shift(z, _S30, out=t)
+            np.bitwise_xor(z, t, out=z)
+            np.multiply(z, _M1, out=z)
+            np.right_shift(z, _S27, out=t)
+            np.bitwise_xor(z, t, out=z)
+            np.multiply(z, _M2, out=z)
+            np.right_shift(z, _S31, out=t)
+            np.bitwise_xor(z, t, out=z)
+            np.bitwise_and(z, mask, out=z)
+            np.bitwise_xor(left, z, out=left)
+            left, right = right, left
+        np.left_shift(left, shift, out=left)
+        np.bitwise_or(left, right, out=out[lo: lo + _CHUNK])
+    return out
 
 
 def permute(positions: np.ndarray, n: int, key: int) -> np.ndarray:

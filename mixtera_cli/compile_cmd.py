@@ -1,0 +1,85 @@
+"""`mixtera compile MIXTURE.toml --out PLAN`: a mixture into per-rank plans (man/mixtera-compile.md)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from mixtera_cli.console import err, out, print_json, user_errors
+from runtime.errors import ConfigError
+
+
+@user_errors
+def compile_mixture(
+    mixture: Annotated[Path, typer.Argument(help="Mixture TOML file.", show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Plan directory to write (replaced "
+                                          "atomically if it holds a plan).", show_default=False)],
+    from_plan: Annotated[Path | None, typer.Option("--from-plan", help="Elastic: re-partition this "
+                                                   "plan's global order over --world-size ranks.")] = None,
+    from_step: Annotated[int | None, typer.Option("--from-step", min=0, help="Elastic: the step the job "
+                                                  "resumes at.")] = None,
+    world_size: Annotated[int | None, typer.Option("--world-size", min=1, help="Elastic: the new number "
+                                                   "of data-parallel ranks.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on "
+                                           "stdout.")] = False,
+) -> None:
+    """Compile a mixture into a plan: exact per-step quotas, one binary plan file per rank."""
+    from planner.spec import load_spec
+
+    started = time.perf_counter()
+    elastic = [from_plan is not None, from_step is not None, world_size is not None]
+    if any(elastic) and not all(elastic):
+        raise ConfigError("--from-plan, --from-step and --world-size go together",
+                          "pass all three to re-partition a plan, or none to compile from scratch")
+    if all(elastic):
+        from planner.elastic import repartition
+
+        err.print(f"re-partitioning {escape(str(from_plan))} over {world_size} ranks", highlight=False)
+        written = repartition(from_plan, load_spec(mixture), out_dir, world_size=int(world_size or 0),
+                              from_step=int(from_step or 0))
+    else:
+        from planner.plan_manifest import compile_file
+
+        err.print(f"compiling {escape(str(mixture))}", highlight=False)
+        _, written = compile_file(mixture, out_dir)
+    summary = _summary(written.path, time.perf_counter() - started)
+    if json_out:
+        print_json(summary)
+    else:
+        _render(summary)
+
+
+def _summary(path: Path, seconds: float) -> dict[str, Any]:
+    from mixtera_cli.inspect_plan import plan_report
+
+    report = plan_report(path)
+    report["seconds"] = round(seconds, 3)
+    return report
+
+
+def _render(s: dict[str, Any]) -> None:
+    head = Table(title=f"plan {escape(s['path'])}", show_header=False, title_justify="left")
+    head.add_column("what", style="bold")
+    head.add_column("value")
+    head.add_row("fingerprint", s["fingerprint"])
+    t = s["topology"]
+    head.add_row("topology", f"{t['world_size']} ranks x {t['batch_size']} "
+                 f"{'sequences of ' + str(t['seq_len']) + ' tokens' if s['unit'] == 'tokens' else 'samples'}")
+    head.add_row("steps", f"{s['steps']:,} in {s['segments']} segments of {s['segment_steps']}")
+    head.add_row("entries", f"{s['entries']:,}")
+    head.add_row("size", f"{s['bytes_on_disk']:,} bytes ({s['bytes_per_entry']:.2f} bytes per entry in "
+                 "rank files)")
+    head.add_row("time", f"{s['seconds']:.2f} s")
+    out.print(head)
+    table = Table(title="components", title_justify="left")
+    for col in ("id", "component", "weight", "samples", s["unit"], "epochs"):
+        table.add_column(col, justify="left" if col == "component" else "right")
+    for c in s["components"]:
+        table.add_row(str(c["id"]), escape(c["name"]), f"{c['weight']:.4f}", f"{c['rows']:,}",
+                      f"{c['used']:,}", f"{c['epochs']:.3f}")
+    out.print(table)

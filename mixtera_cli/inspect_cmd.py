@@ -1,0 +1,92 @@
+"""`mixtera inspect PATH`: show an index (here) or a plan (`mixtera_cli.inspect_plan`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from mixtera_cli.console import out, print_json, user_errors
+from runtime.errors import MixteraUserError
+
+
+@user_errors
+def inspect(
+    path: Annotated[Path, typer.Argument(help="An index directory or a plan directory.", show_default=False)],
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
+    rank: Annotated[int | None, typer.Option("--rank", min=0, help="Plan only: show this rank's entries.")] = None,
+    steps: Annotated[str | None, typer.Option("--steps", help="Plan only: step range A:B.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Plan only: write a mixture-over-steps plot "
+                                              "to this image file.")] = None,
+) -> None:
+    """Show what an index or a plan holds."""
+    kind = _kind(path)
+    if kind == "mixtera-plan":
+        from mixtera_cli.inspect_plan import inspect_plan
+
+        inspect_plan(path, rank=rank, steps=steps, as_json=json_out, plot=plot)
+        return
+    if kind != "mixtera-index":
+        raise MixteraUserError(f"{path}/manifest.json has kind {kind!r}, neither an index nor a plan",
+                               "pass a folder written by `mixtera index` or `mixtera compile`")
+    given = [flag for flag, value in (("--rank", rank), ("--steps", steps), ("--plot", plot)) if value is not None]
+    if given:
+        raise MixteraUserError(f"{', '.join(given)} only apply to plans; {path} is an index",
+                               f"run `mixtera inspect {path}` without {', '.join(given)}")
+    from planner.index import index_stats, load_index
+
+    stats = index_stats(load_index(path))
+    if json_out:
+        print_json(stats)
+    else:
+        render_index(stats)
+
+
+def _kind(path: Path) -> Any:
+    manifest = path / "manifest.json"
+    hint = "pass a folder written by `mixtera index` or `mixtera compile`"
+    if not path.exists():
+        raise MixteraUserError(f"{path} does not exist", hint)
+    if not manifest.is_file():
+        raise MixteraUserError(f"{path} is neither an index nor a plan: it has no manifest.json", hint)
+    try:
+        doc = json.loads(manifest.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MixteraUserError(f"{manifest} is not valid JSON: {exc}", hint) from None
+    return doc.get("kind") if isinstance(doc, dict) else None
+
+
+def render_index(stats: dict[str, Any]) -> None:
+    counts = stats["counts"]
+    head = Table(title=f"index {escape(stats['path'])}", show_header=False, title_justify="left")
+    head.add_column("what", style="bold")
+    head.add_column("value")
+    head.add_row("corpus root", escape(stats["corpus_root"]))
+    head.add_row("files", f"{counts['files']:,}  ({', '.join(f'{k}: {v}' for k, v in stats['formats'].items())})")
+    head.add_row("samples", f"{counts['samples']:,}  ({stats['skipped']:,} bad records skipped)")
+    head.add_row("bytes", f"{counts['bytes']:,}")
+    head.add_row("tokens", "-" if counts["tokens"] is None else f"{counts['tokens']:,}")
+    tok = stats["tokenizer"]
+    head.add_row("tokenizer", "-" if tok is None else
+                 escape(f"{tok['name']} (vocab {tok['vocab_size']:,}, eos id {tok['eos_id']}, eos={tok['eos']})"))
+    head.add_row("stored tokens", "yes" if stats["store_tokens"] else "no")
+    out.print(head)
+    for name, prop in stats["properties"].items():
+        out.print(_property_table(name, prop))
+
+
+def _property_table(name: str, prop: dict[str, Any]) -> Table:
+    caption = f"{prop['distinct']:,} distinct, {prop['nulls']:,} null"
+    if "min" in prop and prop["min"] is not None:
+        caption += f"; min {prop['min']:g}, mean {prop['mean']:g}, max {prop['max']:g}"
+    table = Table(title=f"property {escape(name)}: {prop['type']} from {escape(', '.join(prop['sources']))}",
+                  caption=caption, title_justify="left", caption_justify="left")
+    table.add_column("value")
+    table.add_column("samples", justify="right")
+    for value, count in prop["top"]:
+        table.add_row(escape(str(value)), f"{count:,}")
+    return table

@@ -1,0 +1,291 @@
+"""`build_index`: discover files, index new and changed ones in parallel, write the index atomically.
+
+Incremental: a file whose size and mtime match the previous index keeps its rows; a file whose size
+matches but mtime does not is hashed and kept when its blake2b matches. Anything that changes how
+rows are computed (config, tokenizer, --store-tokens, corpus root) re-indexes everything.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from planner.index import indexer
+from planner.index.config import IndexConfig, load_config
+from planner.index.properties import check_pattern, declared_specs
+from planner.index.scan import CorpusFile, corpus_root, discover, file_blake2b
+from planner.index.schema import INDEX_KIND, MANIFEST, TOKENS_DIR, IndexTables
+from planner.index.tokenizer_info import tokenizer_identity
+from planner.index.writer import conform, previous_index, staging, token_code_for, write_index
+from runtime.errors import ConfigError, CorpusError, MixteraUserError
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(slots=True, kw_only=True)
+class IndexReport:
+    """What a build did; `to_dict()` is the `--json` summary."""
+
+    out: Path
+    corpus_root: Path
+    files: int
+    samples: int
+    bytes: int
+    tokens: int | None
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # {"file", "line", "error"}
+    ignored: list[str] = field(default_factory=list)  # files without a reader
+    properties: dict[str, str] = field(default_factory=dict)
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out), "corpus_root": str(self.corpus_root),
+            "counts": {"files": self.files, "samples": self.samples, "bytes": self.bytes, "tokens": self.tokens},
+            "added": self.added, "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged,
+            "skipped": self.skipped, "ignored": self.ignored, "properties": self.properties,
+            "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3),
+        }
+
+
+def build_index(
+    corpus_paths: list[Path | str] | Path | str,
+    out: Path | str,
+    config: IndexConfig | Path | str | None = None,
+    *,
+    tokenizer: Path | str | None = None,
+    processes: int | None = None,
+    store_tokens: bool = False,
+    progress: Progress | None = None,
+) -> IndexReport:
+    """Index ``corpus_paths`` into directory ``out`` (see man/mixtera-index.md)."""
+    started = time.perf_counter()
+    paths = [Path(p) for p in ([corpus_paths] if isinstance(corpus_paths, (str, Path)) else corpus_paths)]
+    if not paths:
+        raise CorpusError("no corpus path given", "pass one or more corpus folders or files")
+    out = Path(out).resolve()
+    cfg = _resolve_config(config, tokenizer)
+    tok = tokenizer_identity(cfg) if cfg.tokenizer else None
+    if store_tokens and tok is None:
+        raise ConfigError("--store-tokens needs a tokenizer", "pass --tokenizer PATH or set [index] tokenizer")
+    _check_out(out)
+    root = corpus_root(paths)
+    files, ignored = discover(paths, root, exclude=out)
+    if not files:
+        raise CorpusError(f"corpus {root} holds no indexable files",
+                          "mixtera indexes .jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst and .parquet files")
+    identity = {"corpus_root": str(root), "config": cfg.to_dict(), "tokenizer": tok, "store_tokens": store_tokens}
+    prev = previous_index(out, identity)
+    plan = _plan(files, prev)
+    report = IndexReport(out=out, corpus_root=root, files=len(files), samples=0, bytes=0, tokens=None,
+                         ignored=ignored, **plan.changes())
+    code = token_code_for(tok) if store_tokens else 0
+    with staging(out) as stage:
+        if store_tokens:
+            (stage / TOKENS_DIR).mkdir()
+        results = _run(plan.todo, root, stage if store_tokens else None, cfg, tok, code, processes, progress)
+        tables = _gather(files, plan, results, prev, stage if store_tokens else None)
+        props = _property_types(cfg, results, prev)
+        samples = pa.concat_tables([conform(t, props) for t in tables])
+        if samples.num_rows == 0:
+            raise CorpusError(f"corpus {root} holds no records", "check that the files hold documents")
+        report.skipped = [{"file": results[i].file.relpath, "line": ln, "error": msg}
+                          for i in sorted(results) for ln, msg in results[i].skipped]
+        report.bytes_read = sum(r.bytes_read for r in results.values())
+        manifest = write_index(stage, identity, cfg, props, files, plan, results, samples, tok)
+    report.samples = manifest["counts"]["samples"]
+    report.bytes = manifest["counts"]["bytes"]
+    report.tokens = manifest["counts"]["tokens"]
+    report.properties = {n: p["type"] for n, p in manifest["properties"].items()}
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _resolve_config(config: IndexConfig | Path | str | None, tokenizer: Path | str | None) -> IndexConfig:
+    cfg = config if isinstance(config, IndexConfig) else (load_config(config) if config else IndexConfig())
+    for spec in declared_specs(cfg):
+        if spec.path is not None:
+            check_pattern(spec, "index config")
+    if tokenizer is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, tokenizer=str(Path(tokenizer).resolve()))
+    return cfg
+
+
+def _check_out(out: Path) -> None:
+    if not out.exists():
+        return
+    hint = "choose an empty or new folder for --out, or an existing mixtera index to update"
+    if not out.is_dir():
+        raise MixteraUserError(f"--out {out} is a file, not an index directory", hint)
+    entries = [p.name for p in out.iterdir()]
+    if not entries:
+        return
+    mpath = out / MANIFEST
+    try:
+        import json
+
+        kind = json.loads(mpath.read_bytes()).get("kind") if mpath.is_file() else None
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        kind = None
+    if kind != INDEX_KIND:
+        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+        raise MixteraUserError(
+            f"--out {out} holds something other than a mixtera index ({shown}); refusing to replace it", hint
+        )
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Which files keep their previous rows (new file_id -> old file_id) and which are (re)indexed."""
+
+    todo: list[indexer.FileTask] = field(default_factory=list)
+    reuse: dict[int, int] = field(default_factory=dict)
+    fresh_hash: dict[int, str] = field(default_factory=dict)
+    prev_files: list[dict[str, Any]] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def changes(self) -> dict[str, list[str]]:
+        return {"added": self.added, "changed": self.changed, "removed": self.removed,
+                "unchanged": self.unchanged}
+
+
+def _plan(files: list[CorpusFile], prev: IndexTables | None) -> _Plan:
+    old = {f["path"]: f for f in prev.manifest["files"]} if prev is not None else {}
+    plan = _Plan(prev_files=list(old.values()))
+    for file_id, f in enumerate(files):
+        entry = old.pop(f.relpath, None)
+        if entry is not None and _unchanged(f, entry, plan, file_id, prev):
+            plan.reuse[file_id] = entry["file_id"]
+            plan.unchanged.append(f.relpath)
+            continue
+        (plan.changed if entry is not None else plan.added).append(f.relpath)
+        plan.todo.append(indexer.FileTask(file_id=file_id, root="", file=f, token_path=None))
+    plan.removed = sorted(old)
+    return plan
+
+
+def _unchanged(f: CorpusFile, entry: dict[str, Any], plan: _Plan, file_id: int, prev: Any) -> bool:
+    if f.size != entry["size"]:
+        return False
+    if f.mtime_ns == entry["mtime_ns"]:
+        return True
+    digest = file_blake2b(Path(prev.manifest["corpus_root"]) / f.relpath)
+    plan.fresh_hash[file_id] = digest
+    return digest == entry["blake2b"]
+
+
+def _run(todo: list[indexer.FileTask], root: Path, stage: Path | None, cfg: IndexConfig,
+         tok: dict[str, Any] | None, code: int, processes: int | None,
+         progress: Progress | None) -> dict[int, indexer.FileResult]:
+    """Index the files of ``todo``: in this process for one worker, else in a spawn pool."""
+    tasks = [
+        indexer.FileTask(file_id=t.file_id, root=str(root), file=t.file,
+                         token_path=str(stage / TOKENS_DIR / f"{t.file_id}.bin") if stage else None)
+        for t in sorted(todo, key=lambda t: (-t.file.size, t.file_id))  # largest first: balanced workers
+    ]
+    tok_path = tok["path"] if tok else None
+    workers = max(1, min(processes or os.cpu_count() or 1, len(tasks)))
+    state = {"files_done": 0, "files_total": len(tasks), "records": 0, "bytes": 0,
+             "bytes_total": sum(t.file.size for t in tasks)}
+    if progress:
+        progress(dict(state))
+    results: dict[int, indexer.FileResult] = {}
+    if workers == 1:
+        indexer.init_worker(cfg, tok_path, code, None)
+        done = (indexer.run_task_safe(t) for t in tasks)
+        _collect(done, results, state, progress)
+        return results
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=indexer.init_worker, initargs=(cfg, tok_path, code, False)) as pool:
+        _collect(pool.imap_unordered(indexer.run_task_safe, tasks), results, state, progress)
+    return results
+
+
+def _collect(done: Any, results: dict[int, indexer.FileResult], state: dict[str, Any],
+             progress: Progress | None) -> None:
+    for res in done:
+        if isinstance(res, indexer.Failure):
+            raise res.error()
+        results[res.file_id] = res
+        state["files_done"] += 1
+        state["records"] += res.records
+        state["bytes"] += res.file.size
+        if progress:
+            progress(dict(state))
+
+
+def _gather(files: list[CorpusFile], plan: _Plan, results: dict[int, indexer.FileResult],
+            prev: IndexTables | None, stage: Path | None) -> list[pa.Table]:
+    """Per-file tables in file order: fresh rows, or the previous rows under their new file_id."""
+    tables = []
+    bounds = _file_bounds(prev) if prev is not None else {}
+    for file_id in range(len(files)):
+        if file_id in results:
+            tables.append(results[file_id].table)
+            continue
+        old_id = plan.reuse[file_id]
+        start, stop = bounds.get(old_id, (0, 0))
+        rows = prev.samples.slice(start, stop - start)  # type: ignore[union-attr]
+        ids = pa.array([file_id] * rows.num_rows, pa.int32())
+        tables.append(rows.set_column(rows.schema.get_field_index("file_id"), "file_id", ids))
+        if stage is not None:
+            _carry_tokens(prev.path / TOKENS_DIR / f"{old_id}.bin", stage / TOKENS_DIR / f"{file_id}.bin")  # type: ignore[union-attr]
+    return tables
+
+
+def _file_bounds(prev: IndexTables) -> dict[int, tuple[int, int]]:
+    """Row range of each file in the previous samples table (sorted by file_id)."""
+    ids = prev.samples.column("file_id").to_numpy()
+    bounds: dict[int, tuple[int, int]] = {}
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or ids[i] != ids[start]:
+            bounds[int(ids[start])] = (start, i)
+            start = i
+    return bounds
+
+
+def _carry_tokens(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _property_types(cfg: IndexConfig, results: dict[int, indexer.FileResult],
+                    prev: IndexTables | None) -> dict[str, dict[str, Any]]:
+    """The property schema: declared types, and automatic types widened over every file."""
+    from planner.index.properties import widen
+
+    props = {s.name: {"type": s.type, "sources": s.sources()} for s in declared_specs(cfg)}
+    auto: dict[str, str] = {}
+    if prev is not None:
+        for name, p in prev.manifest["properties"].items():
+            if p.get("automatic"):
+                auto[name] = p["type"]
+    for file_id in sorted(results):
+        for name, t in results[file_id].auto_types.items():
+            auto[name] = widen(auto[name], t) if name in auto else t
+    source = [f"function:{cfg.function}"] if cfg.function else None
+    for name in sorted(auto):
+        if name not in props:
+            props[name] = {"type": auto[name], "sources": source or [name], "automatic": True}
+    return dict(sorted(props.items()))
+

@@ -1,0 +1,139 @@
+"""The index on disk: file names, reserved columns, property types, and `load_index`.
+
+`man/mixtera-formats.md` is the contract; this module is its single implementation for readers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from runtime.errors import PlanError
+
+INDEX_KIND = "mixtera-index"
+FORMAT_VERSION = "1.0"
+MANIFEST = "manifest.json"
+SAMPLES = "samples.parquet"
+FILES = "files.parquet"
+TOKENS_DIR = "tokens"
+ROW_GROUP_SIZE = 65_536
+
+# Columns every samples table has, in this order; properties follow, sorted by name.
+SAMPLE_COLUMNS: dict[str, pa.DataType] = {
+    "sample_id": pa.string(),
+    "file_id": pa.int32(),
+    "record": pa.int64(),
+    "offset": pa.int64(),
+    "length": pa.int64(),
+    "text_bytes": pa.int64(),
+    "tokens": pa.int64(),
+    "token_offset": pa.int64(),
+}
+FILE_COLUMNS: dict[str, pa.DataType] = {
+    "file_id": pa.int32(),
+    "path": pa.string(),
+    "format": pa.string(),
+    "size": pa.int64(),
+    "mtime_ns": pa.int64(),
+    "blake2b": pa.string(),
+    "records": pa.int64(),
+}
+RESERVED = frozenset(SAMPLE_COLUMNS)
+
+# Property type names of the config and the manifest, and their Arrow column types.
+PROPERTY_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+    "list[string]": pa.list_(pa.string()),
+}
+
+
+def samples_schema(properties: dict[str, str]) -> pa.Schema:
+    """Schema of samples.parquet for properties ``{name: type name}``."""
+    fields = [pa.field(n, t) for n, t in SAMPLE_COLUMNS.items()]
+    fields += [pa.field(n, PROPERTY_TYPES[properties[n]]) for n in sorted(properties)]
+    return pa.schema(fields)
+
+
+def files_schema() -> pa.Schema:
+    return pa.schema([pa.field(n, t) for n, t in FILE_COLUMNS.items()])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IndexTables:
+    """A loaded index: its manifest and both tables (samples sorted by (file_id, record))."""
+
+    path: Path
+    manifest: dict[str, Any]
+    samples: pa.Table
+    files: pa.Table
+
+    @property
+    def corpus_root(self) -> Path:
+        return Path(self.manifest["corpus_root"])
+
+    @property
+    def properties(self) -> dict[str, str]:
+        """``{property name: type name}`` in column order."""
+        return {n: p["type"] for n, p in sorted(self.manifest["properties"].items())}
+
+    def file_path(self, file_id: int) -> Path:
+        """Absolute path of corpus file ``file_id``."""
+        return self.corpus_root / self.manifest["files"][file_id]["path"]
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """The manifest of index directory ``path``; PlanError when ``path`` is not a readable index."""
+    path = Path(path)
+    hint = f"build one with `mixtera index CORPUS --out {path}`"
+    mpath = path / MANIFEST
+    if not path.is_dir():
+        raise PlanError(f"index {path} does not exist or is not a directory", hint)
+    if not mpath.is_file():
+        raise PlanError(f"{path} is not a mixtera index: it has no {MANIFEST}", hint)
+    try:
+        manifest = json.loads(mpath.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{mpath} is not valid JSON: {exc}", hint) from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != INDEX_KIND:
+        kind = manifest.get("kind") if isinstance(manifest, dict) else None
+        raise PlanError(f"{path} is not a mixtera index (manifest kind is {kind!r})", hint)
+    major = str(manifest.get("format_version", "")).split(".")[0]
+    if major != FORMAT_VERSION.split(".")[0]:
+        raise PlanError(
+            f"index {path} has format version {manifest.get('format_version')!r}; "
+            f"this mixtera reads {FORMAT_VERSION.split('.')[0]}.x",
+            "rebuild the index with this version of mixtera",
+        )
+    return manifest
+
+
+def load_index(path: Path | str, *, columns: list[str] | None = None) -> IndexTables:
+    """Load index directory ``path``: manifest plus samples and files tables.
+
+    ``columns`` limits the samples columns read (all by default); the files table is always whole.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    hint = f"rebuild it with `mixtera index CORPUS --out {path}`"
+    try:
+        samples = pq.read_table(path / SAMPLES, columns=columns)
+        files = pq.read_table(path / FILES)
+    except FileNotFoundError as exc:
+        raise PlanError(f"index {path} is incomplete: {exc.filename} is missing", hint) from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PlanError(f"index {path} has an unreadable table: {exc}", hint) from None
+    if columns is None and samples.num_rows != manifest["counts"]["samples"]:
+        raise PlanError(
+            f"index {path}: samples.parquet has {samples.num_rows} rows, the manifest says "
+            f"{manifest['counts']['samples']}",
+            hint,
+        )
+    return IndexTables(path=path, manifest=manifest, samples=samples, files=files)

@@ -1,0 +1,48 @@
+"""The tokenizer identity an index records: path, content hash, vocabulary size, end-of-document id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from planner.index.config import IndexConfig
+from runtime.errors import ConfigError
+from runtime.tokenizer import tokenizer_blake2b
+
+EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
+
+
+def tokenizer_identity(cfg: IndexConfig) -> dict[str, Any]:
+    """Load ``cfg.tokenizer`` and describe it; ConfigError when it cannot be used."""
+    from tokenizers import Tokenizer
+
+    path = Path(cfg.tokenizer or "")
+    if not path.is_file():
+        raise ConfigError(f"tokenizer {path} does not exist", "pass a Hugging Face tokenizer.json file")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception on bad files
+        raise ConfigError(f"tokenizer {path} cannot be loaded: {exc}", "pass a Hugging Face tokenizer.json") from None
+    return {
+        "path": str(path.resolve()),
+        "name": path.name,
+        "blake2b": tokenizer_blake2b(path),
+        "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+        "eos_id": _eos_id(tok, cfg, path),
+        "eos": cfg.eos,
+    }
+
+
+def _eos_id(tok: Any, cfg: IndexConfig, path: Path) -> int | None:
+    names = (cfg.eos_token,) if cfg.eos_token else EOS_CANDIDATES
+    for name in names:
+        token_id = tok.token_to_id(name)
+        if token_id is not None:
+            return int(token_id)
+    if cfg.eos_token:
+        raise ConfigError(f"tokenizer {path} has no token {cfg.eos_token!r} (eos_token)",
+                          "set [index] eos_token to a token of the vocabulary")
+    if cfg.eos:
+        raise ConfigError(f"tokenizer {path} has none of the end-of-document tokens {', '.join(EOS_CANDIDATES)}",
+                          "set [index] eos_token = \"...\", or eos = false to count no end-of-document token")
+    return None

@@ -1,0 +1,260 @@
+"""The resumable core of the compiler: turn per-step quotas into the entries every rank replays.
+
+``plan_steps(streams, state, quotas, topology)`` is pure: it continues every component's shuffled
+stream from ``state`` (next position, tokens already used of the current document, quota carry),
+packs the quotas of a block of steps, interleaves the components inside every step, cuts the step
+into sequences, hands sequences to ranks, and returns the entries with the state after the block.
+Everything is vectorised over the block (no per-entry Python).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.plan_format import Segment
+from runtime.shuffle import stream_samples
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Streams:
+    """The components' members as the compiler sees them."""
+
+    names: tuple[str, ...]  # stream names (= component names)
+    doc_lengths: tuple[np.ndarray, ...]  # per component, per member: span in the plan's unit
+    seed: int
+    unit: str  # "tokens" | "samples"
+
+    def lengths(self, k: int, start: int, count: int) -> np.ndarray:
+        """Spans of the documents at stream positions ``[start, start + count)`` of component ``k``."""
+        members = self.doc_lengths[k]
+        idx = stream_samples(np.arange(start, start + count, dtype=np.int64), members.size, self.seed,
+                             self.names[k])
+        return members[idx]
+
+
+@dataclass(slots=True, kw_only=True)
+class PlanState:
+    """Where every component's stream stands at the start of ``step``."""
+
+    step: int
+    position: np.ndarray  # int64 per component: next stream position
+    consumed: np.ndarray  # int64 per component: tokens of that document already planned
+    carry: np.ndarray  # float64 per component: quota rounding carry (see planner.quotas)
+
+    @classmethod
+    def initial(cls, components: int) -> PlanState:
+        return cls(step=0, position=np.zeros(components, np.int64),
+                   consumed=np.zeros(components, np.int64), carry=np.zeros(components, np.float64))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "position": [int(x) for x in self.position],
+                "consumed": [int(x) for x in self.consumed], "carry": [float(x) for x in self.carry]}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> PlanState:
+        return cls(step=int(obj["step"]), position=np.asarray(obj["position"], np.int64),
+                   consumed=np.asarray(obj["consumed"], np.int64),
+                   carry=np.asarray(obj["carry"], np.float64))
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockEntries:
+    """Entries of a block of steps for all ranks, grouped rank-major (rank 0's steps, rank 1's ...)."""
+
+    first_step: int
+    counts: np.ndarray  # (steps, world_size) uint32: entries of rank r in step s
+    component: np.ndarray  # uint16
+    position: np.ndarray  # int64
+    token_start: np.ndarray  # uint32
+    token_end: np.ndarray  # uint32 (0 = to the end of the document)
+
+    def rank_segment(self, rank: int, version: int = 0) -> Segment:
+        per_rank = self.counts.sum(axis=0, dtype=np.int64)
+        lo = int(per_rank[:rank].sum())
+        hi = lo + int(per_rank[rank])
+        return Segment(self.first_step, np.ascontiguousarray(self.counts[:, rank]), self.component[lo:hi],
+                       self.position[lo:hi], self.token_start[lo:hi], self.token_end[lo:hi], version)
+
+
+@dataclass(slots=True)
+class _Pieces:
+    """Entries of one component in a block, in stream order."""
+
+    step: np.ndarray
+    frac: np.ndarray  # progress through the component's quota of that step, in [0, 1)
+    position: np.ndarray
+    start: np.ndarray  # token coordinates inside the document
+    end: np.ndarray
+    doc_end: np.ndarray  # document span (to encode token_end = 0)
+
+
+def plan_steps(streams: Streams, state: PlanState, quotas: np.ndarray, *, world_size: int,
+               batch_size: int, seq_len: int) -> tuple[BlockEntries, PlanState]:
+    """Pack ``quotas`` (steps x components, each row summing to the global step size)."""
+    quotas = np.asarray(quotas, dtype=np.int64)
+    steps, k_count = quotas.shape
+    new = PlanState(step=state.step + steps, position=state.position.copy(),
+                    consumed=state.consumed.copy(), carry=state.carry.copy())
+    pieces = []
+    for k in range(k_count):
+        if streams.unit == "tokens":
+            p, new.position[k], new.consumed[k] = _token_pieces(streams, k, int(state.position[k]),
+                                                                int(state.consumed[k]), quotas[:, k])
+        else:
+            p = _sample_pieces(int(state.position[k]), quotas[:, k])
+            new.position[k] += int(quotas[:, k].sum())
+        pieces.append(p)
+    cat, perm = _interleave(pieces, steps)
+    if streams.unit == "tokens":
+        cut = _cut_sequences(cat, perm, world_size * batch_size, seq_len, batch_size)
+    else:
+        cut = _sample_ranks(cat, perm, batch_size)
+    return _block(cat, cut, steps, world_size, state.step), new
+
+
+def _token_pieces(streams: Streams, k: int, pos: int, consumed: int,
+                  quota: np.ndarray) -> tuple[_Pieces, int, int]:
+    need = consumed + int(quota.sum())
+    if need == consumed:
+        empty = np.zeros(0, np.int64)
+        return _Pieces(empty, empty.astype(np.float64), empty, empty, empty, empty), pos, consumed
+    ends = _doc_ends(streams, k, pos, need)
+    lens = np.diff(ends, prepend=0)
+    begins = ends - lens
+    bound = consumed + np.cumsum(quota)  # component-local token offset where each step ends
+    prev = np.concatenate([[consumed], bound[:-1]])
+    first = np.searchsorted(bound, np.maximum(begins, consumed), side="right")
+    last = np.minimum(np.searchsorted(bound, ends, side="left"), quota.size - 1)
+    n = last - first + 1
+    doc = np.repeat(np.arange(ends.size), n)
+    step = first[doc] + (np.arange(doc.size) - np.repeat(np.cumsum(n) - n, n))
+    start = np.maximum(begins[doc], prev[step])
+    end = np.minimum(ends[doc], bound[step])
+    keep = end > start  # steps with a zero quota leave empty pieces
+    doc, step, start, end = doc[keep], step[keep], start[keep], end[keep]
+    frac = (start - prev[step]) / quota[step]
+    last_doc = ends.size - 1
+    if ends[-1] == need:
+        new_pos, new_consumed = pos + last_doc + 1, 0
+    else:
+        new_pos, new_consumed = pos + last_doc, need - int(begins[-1])
+    base = begins[doc]
+    return _Pieces(step, frac, pos + doc, start - base, end - base, lens[doc]), new_pos, new_consumed
+
+
+def _doc_ends(streams: Streams, k: int, pos: int, need: int) -> np.ndarray:
+    """Cumulative spans of documents from ``pos`` on, up to the first that reaches ``need``."""
+    mean = max(float(streams.doc_lengths[k].mean()), 1.0)
+    count = int(need / mean * 1.05) + 16
+    ends = np.cumsum(streams.lengths(k, pos, count))
+    while ends[-1] < need:
+        more = int((need - ends[-1]) / mean * 1.2) + 16
+        ends = np.concatenate([ends, ends[-1] + np.cumsum(streams.lengths(k, pos + ends.size, more))])
+    return ends[: int(np.searchsorted(ends, need, side="left")) + 1]
+
+
+def _sample_pieces(pos: int, quota: np.ndarray) -> _Pieces:
+    total = int(quota.sum())
+    step = np.repeat(np.arange(quota.size), quota)
+    within = np.arange(total) - np.repeat(np.cumsum(quota) - quota, quota)
+    frac = within / np.maximum(quota[step], 1)
+    zeros = np.zeros(total, np.int64)
+    return _Pieces(step, frac, pos + np.arange(total, dtype=np.int64), zeros, zeros, zeros)
+
+
+def _interleave(pieces: list[_Pieces], steps: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Merge the components' entries inside every step by their progress through their quota.
+
+    Step ``s`` with ``n_s`` entries gets ``n_s`` buckets; an entry lands in bucket
+    ``floor(frac * n_s)``, buckets keep component order, and a component keeps its stream order, so
+    any stretch of the step holds every component in proportion (no sort needed). Returns the
+    concatenated pieces (component-major) and ``perm``: merged slot -> concatenated index.
+    """
+    per_step = np.zeros(steps, np.int64)
+    for p in pieces:
+        per_step += np.bincount(p.step, minlength=steps)
+    step_off = np.cumsum(per_step) - per_step
+    total = int(per_step.sum())
+    buckets = []
+    for p in pieces:
+        n = per_step[p.step]
+        buckets.append(step_off[p.step] + np.minimum((p.frac * n).astype(np.int64), n - 1))
+    sizes = np.bincount(np.concatenate(buckets), minlength=total)
+    filled = np.cumsum(sizes) - sizes  # next free slot of every bucket
+    perm = np.empty(total, np.int64)
+    at = 0
+    for b in buckets:
+        if b.size:
+            run_start = np.flatnonzero(np.diff(b, prepend=-1))
+            run_len = np.diff(np.append(run_start, b.size))
+            dest = filled[b] + (np.arange(b.size) - np.repeat(run_start, run_len))
+            filled[b[run_start]] += run_len
+            perm[dest] = np.arange(at, at + b.size)
+        at += b.size
+    cat = {name: np.concatenate([getattr(p, name) for p in pieces])
+           for name in ("step", "position", "start", "end", "doc_end")}
+    cat["component"] = np.repeat(np.arange(len(pieces)), [p.step.size for p in pieces])
+    return cat, perm
+
+
+def _cut_sequences(cat: dict[str, np.ndarray], perm: np.ndarray, sequences: int, seq_len: int,
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split merged entries at sequence boundaries.
+
+    Returns per final entry: its concatenated index, token start, token end, rank, local step.
+    """
+    start = cat["start"][perm]
+    length = cat["end"][perm] - start
+    stop = np.cumsum(length)
+    begin = stop - length
+    first_seq = begin // seq_len
+    n = (stop - 1) // seq_len - first_seq + 1
+    if int(n.max(initial=1)) == 1:
+        seq, src, lo, hi, shift = first_seq, perm, begin, stop, start - begin
+    else:
+        idx = np.repeat(np.arange(length.size), n)
+        seq = first_seq[idx] + (np.arange(idx.size) - np.repeat(np.cumsum(n) - n, n))
+        src = perm[idx]
+        lo = np.maximum(begin[idx], seq * seq_len)
+        hi = np.minimum(stop[idx], (seq + 1) * seq_len)
+        shift = (start - begin)[idx]
+    return src, lo + shift, hi + shift, (seq % sequences) // batch_size, seq // sequences
+
+
+def _sample_ranks(cat: dict[str, np.ndarray], perm: np.ndarray,
+                  batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    step = cat["step"][perm]
+    per_step = np.bincount(step)
+    within = np.arange(step.size) - np.repeat(np.cumsum(per_step) - per_step, per_step)
+    zeros = np.zeros(step.size, np.int64)
+    return perm, zeros, zeros, within // batch_size, step
+
+
+def rank_major_order(rank: np.ndarray, step: np.ndarray, steps: int,
+                     world_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Permutation that lists entries sorted by (step, rank) rank-major, keeping the order inside
+    every (step, rank) cell; and the (steps, world_size) entry counts."""
+    cell = step * world_size + rank
+    counts = np.bincount(cell, minlength=steps * world_size)
+    cell_start = np.cumsum(counts) - counts
+    by_rank = counts.reshape(steps, world_size).T.ravel()
+    rank_major_start = (np.cumsum(by_rank) - by_rank).reshape(world_size, steps).T.ravel()
+    dest = rank_major_start[cell] + (np.arange(cell.size) - cell_start[cell])
+    order = np.empty_like(dest)
+    order[dest] = np.arange(dest.size)
+    return order, counts.reshape(steps, world_size)
+
+
+def _block(cat: dict[str, np.ndarray], cut: tuple[np.ndarray, ...], steps: int, world_size: int,
+           first_step: int) -> BlockEntries:
+    src, start, end, rank, step = cut
+    order, counts = rank_major_order(rank, step, steps, world_size)
+    src = src[order]
+    end = end[order]
+    token_end = np.where(end == cat["doc_end"][src], 0, end)
+    return BlockEntries(first_step=first_step, counts=counts.astype(np.uint32),
+                        component=cat["component"][src].astype(np.uint16), position=cat["position"][src],
+                        token_start=start[order].astype(np.uint32), token_end=token_end.astype(np.uint32))

@@ -1,0 +1,52 @@
+"""The plan manifest of a compiled plan, and the end-to-end `compile` (load, compile, write)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from planner.compile import CompiledPlan, compile_plan
+from planner.index import IndexTables, load_index
+from planner.plan_writer import WrittenPlan, write_plan
+from planner.spec import load_spec
+
+
+def manifest_of(plan: CompiledPlan, index: IndexTables) -> dict[str, Any]:
+    """Every manifest field except kind, version, created_by and segments (the writer adds those)."""
+    spec = plan.spec
+    initial = plan.weights[0] if len(plan.weights) else np.zeros(len(plan.components))
+    tokenizer = index.manifest.get("tokenizer")
+    token_files = {"dir": str((index.path / "tokens").resolve())} if index.manifest.get("store_tokens") \
+        else None
+    return {
+        "fingerprint": plan.fingerprint,
+        "seed": spec.seed,
+        "unit": spec.unit,
+        "steps": spec.steps,
+        "segment_steps": spec.segment_steps,
+        "topology": plan.topology.to_dict(),
+        "spec": spec.to_dict(),
+        "components": [c.to_json(float(w)) for c, w in zip(plan.components, initial, strict=True)],
+        "schedule": [s.to_dict() for s in spec.schedule],
+        "index": {"path": str(Path(index.path).resolve()), "manifest_blake2b": plan.index_hash},
+        "corpus_root": index.manifest["corpus_root"],
+        "text_field": index.manifest.get("text_field"),
+        "files": [{k: f[k] for k in ("file_id", "path", "format", "size", "mtime_ns", "blake2b")}
+                  for f in index.manifest["files"]],
+        "tokenizer": tokenizer,
+        "token_files": token_files,
+        "dynamic": spec.dynamic,
+        "elastic": None,
+    }
+
+
+def compile_file(mixture: Path | str, out: Path | str) -> tuple[CompiledPlan, WrittenPlan]:
+    """`mixtera compile MIXTURE --out PLAN`: read the spec and its index, compile, write."""
+    spec = load_spec(mixture)
+    index = load_index(spec.index)
+    plan = compile_plan(spec, index)
+    written = write_plan(out, manifest=manifest_of(plan, index), samples=plan.samples,
+                         quotas=plan.quotas, weights=plan.weights, blocks=plan.blocks())
+    return plan, written

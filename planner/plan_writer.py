@@ -1,0 +1,142 @@
+"""Write a plan directory atomically (see man/mixtera-formats.md, "Plan directory").
+
+Everything is built in a staging folder (``runtime.atomic.staging_dir``) and swapped in with one
+rename, manifest last: a failed or interrupted compile leaves no partial plan and keeps an older
+plan at the same path intact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from planner.packing import BlockEntries, PlanState
+from runtime.atomic import fsync_dir, staging_dir, write_atomic
+from runtime.errors import PlanError
+from runtime.plan import MANIFEST, PLAN_FORMAT_VERSION, PLAN_KIND, SAMPLES, rank_file_name
+from runtime.plan_format import EncodedSegment, RankHeader, encode_rank_segment, rank_file_bytes
+
+QUOTAS = "quotas.npy"
+WEIGHTS = "weights.npy"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrittenPlan:
+    path: Path
+    fingerprint: str
+    entries: int
+    bytes_on_disk: int
+    rank_bytes: int  # bytes of the rank files alone
+
+    @property
+    def bytes_per_entry(self) -> float:
+        return self.rank_bytes / max(self.entries, 1)
+
+
+def created_by() -> str:
+    try:
+        return f"mixtera {metadata.version('mixtera')}"
+    except metadata.PackageNotFoundError:
+        return "mixtera (source tree)"
+
+
+def check_output(out: Path) -> None:
+    """Refuse to replace anything that is not a plan (an empty folder is fine)."""
+    if not out.exists():
+        return
+    hint = f"choose a new --out, or delete {out} yourself if it is no longer needed"
+    if not out.is_dir():
+        raise PlanError(f"{out} exists and is not a directory", hint)
+    mpath = out / MANIFEST
+    if not any(out.iterdir()):
+        return
+    try:
+        kind = json.loads(mpath.read_bytes()).get("kind") if mpath.is_file() else None
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        kind = None
+    if kind != PLAN_KIND:
+        raise PlanError(f"{out} exists and is not a mixtera plan; refusing to overwrite it", hint)
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray, quotas: np.ndarray,
+               weights: np.ndarray, blocks: Iterable[tuple[PlanState, BlockEntries]]) -> WrittenPlan:
+    """Write samples, quotas, one rank file per rank from ``blocks`` and, last, the manifest.
+
+    ``manifest`` holds everything but ``segments``, which is filled here (with each segment's
+    ``start_state``). ``blocks`` may raise (e.g. exhaustion): nothing is left behind then.
+    """
+    out = Path(out)
+    check_output(out)
+    topo = manifest["topology"]
+    world = int(topo["world_size"])
+    fp = bytes.fromhex(manifest["fingerprint"])
+    with staging_dir(out) as stage:
+        write_atomic(stage / SAMPLES, npy_bytes(samples))
+        write_atomic(stage / QUOTAS, npy_bytes(np.ascontiguousarray(quotas, dtype=np.int64)))
+        write_atomic(stage / WEIGHTS, npy_bytes(np.ascontiguousarray(weights, dtype=np.float64)))
+        frames: list[list[EncodedSegment]] = [[] for _ in range(world)]
+        segments, entries = [], 0
+        for k, (state, block) in enumerate(_encode(blocks, frames)):
+            segments.append({"index": k, "first_step": block.first_step, "steps": int(block.counts.shape[0]),
+                             "version": 0, "entries": int(block.counts.sum()),
+                             "start_state": state.to_json()})
+            entries += int(block.counts.sum())
+        rank_bytes = 0
+        paths = []
+        for rank in range(world):
+            header = RankHeader(rank=rank, world_size=world, steps=int(manifest["steps"]),
+                                segment_steps=int(manifest["segment_steps"]), first_segment=0,
+                                segment_count=len(segments), fingerprint=fp)
+            data = rank_file_bytes(header, frames[rank])
+            paths.append(stage / rank_file_name(rank))
+            paths[-1].write_bytes(data)
+            rank_bytes += len(data)
+        _fsync_files(paths)  # all at once: the first flush carries the others' data along
+        full = {"kind": PLAN_KIND, "format_version": PLAN_FORMAT_VERSION, "created_by": created_by(),
+                **manifest, "segments": segments, "entries": entries}
+        manifest_bytes = json.dumps(full, indent=1, sort_keys=True).encode() + b"\n"
+        write_atomic(stage / MANIFEST, manifest_bytes)
+        total = sum(p.stat().st_size for p in stage.iterdir() if p.is_file())
+    return WrittenPlan(path=out, fingerprint=manifest["fingerprint"], entries=entries,
+                       bytes_on_disk=total, rank_bytes=rank_bytes)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_files(paths: list[Path]) -> None:
+    """fsync many files concurrently (fsync releases the GIL, the file system batches the flushes)."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(_fsync, paths))
+    if paths:
+        fsync_dir(paths[0].parent)
+
+
+def _encode(blocks: Iterable[tuple[PlanState, BlockEntries]],
+            frames: list[list[EncodedSegment]]) -> Iterator[tuple[PlanState, BlockEntries]]:
+    compressor = zstandard.ZstdCompressor(level=3)
+    for state, block in blocks:
+        for rank, per_rank in enumerate(frames):
+            per_rank.append(encode_rank_segment(block.rank_segment(rank), compressor))
+        yield state, block

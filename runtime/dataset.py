@@ -1,0 +1,326 @@
+"""``PlanDataset``: replays one rank's plan as a PyTorch IterableDataset (see man/mixtera-runtime.md).
+
+Ordering with loader workers: worker ``j`` of ``w`` replays the rank's steps ``j, j + w, j + 2w, ...``
+and yields each step as one batch (``batch_size`` sequences for ``output="tokens"``, one list of
+documents for ``output="documents"``). A DataLoader fetches batches from its workers round-robin,
+so with ``batch_size=plan batch size`` (tokens) or ``batch_size=None`` (documents) it yields the
+plan's steps in order, each exactly once. ``PlanDataset.loader()`` builds that loader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from runtime.errors import PlanError
+from runtime.packing import pack_step
+from runtime.plan import Plan, ResolvedEntries
+from runtime.readers import FileEntry
+from runtime.sources import PretokenizedSource, TextSource, TokenizingSource
+from runtime.state import RuntimeState
+from runtime.tokenizer import load_tokenizer
+
+OUTPUTS = ("tokens", "documents")
+
+
+def default_rank_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialized, else RANK / WORLD_SIZE, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def plan_text_field(plan: Plan) -> str:
+    """The JSON path of the document text: the plan's copy of the index setting, else the index's."""
+    m = plan.manifest
+    field = m.get("text_field") or (m.get("index") or {}).get("text_field")
+    if field:
+        return field
+    index_path = (m.get("index") or {}).get("path")
+    if index_path and (Path(index_path) / "manifest.json").is_file():
+        index = json.loads((Path(index_path) / "manifest.json").read_bytes())
+        return index.get("text_field") or (index.get("config") or {}).get("text") or "text"
+    return "text"
+
+
+class PlanDataset(IterableDataset):
+    """One rank's share of a compiled plan, step by step, resumable at any step."""
+
+    def __init__(
+        self,
+        plan: Path | str,
+        rank: int | None = None,
+        world_size: int | None = None,
+        tokenizer: Path | str | None = None,
+        output: str = "tokens",
+        with_provenance: bool = False,
+        pretokenized: bool | None = None,
+        cache_dir: Path | str | None = None,
+    ) -> None:
+        super().__init__()
+        if output not in OUTPUTS:
+            raise PlanError(f"output={output!r} is not one of {', '.join(OUTPUTS)}")
+        self.plan_path = Path(plan)
+        self.output = output
+        self.with_provenance = with_provenance
+        default_rank, default_world = default_rank_world()
+        self.rank = default_rank if rank is None else rank
+        self.world_size = default_world if world_size is None else world_size
+        meta = Plan.open(self.plan_path)
+        self._check_topology(meta)
+        self.steps, self.batch_size, self.seq_len = meta.steps, meta.batch_size, meta.seq_len
+        self.unit = meta.unit
+        self.fingerprint = meta.fingerprint
+        self.tokenizer_path = Path(tokenizer) if tokenizer is not None else None
+        self.tokenizer_info = meta.manifest.get("tokenizer")
+        self.tokenizer_blake2b = self._check_tokenizer()
+        self.pretokenized = self._choose_pretokenized(meta, pretokenized)
+        self.text_field = plan_text_field(meta)
+        self.cache_dir = Path(cache_dir or os.environ.get("MIXTERA_CACHE") or self.plan_path / ".cache")
+        self.domains = [c.name for c in meta.components]
+        meta.close()
+        self._next_step = 0  # position of this copy: first step not yet consumed / yielded
+        self._stride = 1  # 1: a rank position; w: the position of one of w loader workers
+        self._runtime: _Runtime | None = None
+
+    # -- checks at construction -----------------------------------------------------------------
+    def _check_topology(self, plan: Plan) -> None:
+        if self.world_size != plan.world_size:
+            raise PlanError(
+                f"{self.plan_path}: the plan is compiled for world size {plan.world_size}, "
+                f"this job has world size {self.world_size}",
+                "re-partition it with `mixtera compile MIXTURE.toml --out NEW --from-plan "
+                f"{self.plan_path} --from-step S --world-size {self.world_size}`",
+            )
+        if not 0 <= self.rank < plan.world_size:
+            raise PlanError(
+                f"rank {self.rank} does not exist in a plan for world size {plan.world_size}",
+                "check RANK / the rank argument",
+            )
+        if self.output == "tokens" and plan.unit != "tokens":
+            raise PlanError(
+                f"{self.plan_path}: output='tokens' needs a plan with unit = \"tokens\", "
+                f"this one has unit = {plan.unit!r}",
+                "use output='documents' (and tokenize yourself), or compile with unit = \"tokens\"",
+            )
+
+    def _check_tokenizer(self) -> str | None:
+        if self.tokenizer_path is not None:
+            return load_tokenizer(self.tokenizer_path, self.tokenizer_info)[1]
+        return (self.tokenizer_info or {}).get("blake2b")
+
+    def _choose_pretokenized(self, plan: Plan, wanted: bool | None) -> bool:
+        have = bool(plan.manifest.get("token_files")) and self.output == "tokens"
+        if wanted and not have:
+            raise PlanError(
+                f"{self.plan_path}: the plan has no pre-tokenized token files",
+                "index with `mixtera index --store-tokens` and recompile, or pass pretokenized=False",
+            )
+        use = have if wanted is None else wanted
+        if self.output == "tokens" and not use and self.tokenizer_path is None:
+            raise PlanError(
+                "output='tokens' needs a tokenizer, or a plan whose index stored tokens",
+                "pass tokenizer='tokenizer.json' (the one the index used)",
+            )
+        return use
+
+    # -- state -----------------------------------------------------------------------------------
+    def _state(self, next_step: int, stride: int, worker: int) -> RuntimeState:
+        return RuntimeState(
+            plan_fingerprint=self.fingerprint,
+            world_size=self.world_size,
+            rank=self.rank,
+            tokenizer_blake2b=self.tokenizer_blake2b,
+            output=self.output,
+            next_step=next_step,
+            stride=stride,
+            worker=worker,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position: every step before ``next_step`` was consumed (or, in a worker, yielded)."""
+        info = get_worker_info()
+        return self._state(self._next_step, self._stride, info.id if info else 0).to_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``; refuses a state of another plan, world size, rank or tokenizer."""
+        loaded = RuntimeState.from_dict(state)
+        loaded.check_matches(self._state(0, 1, 0))
+        if not 0 <= loaded.next_step <= self.steps:
+            raise PlanError(f"state step {loaded.next_step} is outside the plan's {self.steps} steps")
+        self._next_step, self._stride = loaded.next_step, loaded.stride
+
+    def mark_consumed(self, step: int) -> None:
+        """Record that the training loop consumed ``step``; PlanLoader calls this for every batch."""
+        self._next_step, self._stride = int(step) + 1, 1
+
+    # -- iteration -------------------------------------------------------------------------------
+    def _first_step(self, worker: int, workers: int) -> int:
+        if self._stride == 1:
+            return self._next_step + worker
+        if self._stride != workers:
+            raise PlanError(
+                f"a worker state saved with {self._stride} loader workers cannot resume with {workers}",
+                "resume with the same num_workers, or from a rank state",
+            )
+        return self._next_step
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        first = self._first_step(worker, workers)
+        runtime = self._open_runtime()
+        for step in range(first, self.steps, workers):
+            if self.output == "documents":
+                docs = runtime.documents(step)
+                self._advance(step, workers)
+                yield docs
+            else:
+                items = runtime.sequences(step)
+                for i, item in enumerate(items):
+                    if i == len(items) - 1:
+                        self._advance(step, workers)  # before the yield: the batch is complete
+                    yield item
+
+    def _advance(self, step: int, workers: int) -> None:
+        self._next_step, self._stride = step + workers, workers
+        if workers == 1:
+            self._stride = 1
+
+    def _open_runtime(self) -> _Runtime:
+        if self._runtime is None:
+            self._runtime = _Runtime(self)
+        return self._runtime
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_runtime"] = None  # open files and maps are rebuilt in each worker
+        return state
+
+    # -- loading ---------------------------------------------------------------------------------
+    @staticmethod
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stack a step's sequences; provenance stays a list (one list of slices per sequence)."""
+        out: dict[str, Any] = {
+            k: torch.stack([it[k] for it in items]) for k in ("input_ids", "labels", "domain_ids")
+        }
+        out["step"] = torch.tensor([it["step"] for it in items], dtype=torch.long)
+        if "provenance" in items[0]:
+            out["provenance"] = [it["provenance"] for it in items]
+        return out
+
+    def loader(self, num_workers: int = 0, **kwargs: Any) -> PlanLoader:
+        """A DataLoader that yields this rank's steps in plan order and keeps ``state_dict`` current."""
+        if self.output == "tokens":
+            kwargs.setdefault("collate_fn", self.collate)
+            return PlanLoader(self, batch_size=self.batch_size, num_workers=num_workers, **kwargs)
+        return PlanLoader(self, batch_size=None, num_workers=num_workers, **kwargs)
+
+
+class PlanLoader(DataLoader):
+    """DataLoader that tells its PlanDataset which step each yielded batch was."""
+
+    def __iter__(self) -> Iterator[Any]:
+        dataset: PlanDataset = self.dataset
+        for batch in super().__iter__():
+            step = batch["step"][0] if isinstance(batch, dict) else batch[0]["step"] if batch else None
+            if step is not None:
+                dataset.mark_consumed(int(step))
+            yield batch
+
+
+class _Runtime:
+    """The per-process part of a PlanDataset: open plan, sources and the current segment."""
+
+    def __init__(self, ds: PlanDataset) -> None:
+        self.ds = ds
+        self.plan = Plan.open(ds.plan_path)
+        manifest = self.plan.manifest
+        files = {
+            int(f["file_id"]): FileEntry.from_manifest(f, self.plan.corpus_root) for f in self.plan.files
+        }
+        info = ds.tokenizer_info or {}
+        self.eos_id = int(info["eos_id"]) if self.plan.eos else None
+        self.texts = TextSource(files, ds.text_field, ds.cache_dir)
+        self.paths = {int(f["file_id"]): f["path"] for f in self.plan.files}
+        self.tokens: Any = None
+        if ds.output == "tokens" and ds.pretokenized:
+            self.tokens = PretokenizedSource(Path(manifest["token_files"]["dir"]), self.eos_id)
+        elif ds.output == "tokens":
+            tok, _ = load_tokenizer(ds.tokenizer_path, ds.tokenizer_info)
+            self.tokens = TokenizingSource(self.texts, tok, self.eos_id)
+        self._segment: tuple[int, ResolvedEntries, np.ndarray] | None = None
+
+    def entries(self, step: int) -> ResolvedEntries:
+        k = self.plan.segment_of_step(step)
+        if self._segment is None or self._segment[0] != k:
+            seg = self.plan.segment(self.ds.rank, k)
+            self._segment = (k, self.plan.resolve(seg), seg.step_slices())
+        _, resolved, bounds = self._segment
+        i = step - k * self.plan.segment_steps
+        return resolved.take(slice(int(bounds[i]), int(bounds[i + 1])))
+
+    def sequences(self, step: int) -> list[dict[str, Any]]:
+        ent = self.entries(step)
+        cols = {
+            "file": ent.file,
+            "offset": ent.offset,
+            "length": ent.length,
+            "tokens": ent.doc_tokens - (1 if self.eos_id is not None else 0),
+            "token_offset": self.plan.samples["token_offset"][ent.row],
+        }
+        flat = self.tokens.flat(ent.row, cols, ent.token_start, ent.token_end)
+        packed = pack_step(
+            flat,
+            ent.token_end - ent.token_start,
+            ent.component,
+            ent.token_start,
+            self.ds.batch_size,
+            self.ds.seq_len,
+            step,
+            self.ds.with_provenance,
+        )
+        ids, labels, domains = (
+            torch.from_numpy(a) for a in (packed.input_ids, packed.labels, packed.domain_ids)
+        )
+        items = [
+            {"input_ids": ids[b], "labels": labels[b], "domain_ids": domains[b], "step": step}
+            for b in range(self.ds.batch_size)
+        ]
+        if packed.provenance is not None:
+            for b, slices in enumerate(packed.provenance):
+                items[b]["provenance"] = [
+                    (f"{self.paths[int(ent.file[i])]}#{int(ent.record[i])}", s, e) for i, s, e in slices
+                ]
+        return items
+
+    def documents(self, step: int) -> list[dict[str, Any]]:
+        ent = self.entries(step)
+        texts = self.texts.texts(ent.file, ent.offset, ent.length)
+        names, paths = self.ds.domains, self.paths
+        columns = (
+            ent.file.tolist(),
+            ent.record.tolist(),
+            ent.component.tolist(),
+            ent.token_start.tolist(),
+            ent.token_end.tolist(),
+        )
+        return [
+            {
+                "text": text,
+                "sample_id": f"{paths[f]}#{r}",
+                "domain": names[c],
+                "domain_id": c,
+                "step": step,
+                "token_start": s,
+                "token_end": e,
+            }
+            for text, f, r, c, s, e in zip(texts, *columns, strict=True)
+        ]

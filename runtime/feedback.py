@@ -1,0 +1,135 @@
+"""Reporting per-domain losses from the training job into the plan's feedback log.
+
+Every rank calls :meth:`FeedbackReporter.report` once per optimizer step with its own per-domain
+token counts and loss sums (domain id = leaf component id of the plan). The values are summed over
+data-parallel ranks with ``torch.distributed.all_reduce`` when a process group is initialised
+(every rank must then call ``report`` for every step); rank 0 appends one record per step with the
+plan version that produced the step's batch.
+
+In-process rewrites: the runtime never imports the planner. A job without a side
+``mixtera feedback --follow`` process passes ``on_refit``, a callable that rank 0 calls with the
+refit step ``t`` right after the record of step ``t - 1`` is written. The planner provides one::
+
+    from planner.feedback import inprocess_rewriter
+    fb = FeedbackReporter(plan_dir, on_refit=inprocess_rewriter(plan_dir))
+
+It runs the same locked, atomic rewrite as the CLI (``background=True`` runs it in a thread so the
+training step does not wait for the fit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import PlanError
+from runtime.feedback_log import LogWriter, log_path
+from runtime.versions import VersionResolver
+
+
+def _distributed() -> Any:
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _as_numpy(values: Any, dtype: type) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=dtype)
+
+
+class FeedbackReporter:
+    """Sums per-domain (tokens, loss_sum) over ranks each step; rank 0 appends them to the log."""
+
+    def __init__(self, plan_dir: Path | str, *, rank: int | None = None,
+                 on_refit: Callable[[int], Any] | None = None, background: bool = False,
+                 fsync: bool = True) -> None:
+        self.plan_dir = Path(plan_dir)
+        manifest = _read_manifest(self.plan_dir)
+        self.domains = len(manifest["components"])
+        self.segment_steps = int(manifest["segment_steps"])
+        self._dist = _distributed()
+        self.rank = rank if rank is not None else (
+            self._dist.get_rank() if self._dist else int(os.environ.get("RANK", "0")))
+        self._resolver = VersionResolver(self.plan_dir, manifest, who=f"rank {self.rank}")
+        sched = self._resolver.schedule
+        self._refit_steps = {sched.refit_step(v) for v in sched.versions()} if sched else set()
+        self.on_refit = on_refit
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._writer = (LogWriter(log_path(self.plan_dir), self.domains, manifest["fingerprint"],
+                                  fsync=fsync) if self.rank == 0 else None)
+
+    def report(self, step: int, *, tokens: Any, loss_sum: Any) -> None:
+        """Record step ``step``: ``tokens[d]`` tokens and ``loss_sum[d]`` nats of domain ``d``."""
+        tok = _as_numpy(tokens, np.float64)
+        loss = _as_numpy(loss_sum, np.float64)
+        if tok.shape != (self.domains,) or loss.shape != (self.domains,):
+            raise ValueError(f"report() needs {self.domains} values per domain (one per plan component), "
+                             f"got tokens {tok.shape} and loss_sum {loss.shape}")
+        both = self._all_reduce(np.concatenate([tok, loss]))
+        if self._writer is None:
+            return
+        version = self._resolver.data_version(step // self.segment_steps, wait=False)
+        self._writer.append(step, -1 if version is None else version,
+                            np.rint(both[: self.domains]).astype(np.int64), both[self.domains:])
+        if self.on_refit is not None and step + 1 in self._refit_steps:
+            self._run_refit(step + 1)
+
+    def _all_reduce(self, vec: np.ndarray) -> np.ndarray:
+        if self._dist is None:
+            return vec
+        import torch
+
+        device = "cpu"
+        if self._dist.get_backend() == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        t = torch.from_numpy(vec).to(device)
+        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM)
+        return t.cpu().numpy()
+
+    def _run_refit(self, refit_step: int) -> None:
+        self.wait()
+        if not self.background:
+            self.on_refit(refit_step)
+            return
+        self._thread = threading.Thread(target=self.on_refit, args=(refit_step,),
+                                        name=f"mixtera-refit-{refit_step}", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until a background rewrite (if any) has finished."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        self.wait()
+        if self._writer is not None:
+            self._writer.close()
+
+    def __enter__(self) -> FeedbackReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_manifest(plan_dir: Path) -> dict[str, Any]:
+    path = plan_dir / "manifest.json"
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise PlanError(f"{plan_dir} is not a mixtera plan: it has no manifest.json",
+                        "pass the plan directory that the job replays") from None
+    except ValueError as exc:
+        raise PlanError(f"{path}: not valid JSON ({exc})", "recompile the plan") from None

@@ -1,0 +1,71 @@
+"""Pack one step's token pieces into ``batch_size`` sequences of exactly ``seq_len`` tokens.
+
+The plan already cut the step's global token stream into sequences and split entries at sequence
+boundaries (man/mixtera-formats.md), so packing is a concatenation and a reshape; the code still
+slices provenance per sequence from the cumulative offsets, so it never assumes that split.
+Labels: ``labels[i] = input_ids[i + 1]`` and the last label is -100 (ignored), so no token is read
+twice and a sequence holds exactly ``seq_len`` planned tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.errors import PlanError
+
+IGNORE_INDEX = -100
+
+
+@dataclass(slots=True)
+class PackedStep:
+    input_ids: np.ndarray  # int64 [batch, seq_len]
+    labels: np.ndarray  # int64 [batch, seq_len]
+    domain_ids: np.ndarray  # int64 [batch, seq_len]
+    provenance: list[list[tuple[int, int, int]]] | None  # per sequence: (entry, token_start, token_end)
+
+
+def pack_step(
+    flat: np.ndarray,
+    sizes: np.ndarray,
+    component: np.ndarray,
+    token_start: np.ndarray,
+    batch_size: int,
+    seq_len: int,
+    step: int,
+    provenance: bool,
+) -> PackedStep:
+    """Cut ``flat`` (the entries' token ids, concatenated; entry i holds ``sizes[i]``) into sequences."""
+    total = int(flat.size)
+    if total != batch_size * seq_len:
+        raise PlanError(
+            f"step {step}: this rank's entries hold {total} tokens, the topology needs "
+            f"{batch_size} x {seq_len} = {batch_size * seq_len}",
+            "the plan is inconsistent with its topology; recompile it",
+        )
+    ids = flat.astype(np.int64, copy=False).reshape(batch_size, seq_len)
+    labels = np.empty_like(ids)
+    labels[:, :-1] = ids[:, 1:]
+    labels[:, -1] = IGNORE_INDEX
+    domains = np.repeat(component.astype(np.int64), sizes).reshape(batch_size, seq_len)
+    prov = _provenance(sizes, token_start, seq_len, batch_size) if provenance else None
+    return PackedStep(ids, labels, domains, prov)
+
+
+def _provenance(
+    sizes: np.ndarray, token_start: np.ndarray, seq_len: int, batch_size: int
+) -> list[list[tuple[int, int, int]]]:
+    """Per sequence, the (entry, document token start, end) slices it holds."""
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    out: list[list[tuple[int, int, int]]] = [[] for _ in range(batch_size)]
+    for i in np.flatnonzero(sizes).tolist():
+        at, stop = int(starts[i]), int(ends[i])
+        while at < stop:
+            seq = at // seq_len
+            cut = min(stop, (seq + 1) * seq_len)
+            doc_at = int(token_start[i]) + (at - int(starts[i]))
+            out[seq].append((i, doc_at, doc_at + cut - at))
+            at = cut
+    return out

@@ -1,0 +1,241 @@
+"""Read a compiled plan directory: manifest, sample table, rank files (see man/mixtera-formats.md).
+
+``Plan.open(path)`` checks the manifest (kind, major version), memory-maps ``samples.npy`` and opens
+rank files lazily. ``plan.segment(rank, k)`` is the single place that decides which bytes a rank
+replays for segment ``k``; ``plan.resolve(segment)`` turns stream positions into sample rows, corpus
+locations and absolute token ranges.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import PlanError
+from runtime.plan_format import RankFileReader, Segment
+from runtime.shuffle import stream_samples
+from runtime.versions import segment_version
+
+PLAN_KIND = "mixtera-plan"
+PLAN_FORMAT_VERSION = "1.0"
+MANIFEST = "manifest.json"
+SAMPLES = "samples.npy"
+NO_TOKEN_OFFSET = np.uint64(2**64 - 1)
+SAMPLE_DTYPE = np.dtype([("file", "<u4"), ("record", "<u8"), ("offset", "<u8"), ("length", "<u8"),
+                         ("tokens", "<u4"), ("token_offset", "<u8")])
+
+
+def rank_file_name(rank: int) -> str:
+    return f"rank-{rank:05d}.bin"
+
+
+def version_dir(version: int) -> str:
+    """Folder (relative to the plan) holding the rank files of rewritten segments of ``version``."""
+    return f"versions/v{version:06d}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanComponent:
+    id: int
+    name: str
+    stream: str
+    first_row: int
+    rows: int
+
+
+@dataclass(slots=True, kw_only=True)
+class ResolvedEntries:
+    """Entries of a segment (or one step of it) with everything needed to read their tokens.
+
+    ``token_start``/``token_end`` are absolute document coordinates (``token_end`` never 0); the
+    document spans ``[0, doc_tokens)`` where ``doc_tokens`` counts the end-of-document token when the
+    plan's tokenizer adds one.
+    """
+
+    step: np.ndarray  # int64, absolute step of each entry
+    component: np.ndarray  # uint16
+    position: np.ndarray  # int64, position in the component's stream
+    row: np.ndarray  # int64, row of samples.npy
+    file: np.ndarray  # uint32, file id (row of the manifest's files)
+    record: np.ndarray  # uint64
+    offset: np.ndarray  # uint64
+    length: np.ndarray  # uint64
+    doc_tokens: np.ndarray  # int64
+    token_start: np.ndarray  # int64
+    token_end: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return int(self.row.size)
+
+    def take(self, sel: slice | np.ndarray) -> ResolvedEntries:
+        return ResolvedEntries(**{name: getattr(self, name)[sel] for name in self.__slots__})
+
+
+class Plan:
+    """A plan directory opened for reading; cheap to open, rank files are opened on first use."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        topo = manifest["topology"]
+        self.world_size: int = int(topo["world_size"])
+        self.batch_size: int = int(topo["batch_size"])
+        self.seq_len: int = int(topo.get("seq_len") or 0)
+        self.steps: int = int(manifest["steps"])
+        self.segment_steps: int = int(manifest["segment_steps"])
+        self.seed: int = int(manifest["seed"])
+        self.unit: str = manifest["unit"]
+        tokenizer = manifest.get("tokenizer") or {}
+        self.eos: bool = bool(tokenizer.get("eos", False))
+        self.components = [PlanComponent(id=c["id"], name=c["name"], stream=c["stream"],
+                                         first_row=c["first_row"], rows=c["rows"])
+                           for c in manifest["components"]]
+        self.files: list[dict[str, Any]] = manifest["files"]
+        self.corpus_root = Path(manifest["corpus_root"])
+        self._samples: np.ndarray | None = None
+        self._readers: dict[tuple[int, int], RankFileReader] = {}
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path | str) -> Plan:
+        path = Path(path)
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise PlanError(f"{path} is not a mixtera plan: it has no {MANIFEST}",
+                            "compile one with `mixtera compile MIXTURE.toml --out PLAN`")
+        try:
+            manifest = json.loads(mpath.read_bytes())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PlanError(f"{mpath} is not valid JSON ({exc})", "recompile the plan") from None
+        check_manifest(manifest, mpath)
+        return cls(path, manifest)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def segment_count(self) -> int:
+        return len(self.manifest["segments"])
+
+    @property
+    def samples(self) -> np.ndarray:
+        """The plan's sample table (memory-mapped structured array, see SAMPLE_DTYPE)."""
+        if self._samples is None:
+            spath = self.path / SAMPLES
+            try:
+                arr = np.load(spath, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise PlanError(f"{spath}: cannot be read ({exc})", "recompile the plan") from None
+            if arr.dtype != SAMPLE_DTYPE:
+                raise PlanError(f"{spath}: dtype {arr.dtype} is not the plan sample dtype",
+                                "recompile the plan with this version of mixtera")
+            self._samples = arr
+        return self._samples
+
+    # -- segments ------------------------------------------------------------------------------
+    def segment_of_step(self, step: int) -> int:
+        if not 0 <= step < self.steps:
+            raise PlanError(f"step {step} is outside the plan's {self.steps} steps (0..{self.steps - 1})")
+        return step // self.segment_steps
+
+    def segment(self, rank: int, k: int) -> Segment:
+        """Segment ``k`` as rank ``rank`` replays it (the version the manifest currently names)."""
+        self._check_rank(rank)
+        if not 0 <= k < self.segment_count:
+            raise PlanError(f"segment {k} is outside the plan's {self.segment_count} segments")
+        version = segment_version(self.path, self.manifest, k)  # feedback decisions, runtime/versions.py
+        return self._reader(rank, version).segment(k)
+
+    def _reader(self, rank: int, version: int) -> RankFileReader:
+        key = (rank, version)
+        if key not in self._readers:
+            folder = self.path if version == 0 else self.path / version_dir(version)
+            reader = RankFileReader(folder / rank_file_name(rank))
+            head = reader.header
+            if head.world_size != self.world_size or head.rank != rank:
+                reader.close()
+                raise PlanError(f"{reader.path}: written for rank {head.rank} of {head.world_size}, "
+                                f"expected rank {rank} of {self.world_size}", "recompile the plan")
+            if head.fingerprint.hex() != self.fingerprint:
+                reader.close()
+                raise PlanError(f"{reader.path}: fingerprint {head.fingerprint.hex()} does not match the "
+                                f"manifest's {self.fingerprint}", "the plan directory mixes two plans; "
+                                "recompile it")
+            self._readers[key] = reader
+        return self._readers[key]
+
+    def _check_rank(self, rank: int) -> None:
+        if not 0 <= rank < self.world_size:
+            raise PlanError(f"rank {rank} does not exist in a plan for world size {self.world_size}",
+                            "use a rank in 0..world_size-1, or re-partition with "
+                            "`mixtera compile --from-plan`")
+
+    # -- resolving -----------------------------------------------------------------------------
+    def rows_of(self, component: int, positions: np.ndarray) -> np.ndarray:
+        """Rows of samples.npy that stream ``positions`` of ``component`` refer to."""
+        comp = self.components[component]
+        return comp.first_row + stream_samples(positions, comp.rows, self.seed, comp.stream)
+
+    def resolve(self, segment: Segment) -> ResolvedEntries:
+        """Sample rows, corpus locations and absolute token ranges of every entry of ``segment``."""
+        comp = segment.component.astype(np.int64)
+        rows = np.empty(comp.size, dtype=np.int64)
+        for c in np.unique(comp):
+            sel = comp == c
+            rows[sel] = self.rows_of(int(c), segment.position[sel])
+        meta = self.samples[rows]
+        doc = meta["tokens"].astype(np.int64) + (1 if self.eos else 0)
+        start = segment.token_start.astype(np.int64)
+        end = segment.token_end.astype(np.int64)
+        end = np.where(end == 0, doc, end)
+        steps = segment.first_step + np.repeat(np.arange(segment.steps, dtype=np.int64),
+                                               segment.step_counts.astype(np.int64))
+        return ResolvedEntries(step=steps, component=segment.component, position=segment.position,
+                               row=rows, file=meta["file"], record=meta["record"],
+                               offset=meta["offset"], length=meta["length"], doc_tokens=doc,
+                               token_start=start, token_end=end)
+
+    def step_entries(self, rank: int, step: int) -> ResolvedEntries:
+        """The resolved entries rank ``rank`` replays in ``step``, in replay order."""
+        k = self.segment_of_step(step)
+        seg = self.segment(rank, k)
+        bounds = seg.step_slices()
+        i = step - seg.first_step
+        return self.resolve(seg).take(slice(int(bounds[i]), int(bounds[i + 1])))
+
+    def sample_id(self, row: int) -> str:
+        """``<path relative to corpus root>#<record>`` of samples.npy row ``row``."""
+        rec = self.samples[int(row)]
+        return f"{self.files[int(rec['file'])]['path']}#{int(rec['record'])}"
+
+    def file_path(self, file_id: int) -> Path:
+        return self.corpus_root / self.files[int(file_id)]["path"]
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+
+    def __enter__(self) -> Plan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_manifest(manifest: Any, where: Path) -> None:
+    """Refuse anything that is not a plan manifest of a major version this code reads."""
+    if not isinstance(manifest, dict) or manifest.get("kind") != PLAN_KIND:
+        kind = manifest.get("kind") if isinstance(manifest, dict) else None
+        raise PlanError(f"{where}: not a mixtera plan (kind {kind!r})",
+                        "compile one with `mixtera compile MIXTURE.toml --out PLAN`")
+    version = str(manifest.get("format_version", ""))
+    if version.split(".")[0] != PLAN_FORMAT_VERSION.split(".")[0]:
+        raise PlanError(f"{where}: plan format {version!r}, this mixtera reads "
+                        f"{PLAN_FORMAT_VERSION.split('.')[0]}.x",
+                        "recompile the plan with this version of mixtera, or use the mixtera that wrote it")

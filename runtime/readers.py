@@ -1,0 +1,240 @@
+"""Sample readers keyed by corpus format, and the fingerprint check on opening a corpus file.
+
+A reader returns the text of samples given the (offset, length) pair the index stored for each:
+
+- ``jsonl``: byte offset and length of the line in the file; read with ``os.pread``.
+- ``jsonl.gz`` / ``json.gz`` / ``jsonl.zst`` / ``json.zst``: offsets into the *uncompressed* stream;
+  read through the zstd-framed cache of :mod:`runtime.zframes`, built once per file.
+- ``parquet``: row group and row; decoded row groups (text column only) sit in a small LRU.
+
+Fingerprints: opening a file compares its size and mtime_ns with the plan. Equal size and mtime is
+accepted (the fast path); a different size is a changed file; equal size with a different mtime (a
+copy, a touch, a restore from backup) is settled by the blake2b content hash the plan records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runtime.errors import CorpusError, PlanError
+from runtime.zframes import FramedFile, open_framed
+
+_REINDEX = "re-run `mixtera index` on the corpus and `mixtera compile` the mixture again"
+_ROW_GROUPS_CACHED = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileEntry:
+    """A corpus file as the plan recorded it."""
+
+    file_id: int
+    path: Path  # absolute
+    format: str
+    size: int
+    mtime_ns: int
+    blake2b: str
+
+    @classmethod
+    def from_manifest(cls, entry: dict, corpus_root: Path) -> FileEntry:
+        return cls(
+            file_id=int(entry["file_id"]),
+            path=corpus_root / entry["path"],
+            format=entry["format"],
+            size=int(entry["size"]),
+            mtime_ns=int(entry["mtime_ns"]),
+            blake2b=entry["blake2b"],
+        )
+
+
+def file_blake2b(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex blake2b (16-byte digest) of the file's bytes, as the index records it."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_file(entry: FileEntry) -> None:
+    """Fail with a PlanError naming the file if it is missing or differs from the plan's fingerprint."""
+    try:
+        st = os.stat(entry.path)
+    except FileNotFoundError as exc:
+        raise PlanError(f"{entry.path}: corpus file of the plan is missing", _REINDEX) from exc
+    if st.st_size != entry.size:
+        raise PlanError(
+            f"{entry.path}: corpus file changed since indexing (size {st.st_size}, the plan "
+            f"recorded {entry.size})",
+            _REINDEX,
+        )
+    if st.st_mtime_ns == entry.mtime_ns:
+        return
+    digest = file_blake2b(entry.path)
+    if digest != entry.blake2b:
+        raise PlanError(
+            f"{entry.path}: corpus file changed since indexing (blake2b {digest}, the plan "
+            f"recorded {entry.blake2b})",
+            _REINDEX,
+        )
+
+
+def text_getter(text_field: str) -> Callable[[Any], str]:
+    """A function that takes a decoded record and returns the text at the dotted JSON path."""
+    keys = text_field.split(".")
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda record: record[key]
+
+    def get(record: Any) -> str:
+        for k in keys:
+            record = record[k]
+        return record
+
+    return get
+
+
+class JsonLinesReader:
+    """Uncompressed JSON lines: one ``pread`` per sample."""
+
+    def __init__(self, entry: FileEntry, text_field: str, cache_dir: Path) -> None:
+        self.entry = entry
+        self._fd = os.open(entry.path, os.O_RDONLY)
+        self._get = text_getter(text_field)
+
+    def raw(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def texts(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[str]:
+        get, loads, raw = self._get, orjson.loads, self.raw
+        try:  # the hot loop; the slow one below only runs to name a failing record
+            return [get(loads(raw(o, n))) for o, n in zip(offsets, lengths, strict=True)]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return [_text_of(self.entry, get, raw(o, n), o) for o, n in zip(offsets, lengths, strict=True)]
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class CompressedJsonLinesReader(JsonLinesReader):
+    """.gz / .zst JSON lines through the zstd-framed cache."""
+
+    def __init__(self, entry: FileEntry, text_field: str, cache_dir: Path) -> None:
+        self.entry = entry
+        self._get = text_getter(text_field)
+        codec = "gz" if entry.format.endswith("gz") else "zst"
+        self._framed: FramedFile = open_framed(entry.path, codec, entry.blake2b, cache_dir)
+
+    def raw(self, offset: int, length: int) -> bytes:
+        return self._framed.read(offset, length)
+
+    def close(self) -> None:
+        self._framed.close()
+
+
+def _text_of(entry: FileEntry, get: Callable[[Any], str], line: bytes, offset: int) -> str:
+    try:
+        return get(orjson.loads(line))
+    except orjson.JSONDecodeError as exc:
+        raise PlanError(f"{entry.path}: no JSON record at byte {offset} ({exc})", _REINDEX) from exc
+    except (KeyError, TypeError) as exc:
+        raise CorpusError(
+            f"{entry.path}: record at byte {offset} has no text field ({exc})", _REINDEX
+        ) from exc
+
+
+class ParquetReader:
+    """Parquet: decodes the text column of whole row groups, keeping a few in an LRU."""
+
+    def __init__(self, entry: FileEntry, text_field: str, cache_dir: Path) -> None:
+        import pyarrow.parquet as pq
+
+        self.entry = entry
+        self._file = pq.ParquetFile(entry.path)
+        self._column, _, rest = text_field.partition(".")
+        self._get = text_getter(rest) if rest else None
+        self._groups: OrderedDict[int, list] = OrderedDict()
+
+    def _group(self, index: int) -> list:
+        rows = self._groups.get(index)
+        if rows is None:
+            table = self._file.read_row_group(index, columns=[self._column])
+            rows = table.column(0).to_pylist()
+            self._groups[index] = rows
+            if len(self._groups) > _ROW_GROUPS_CACHED:
+                self._groups.popitem(last=False)
+        else:
+            self._groups.move_to_end(index)
+        return rows
+
+    def texts(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[str]:
+        out = []
+        for group, row in zip(offsets, lengths, strict=True):
+            value = self._group(int(group))[int(row)]
+            out.append(self._get(value) if self._get else value)
+        return out
+
+    def close(self) -> None:
+        self._groups.clear()
+        self._file = None
+
+
+READERS: dict[str, Callable[[FileEntry, str, Path], Any]] = {
+    "jsonl": JsonLinesReader,
+    "json": JsonLinesReader,
+    "jsonl.gz": CompressedJsonLinesReader,
+    "json.gz": CompressedJsonLinesReader,
+    "jsonl.zst": CompressedJsonLinesReader,
+    "json.zst": CompressedJsonLinesReader,
+    "parquet": ParquetReader,
+}
+
+
+def open_reader(entry: FileEntry, text_field: str, cache_dir: Path) -> Any:
+    """Verify the file's fingerprint, then open the reader of its format."""
+    factory = READERS.get(entry.format)
+    if factory is None:
+        raise PlanError(
+            f"{entry.path}: no reader for format {entry.format!r}",
+            f"the runtime reads {', '.join(sorted(READERS))}",
+        )
+    verify_file(entry)
+    return factory(entry, text_field, cache_dir)
+
+
+class ReaderPool:
+    """Open readers by file id, at most ``capacity`` at a time (least recently used is closed)."""
+
+    def __init__(
+        self, files: dict[int, FileEntry], text_field: str, cache_dir: Path, capacity: int = 32
+    ) -> None:
+        self._files = files
+        self._text_field = text_field
+        self._cache_dir = cache_dir
+        self._capacity = capacity
+        self._open: OrderedDict[int, Any] = OrderedDict()
+
+    def get(self, file_id: int) -> Any:
+        reader = self._open.get(file_id)
+        if reader is not None:
+            self._open.move_to_end(file_id)
+            return reader
+        entry = self._files.get(file_id)
+        if entry is None:
+            raise PlanError(f"the plan has no corpus file with id {file_id}", "recompile the plan")
+        reader = open_reader(entry, self._text_field, self._cache_dir)
+        self._open[file_id] = reader
+        if len(self._open) > self._capacity:
+            self._open.popitem(last=False)[1].close()
+        return reader
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()

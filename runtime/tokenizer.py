@@ -1,0 +1,39 @@
+"""Tokenizer identity and loading: a plan is only replayed with the tokenizer its index counted with."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import PlanError
+
+
+def tokenizer_blake2b(path: Path | str) -> str:
+    """Hex blake2b (16-byte digest) of the tokenizer.json bytes: the identity the index records."""
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+
+
+def load_tokenizer(path: Path | str, expected: dict[str, Any] | None) -> tuple[Any, str]:
+    """Load a HF ``tokenizer.json`` and check it against the plan's tokenizer record."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError(
+            f"tokenizer {path} does not exist", "pass the tokenizer.json the index was built with"
+        )
+    digest = tokenizer_blake2b(path)
+    if expected is None:
+        raise PlanError(
+            f"the plan has no tokenizer, but tokenizer {path} was given",
+            "index the corpus with a tokenizer (`[index] tokenizer = ...`) and recompile, "
+            "or use output='documents' without a tokenizer",
+        )
+    if expected.get("blake2b") and expected["blake2b"] != digest:
+        raise PlanError(
+            f"tokenizer {path} (blake2b {digest}) is not the tokenizer of the plan's index "
+            f"({expected.get('path')}, blake2b {expected['blake2b']})",
+            "pass the tokenizer the index was built with, or re-index and recompile",
+        )
+    return Tokenizer.from_file(str(path)), digest

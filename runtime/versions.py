@@ -1,0 +1,237 @@
+"""Which version of a segment a rank replays: decided by the plan's decisions, never by timing.
+
+A plan with a ``[dynamic]`` table has refit points ``t_i = i * refit_every`` (i = 1, 2, ...). The
+decision made from the losses of steps ``[0, t_i)`` is version ``i``; it governs the segments that
+start at or after ``t_i + lookahead``, from segment ``first_segment(i)`` until the next decision's
+first segment. It is published as ``PLAN/versions/vNNNNNN/`` (``decision.json`` plus, for a
+rewrite, one rank file per rank holding every segment from ``first_segment(i)`` to the end of the
+plan) with ONE rename of a staged folder. A rename onto an existing version fails, so when two
+writers race for the same version exactly one wins and both then read the winner's decision.
+
+A decision is either ``"rewrite"`` (its own rank files: ``data_version == version``) or ``"keep"``
+(the previous weights: ``data_version`` names the earlier version whose files keep serving). A
+rank that needs decision ``i`` waits for it (``wait_timeout_s``); then, with ``on_missing =
+"keep"``, the first rank to time out publishes a keep decision for everyone, and with ``"fail"``
+it raises :class:`PlanError`. Version 0 is the compiled plan in the plan directory itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.atomic import fsync_dir, write_atomic
+from runtime.errors import PlanError
+
+VERSIONS_DIR = "versions"
+DECISION = "decision.json"
+DECISION_KIND = "mixtera-decision"
+DEFAULT_REFIT_EVERY = 1000
+DEFAULT_WAIT_TIMEOUT_S = 600.0
+DEFAULT_POLL_S = 0.2
+ON_MISSING = ("keep", "fail")
+REWRITING = ("ado", "loss_proportional")
+
+
+def version_name(version: int) -> str:
+    return f"v{version:06d}"
+
+
+def version_path(plan_dir: Path | str, version: int) -> Path:
+    return Path(plan_dir) / VERSIONS_DIR / version_name(version)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecisionSchedule:
+    """Refit points and the segments each decision governs, from the manifest's ``dynamic`` table."""
+
+    steps: int
+    segment_steps: int
+    refit_every: int
+    lookahead: int
+    wait_timeout_s: float
+    on_missing: str
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> DecisionSchedule | None:
+        """None when the plan has no rewriting ``[dynamic]`` algorithm (every segment is version 0)."""
+        dyn = manifest.get("dynamic")
+        if not dyn or dyn.get("algorithm") not in REWRITING:
+            return None
+        seg = int(manifest["segment_steps"])
+        out = cls(steps=int(manifest["steps"]), segment_steps=seg,
+                  refit_every=int(dyn.get("refit_every", DEFAULT_REFIT_EVERY)),
+                  lookahead=int(dyn.get("lookahead", seg)),
+                  wait_timeout_s=float(dyn.get("wait_timeout_s", DEFAULT_WAIT_TIMEOUT_S)),
+                  on_missing=str(dyn.get("on_missing", "keep")))
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        if self.refit_every < self.segment_steps:
+            raise PlanError(f"dynamic.refit_every = {self.refit_every} is smaller than segment_steps = "
+                            f"{self.segment_steps}", "refit at most once per segment")
+        if self.lookahead < 0 or self.wait_timeout_s < 0 or self.on_missing not in ON_MISSING:
+            raise PlanError(f"dynamic: lookahead = {self.lookahead}, wait_timeout_s = "
+                            f"{self.wait_timeout_s}, on_missing = {self.on_missing!r} are invalid",
+                            f"use lookahead >= 0, wait_timeout_s >= 0, on_missing in {ON_MISSING}")
+
+    @property
+    def segment_count(self) -> int:
+        return math.ceil(self.steps / self.segment_steps)
+
+    def refit_step(self, version: int) -> int:
+        return version * self.refit_every
+
+    def first_segment(self, version: int) -> int:
+        """First segment governed by decision ``version``: starts at or after t_i + lookahead."""
+        return -(-(self.refit_step(version) + self.lookahead) // self.segment_steps)
+
+    def versions(self) -> list[int]:
+        """Decisions that govern at least one segment of the plan."""
+        out, i = [], 1
+        while self.first_segment(i) < self.segment_count:
+            out.append(i)
+            i += 1
+        return out
+
+    def decision_of_segment(self, k: int) -> int:
+        """The version whose decision governs segment ``k`` (0: the compiled plan)."""
+        i = 0
+        while self.first_segment(i + 1) <= k:
+            i += 1
+        return i
+
+
+def read_decision(plan_dir: Path | str, version: int) -> dict[str, Any] | None:
+    """The published decision ``version``, or None when it is not published (yet)."""
+    path = version_path(plan_dir, version) / DECISION
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        obj = json.loads(raw)
+    except ValueError as exc:
+        raise PlanError(f"{path}: not valid JSON ({exc})", "the version folder is corrupt; restore "
+                        "the plan from a backup") from None
+    if obj.get("kind") != DECISION_KIND or obj.get("version") != version:
+        raise PlanError(f"{path}: not decision {version} of a mixtera plan", "restore the plan")
+    return obj
+
+
+def publish_version(plan_dir: Path | str, version: int, build: Callable[[Path], None]) -> bool:
+    """Fill a staged folder with ``build`` and rename it to ``versions/vNNNNNN`` in one step.
+
+    Returns False (and removes the stage) when that version already exists: another writer won.
+    ``build`` must write ``decision.json`` last; a crash anywhere leaves only a hidden stage.
+    """
+    root = Path(plan_dir) / VERSIONS_DIR
+    root.mkdir(exist_ok=True)
+    final = root / version_name(version)
+    if final.exists():
+        return False
+    stage = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".staging"))
+    try:
+        build(stage)
+        fsync_dir(stage)
+        try:
+            os.rename(stage, final)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return False
+            raise
+        fsync_dir(root)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(stage)
+
+
+def keep_decision(schedule: DecisionSchedule, version: int, data_version: int, fingerprint: str,
+                  reason: str) -> dict[str, Any]:
+    return {"kind": DECISION_KIND, "version": version, "fingerprint": fingerprint, "action": "keep",
+            "data_version": data_version, "refit_step": schedule.refit_step(version),
+            "first_segment": schedule.first_segment(version),
+            "first_step": schedule.first_segment(version) * schedule.segment_steps, "reason": reason}
+
+
+class VersionResolver:
+    """Maps segments to the version whose rank files hold them; published decisions are cached."""
+
+    def __init__(self, plan_dir: Path | str, manifest: dict[str, Any], *, who: str = "a rank") -> None:
+        self.plan_dir = Path(plan_dir)
+        self.fingerprint = manifest["fingerprint"]
+        self.schedule = DecisionSchedule.from_manifest(manifest)
+        self.who = who
+        self._decisions: dict[int, dict[str, Any]] = {}
+
+    def data_version(self, k: int, *, wait: bool = True) -> int | None:
+        """Version folder to read segment ``k`` from; None if undecided and ``wait`` is False."""
+        if self.schedule is None:
+            return 0
+        i = self.schedule.decision_of_segment(k)
+        if i == 0:
+            return 0
+        d = self.decision(i, wait=wait)
+        return None if d is None else int(d["data_version"])
+
+    def decision(self, version: int, *, wait: bool = True) -> dict[str, Any] | None:
+        if version in self._decisions:
+            return self._decisions[version]
+        d = read_decision(self.plan_dir, version)
+        if d is None and wait:
+            d = self._wait(version)
+        if d is None:
+            return None
+        if d.get("fingerprint") != self.fingerprint:
+            raise PlanError(f"{version_path(self.plan_dir, version)}: decision for plan "
+                            f"{d.get('fingerprint')}, not {self.fingerprint}", "restore the plan")
+        self._decisions[version] = d
+        return d
+
+    def _wait(self, version: int) -> dict[str, Any]:
+        sched = self.schedule
+        deadline = time.monotonic() + sched.wait_timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(min(DEFAULT_POLL_S, max(deadline - time.monotonic(), 0)))
+            d = read_decision(self.plan_dir, version)
+            if d is not None:
+                return d
+        where = (f"decision {version} (losses up to step {sched.refit_step(version)}, segments from "
+                 f"{sched.first_segment(version)})")
+        if sched.on_missing == "fail":
+            raise PlanError(f"{self.plan_dir}: {where} did not appear within {sched.wait_timeout_s:g} s",
+                            "run `mixtera feedback PLAN --follow` beside the job (or the in-process "
+                            "rewrite on rank 0), or set [dynamic] on_missing = \"keep\"")
+        prev = 0 if version == 1 else int(self.decision(version - 1)["data_version"])
+        body = keep_decision(sched, version, prev, self.fingerprint,
+                             f"{self.who} waited {sched.wait_timeout_s:g} s for the decision")
+        publish_version(self.plan_dir, version,
+                        lambda stage: write_atomic(stage / DECISION, json.dumps(body, indent=1).encode()))
+        d = read_decision(self.plan_dir, version)
+        if d is None:
+            raise PlanError(f"{version_path(self.plan_dir, version)}: could not publish or read {where}",
+                            "check that the plan directory is writable")
+        return d
+
+
+_resolvers: dict[tuple[str, str], VersionResolver] = {}
+
+
+def segment_version(plan_dir: Path | str, manifest: dict[str, Any], k: int) -> int:
+    """The version whose rank files hold segment ``k`` (waits for a pending decision)."""
+    key = (str(Path(plan_dir).resolve()), manifest["fingerprint"])
+    if key not in _resolvers:
+        _resolvers[key] = VersionResolver(plan_dir, manifest)
+    return _resolvers[key].data_version(k)
