@@ -27,7 +27,7 @@ from synthetic_index import write_synthetic_index  # noqa: E402
 
 from planner.compile import compile_plan  # noqa: E402
 from planner.index import load_index  # noqa: E402
-from planner.plan_manifest import manifest_of  # noqa: E402
+from planner.plan_manifest import manifest_of, needed_columns  # noqa: E402
 from planner.plan_writer import write_plan  # noqa: E402
 from planner.spec import parse_spec  # noqa: E402
 from runtime.plan import Plan  # noqa: E402
@@ -63,8 +63,8 @@ def main() -> None:
         t = time.perf_counter()
         write_synthetic_index(index_dir, args.samples, files=64, tokens=(20, 900), sources=SOURCES)
         print(f"generated index of {args.samples:,} samples in {time.perf_counter() - t:.1f} s")
-    index = load_index(index_dir, columns=None)
     spec = parse_spec(mixture(index_dir, args.steps), file="bench.toml")
+    index = load_index(index_dir, columns=needed_columns(spec))
 
     t0 = time.perf_counter()
     plan = compile_plan(spec, index)

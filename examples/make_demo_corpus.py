@@ -2,11 +2,11 @@
 
 Deterministic for a given Python installation (same files -> same bytes). Layout::
 
-    code/stdlib_functions.parquet      top-level functions and classes     lang, license, quality (top level)
-    docs/docstrings.jsonl.zst          docstrings                          meta.language, meta.quality (nested)
-    docs/module_docs.jsonl.gz          module docstrings                   meta.language (nested)
-    notes/notes.jsonl                  sentences this script writes        lang (top level), a U+2028 inside
-    licenses/licenses.jsonl            paragraphs of Python's LICENSE.txt  nothing: only the folder name
+    code/stdlib_functions.parquet   top-level functions and classes     lang, license, quality (top level)
+    docs/docstrings.jsonl.zst       docstrings                          meta.language, meta.quality (nested)
+    docs/module_docs.jsonl.gz       module docstrings                   meta.language (nested)
+    notes/notes.jsonl               sentences this script writes        lang (top level), a U+2028 inside
+    licenses/licenses.jsonl         paragraphs of Python's LICENSE.txt  nothing: only the folder name
 
 Run: ``python examples/make_demo_corpus.py OUT_DIR``; ``build_demo_corpus(out_dir)`` from Python.
 """
@@ -65,32 +65,58 @@ def _definitions(modules: list[tuple[str, str]]) -> tuple[list[dict[str, Any]], 
         lines = source.splitlines(keepends=True)
         doc = ast.get_docstring(tree)
         if doc:
-            module_docs.append({"id": f"module/{name}", "text": doc,
-                                "meta": {"language": "en", "module": name, "kind": "module"}})
+            module_docs.append(
+                {
+                    "id": f"module/{name}",
+                    "text": doc,
+                    "meta": {"language": "en", "module": name, "kind": "module"},
+                }
+            )
         for node in tree.body:
             if not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
                 continue
             segment = "".join(lines[node.lineno - 1 : node.end_lineno])  # get_source_segment is O(file)
             if used < CODE_BUDGET and 0 < len(segment) <= MAX_DEF_BYTES:
                 used += len(segment)
-                code.append({"id": f"{name}.{node.name}", "text": segment, "lang": "python",
-                             "license": "PSF-2.0", "module": name, "quality": quality(segment)})
+                code.append(
+                    {
+                        "id": f"{name}.{node.name}",
+                        "text": segment,
+                        "lang": "python",
+                        "license": "PSF-2.0",
+                        "module": name,
+                        "quality": quality(segment),
+                    }
+                )
             doc = ast.get_docstring(node)
             if doc and len(doc) > 40:
-                docs.append({"id": f"doc/{name}.{node.name}", "text": doc,
-                             "meta": {"language": "en", "module": name, "quality": quality(doc)}})
+                docs.append(
+                    {
+                        "id": f"doc/{name}.{node.name}",
+                        "text": doc,
+                        "meta": {"language": "en", "module": name, "quality": quality(doc)},
+                    }
+                )
     return code, docs, module_docs
 
 
 NOTES = {
-    "en": ["The {n}th note says that data mixtures decide what a model learns.",
-           "Note {n}: a plan is compiled once and replayed by every rank."],
-    "de": ["Die {n}. Notiz sagt, dass Datenmischungen bestimmen, was ein Modell lernt.",
-           "Notiz {n}: ein Plan wird einmal kompiliert und von jedem Rang abgespielt."],
-    "fr": ["La note {n} dit que les mélanges de données décident de ce qu'un modèle apprend.",
-           "Note {n} : un plan est compilé une fois et rejoué par chaque rang."],
-    "es": ["La nota {n} dice que las mezclas de datos deciden lo que aprende un modelo.",
-           "Nota {n}: un plan se compila una vez y cada rango lo reproduce."],
+    "en": [
+        "The {n}th note says that data mixtures decide what a model learns.",
+        "Note {n}: a plan is compiled once and replayed by every rank.",
+    ],
+    "de": [
+        "Die {n}. Notiz sagt, dass Datenmischungen bestimmen, was ein Modell lernt.",
+        "Notiz {n}: ein Plan wird einmal kompiliert und von jedem Rang abgespielt.",
+    ],
+    "fr": [
+        "La note {n} dit que les mélanges de données décident de ce qu'un modèle apprend.",
+        "Note {n} : un plan est compilé une fois et rejoué par chaque rang.",
+    ],
+    "es": [
+        "La nota {n} dice que las mezclas de datos deciden lo que aprende un modelo.",
+        "Nota {n}: un plan se compila una vez y cada rango lo reproduce.",
+    ],
 }
 
 
@@ -105,13 +131,18 @@ def _notes() -> list[dict[str, Any]]:
 
 
 def _licenses() -> list[dict[str, Any]]:
-    path = Path(sys.base_prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "LICENSE.txt"
+    path = (
+        Path(sys.base_prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "LICENSE.txt"
+    )
     candidates = [path, stdlib_dir() / "LICENSE.txt"]
     text = next((p.read_text(encoding="utf-8", errors="replace") for p in candidates if p.is_file()), "")
     paragraphs = [p.strip() for p in text.split("\n\n") if len(p.strip()) > 80]
     if not paragraphs:  # an install without LICENSE.txt: the license of this project's own text
-        paragraphs = [f"Paragraph {i}: the demo corpus is built from the Python standard library and "
-                      "from text mixtera writes itself, so it can be rebuilt on any machine." for i in range(20)]
+        paragraphs = [
+            f"Paragraph {i}: the demo corpus is built from the Python standard library and "
+            "from text mixtera writes itself, so it can be rebuilt on any machine."
+            for i in range(20)
+        ]
     return [{"text": p} for p in paragraphs]
 
 
@@ -132,9 +163,15 @@ def build_demo_corpus(out_dir: Path | str) -> Path:
     for sub in ("code", "docs", "notes", "licenses"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     code, docs, module_docs = _definitions(_modules())
-    pq.write_table(pa.Table.from_pylist(code), root / "code" / "stdlib_functions.parquet",
-                   row_group_size=512, compression="zstd")
-    (root / "docs" / "docstrings.jsonl.zst").write_bytes(zstandard.ZstdCompressor(level=10).compress(_jsonl(docs)))
+    pq.write_table(
+        pa.Table.from_pylist(code),
+        root / "code" / "stdlib_functions.parquet",
+        row_group_size=512,
+        compression="zstd",
+    )
+    (root / "docs" / "docstrings.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor(level=10).compress(_jsonl(docs))
+    )
     _write_gzip(root / "docs" / "module_docs.jsonl.gz", _jsonl(module_docs))
     (root / "notes" / "notes.jsonl").write_bytes(_jsonl(_notes()))
     (root / "licenses" / "licenses.jsonl").write_bytes(_jsonl(_licenses()))

@@ -116,7 +116,12 @@ def feedback_hooks(args: argparse.Namespace) -> list[DomainHook]:
         return []
     import runtime
 
-    reporter = runtime.FeedbackReporter(args.plan)
+    on_refit = None
+    if args.feedback == "inprocess":  # no side `mixtera feedback --follow`: rank 0 rewrites the plan itself
+        from planner.feedback import inprocess_rewriter
+
+        on_refit = inprocess_rewriter(args.plan)
+    reporter = runtime.FeedbackReporter(args.plan, on_refit=on_refit)
     return [
         lambda step, tokens, loss_sum: reporter.report(
             step, tokens=tokens.tolist(), loss_sum=loss_sum.tolist()
@@ -134,7 +139,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per rank")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--feedback", action="store_true", help="report per-domain losses to the plan")
+    p.add_argument("--feedback", nargs="?", const="report", choices=["report", "inprocess"],
+                   help="report per-domain losses to the plan; `inprocess`: rank 0 also runs the rewrite")
     p.add_argument("--json", action="store_true", help="log one JSON object per step on stdout")
     return p.parse_args()
 

@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mixtera_cli.console import err, out, print_json, user_errors
+from mixtera_cli.inspect_plan import wide
 from runtime.errors import ConfigError
 
 
@@ -45,8 +47,13 @@ def compile_mixture(
     else:
         from planner.plan_manifest import compile_file
 
-        err.print(f"compiling {escape(str(mixture))}", highlight=False)
-        _, written = compile_file(mixture, out_dir)
+        with Progress(TextColumn(f"compiling {escape(str(mixture))}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("segments"), TimeElapsedColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("compile", total=None)
+            def advance(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            _, written = compile_file(mixture, out_dir, progress=advance)
     summary = _summary(written.path, time.perf_counter() - started)
     if json_out:
         print_json(summary)
@@ -78,8 +85,8 @@ def _render(s: dict[str, Any]) -> None:
     out.print(head)
     table = Table(title="components", title_justify="left")
     for col in ("id", "component", "weight", "samples", s["unit"], "epochs"):
-        table.add_column(col, justify="left" if col == "component" else "right")
+        table.add_column(col, justify="left" if col == "component" else "right", no_wrap=True)
     for c in s["components"]:
         table.add_row(str(c["id"]), escape(c["name"]), f"{c['weight']:.4f}", f"{c['rows']:,}",
                       f"{c['used']:,}", f"{c['epochs']:.3f}")
-    out.print(table)
+    wide().print(table)

@@ -1,4 +1,4 @@
-"""`mixtera feedback PLAN [--follow]`: rewrite future plan segments from reported losses (man/mixtera-feedback.md)."""
+"""`mixtera feedback PLAN [--follow]`: rewrite future plan segments from losses (man/mixtera-feedback.md)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def feedback(
     from planner.rewrite import PlanContext
 
     ctx = PlanContext.open(plan)
-    err.print(f"{ctx.dynamic.algorithm} on {escape(str(plan))}: refit every {ctx.schedule.refit_every} steps, "
-              f"{len(ctx.schedule.versions())} decisions in the plan", highlight=False)
+    err.print(f"{ctx.dynamic.algorithm} on {escape(str(plan))}: refit every {ctx.schedule.refit_every} "
+              f"steps, {len(ctx.schedule.versions())} decisions in the plan", highlight=False)
     if follow:
         outcomes = follow_plan(plan, poll_s=poll, on_outcome=lambda o: _live(o, json_out),
                                stop=lambda: _job_finished(ctx))

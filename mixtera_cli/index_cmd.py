@@ -17,26 +17,56 @@ SHOWN_SKIPPED = 20
 
 @user_errors
 def index(
-    corpus: Annotated[list[Path], typer.Argument(help="Corpus folders or files (.jsonl, .jsonl.gz, .json.gz, "
-                                                      ".jsonl.zst, .json.zst, .parquet).", show_default=False)],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write or update.",
-                                          show_default=False)],
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Index config TOML "
-                                                "(text field, properties, tokenizer, on_error).")] = None,
-    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Hugging Face tokenizer.json: exact "
-                                                   "token counts per sample (overrides [index] tokenizer).")] = None,
-    store_tokens: Annotated[bool, typer.Option("--store-tokens", help="Also write pre-tokenized ids "
-                                               "(tokens/<file_id>.bin); needs a tokenizer.")] = False,
-    processes: Annotated[int | None, typer.Option("--processes", "-p", min=1, help="Worker processes "
-                                                  "[default: number of CPUs].")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
+    corpus: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Corpus folders or files (.jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst, .parquet).",
+            show_default=False,
+        ),
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Index directory to write or update.", show_default=False)
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="Index config TOML (text field, properties, tokenizer, on_error)."
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer",
+            help="Hugging Face tokenizer.json: exact token counts per sample (overrides [index] tokenizer).",
+        ),
+    ] = None,
+    store_tokens: Annotated[
+        bool,
+        typer.Option(
+            "--store-tokens", help="Also write pre-tokenized ids (tokens/<file_id>.bin); needs a tokenizer."
+        ),
+    ] = False,
+    processes: Annotated[
+        int | None,
+        typer.Option("--processes", "-p", min=1, help="Worker processes [default: number of CPUs]."),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")
+    ] = False,
 ) -> None:
     """Index corpora: one row per sample with its location, size, token count and properties."""
     from planner.index import build_index
 
     with _ProgressBar() as bar:
-        report = build_index(corpus, out_dir, config, tokenizer=tokenizer, processes=processes,
-                             store_tokens=store_tokens, progress=bar.update)
+        report = build_index(
+            corpus,
+            out_dir,
+            config,
+            tokenizer=tokenizer,
+            processes=processes,
+            store_tokens=store_tokens,
+            progress=bar.update,
+        )
     if json_out:
         print_json(report.to_dict())
     else:
@@ -48,9 +78,13 @@ class _ProgressBar:
 
     def __init__(self) -> None:
         self._progress = Progress(
-            TextColumn("indexing"), BarColumn(), TaskProgressColumn(),
+            TextColumn("indexing"),
+            BarColumn(),
+            TaskProgressColumn(),
             TextColumn("{task.fields[files]} files  {task.fields[records]:,} records  {task.fields[rate]}"),
-            TimeElapsedColumn(), console=err, transient=True,
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
         )
         self._task: Any = None
 
@@ -70,12 +104,14 @@ class _ProgressBar:
             return
         files = f"{state['files_done']}/{state['files_total']}"
         if self._task is None:
-            self._task = self._progress.add_task("index", total=max(state["bytes_total"], 1),
-                                                 files=files, records=0, rate="")
+            self._task = self._progress.add_task(
+                "index", total=max(state["bytes_total"], 1), files=files, records=0, rate=""
+            )
         elapsed = self._progress.tasks[0].elapsed or 0.0
         rate = f"{state['bytes'] / 1e6 / elapsed:.1f} MB/s" if elapsed > 0 else ""
-        self._progress.update(self._task, completed=state["bytes"], files=files,
-                              records=state["records"], rate=rate)
+        self._progress.update(
+            self._task, completed=state["bytes"], files=files, records=state["records"], rate=rate
+        )
 
 
 def render_report(rep: dict[str, Any]) -> None:
@@ -99,12 +135,17 @@ def render_report(rep: dict[str, Any]) -> None:
             out.print(f"{key}: {escape(path)}", highlight=False)
     _render_skipped(rep["skipped"])
     if rep["ignored"]:
-        err.print(f"note: {len(rep['ignored'])} files without a reader were ignored "
-                  f"(e.g. {escape(rep['ignored'][0])})", highlight=False)
+        err.print(
+            f"note: {len(rep['ignored'])} files without a reader were ignored "
+            f"(e.g. {escape(rep['ignored'][0])})",
+            highlight=False,
+        )
 
 
 def _render_skipped(skipped: list[dict[str, Any]]) -> None:
     for item in skipped[:SHOWN_SKIPPED]:
         out.print(f"skipped {escape(item['file'])}:{item['line']}: {escape(item['error'])}", highlight=False)
     if len(skipped) > SHOWN_SKIPPED:
-        out.print(f"... and {len(skipped) - SHOWN_SKIPPED} more skipped records (see --json)", highlight=False)
+        out.print(
+            f"... and {len(skipped) - SHOWN_SKIPPED} more skipped records (see --json)", highlight=False
+        )

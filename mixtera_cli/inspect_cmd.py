@@ -18,10 +18,14 @@ from runtime.errors import MixteraUserError
 def inspect(
     path: Annotated[Path, typer.Argument(help="An index directory or a plan directory.", show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
-    rank: Annotated[int | None, typer.Option("--rank", min=0, help="Plan only: show this rank's entries.")] = None,
+    rank: Annotated[
+        int | None, typer.Option("--rank", min=0, help="Plan only: show this rank's entries.")
+    ] = None,
     steps: Annotated[str | None, typer.Option("--steps", help="Plan only: step range A:B.")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Plan only: write a mixture-over-steps plot "
-                                              "to this image file.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Plan only: write a mixture-over-steps plot to this image file."),
+    ] = None,
 ) -> None:
     """Show what an index or a plan holds."""
     kind = _kind(path)
@@ -31,12 +35,18 @@ def inspect(
         inspect_plan(path, rank=rank, steps=steps, as_json=json_out, plot=plot)
         return
     if kind != "mixtera-index":
-        raise MixteraUserError(f"{path}/manifest.json has kind {kind!r}, neither an index nor a plan",
-                               "pass a folder written by `mixtera index` or `mixtera compile`")
-    given = [flag for flag, value in (("--rank", rank), ("--steps", steps), ("--plot", plot)) if value is not None]
+        raise MixteraUserError(
+            f"{path}/manifest.json has kind {kind!r}, neither an index nor a plan",
+            "pass a folder written by `mixtera index` or `mixtera compile`",
+        )
+    given = [
+        flag for flag, value in (("--rank", rank), ("--steps", steps), ("--plot", plot)) if value is not None
+    ]
     if given:
-        raise MixteraUserError(f"{', '.join(given)} only apply to plans; {path} is an index",
-                               f"run `mixtera inspect {path}` without {', '.join(given)}")
+        raise MixteraUserError(
+            f"{', '.join(given)} only apply to plans; {path} is an index",
+            f"run `mixtera inspect {path}` without {', '.join(given)}",
+        )
     from planner.index import index_stats, load_index
 
     stats = index_stats(load_index(path))
@@ -66,13 +76,19 @@ def render_index(stats: dict[str, Any]) -> None:
     head.add_column("what", style="bold")
     head.add_column("value")
     head.add_row("corpus root", escape(stats["corpus_root"]))
-    head.add_row("files", f"{counts['files']:,}  ({', '.join(f'{k}: {v}' for k, v in stats['formats'].items())})")
+    head.add_row(
+        "files", f"{counts['files']:,}  ({', '.join(f'{k}: {v}' for k, v in stats['formats'].items())})"
+    )
     head.add_row("samples", f"{counts['samples']:,}  ({stats['skipped']:,} bad records skipped)")
     head.add_row("bytes", f"{counts['bytes']:,}")
     head.add_row("tokens", "-" if counts["tokens"] is None else f"{counts['tokens']:,}")
     tok = stats["tokenizer"]
-    head.add_row("tokenizer", "-" if tok is None else
-                 escape(f"{tok['name']} (vocab {tok['vocab_size']:,}, eos id {tok['eos_id']}, eos={tok['eos']})"))
+    head.add_row(
+        "tokenizer",
+        "-"
+        if tok is None
+        else escape(f"{tok['name']} (vocab {tok['vocab_size']:,}, eos id {tok['eos_id']}, eos={tok['eos']})"),
+    )
     head.add_row("stored tokens", "yes" if stats["store_tokens"] else "no")
     out.print(head)
     for name, prop in stats["properties"].items():
@@ -83,8 +99,12 @@ def _property_table(name: str, prop: dict[str, Any]) -> Table:
     caption = f"{prop['distinct']:,} distinct, {prop['nulls']:,} null"
     if "min" in prop and prop["min"] is not None:
         caption += f"; min {prop['min']:g}, mean {prop['mean']:g}, max {prop['max']:g}"
-    table = Table(title=f"property {escape(name)}: {prop['type']} from {escape(', '.join(prop['sources']))}",
-                  caption=caption, title_justify="left", caption_justify="left")
+    table = Table(
+        title=f"property {escape(name)}: {prop['type']} from {escape(', '.join(prop['sources']))}",
+        caption=caption,
+        title_justify="left",
+        caption_justify="left",
+    )
     table.add_column("value")
     table.add_column("samples", justify="right")
     for value, count in prop["top"]:

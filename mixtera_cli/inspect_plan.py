@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -14,6 +15,15 @@ from mixtera_cli.inspect_feedback import effective_quotas, feedback_report, mark
 from planner.plan_writer import QUOTAS, WEIGHTS
 from runtime.errors import MixteraUserError, PlanError
 from runtime.plan import Plan
+
+WIDE = 160  # width of tables written to a file or a pipe (a terminal keeps its own width)
+
+
+def wide() -> Console:
+    """``out``, or on a non-terminal stdout a console that does not squeeze tables to 80 columns."""
+    if out.is_terminal:
+        return out
+    return Console(file=out.file, width=WIDE, no_color=out.no_color, soft_wrap=True)
 
 
 def plan_report(path: Path | str) -> dict[str, Any]:
@@ -110,12 +120,12 @@ def render(r: dict[str, Any]) -> None:
     out.print(head)
     table = Table(title="components", title_justify="left")
     for col in ("id", "component", "target", "realized", "max step dev", r["unit"], "samples", "epochs"):
-        table.add_column(col, justify="left" if col == "component" else "right")
+        table.add_column(col, justify="left" if col == "component" else "right", no_wrap=True)
     for c in r["components"]:
         table.add_row(str(c["id"]), escape(c["name"]), f"{c['target_weight']:.4f}",
                       f"{c['realized_share']:.4f}", f"{c['max_step_deviation']:.2e}",
                       f"{c['used']:,}", f"{c['rows']:,}", f"{c['epochs']:.3f}")
-    out.print(table)
+    wide().print(table)
     if r["schedule"]:
         sched = Table(title="schedule", title_justify="left")
         for col in ("from step", "ramp steps", "weights"):
@@ -123,7 +133,7 @@ def render(r: dict[str, Any]) -> None:
         for s in r["schedule"]:
             sched.add_row(str(s["from_step"]), str(s["ramp_steps"]),
                           escape(", ".join(f"{k}={v}" for k, v in s["weights"].items())))
-        out.print(sched)
+        wide().print(sched)
     render_feedback(r.get("feedback"), [c["name"] for c in r["components"]])
     if "entries_of_rank" in r:
         _render_entries(r["entries_of_rank"])
@@ -136,7 +146,7 @@ def _render_entries(er: dict[str, Any]) -> None:
     for e in er["entries"]:
         table.add_row(str(e["step"]), escape(e["sample_id"]), f"[{e['token_start']}, {e['token_end']})",
                       escape(e["component"]))
-    out.print(table)
+    wide().print(table)
 
 
 def plot_mixture(path: Path | str, target: Path) -> None:

@@ -61,7 +61,8 @@ class AdoParams:
         for name in ("refit_every", "unit_tokens", "subsample", "min_points", "lbfgs_iterations"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise bad(name, "an integer >= 1")
-        if self.ignore_steps is not None and not (isinstance(self.ignore_steps, int) and self.ignore_steps >= 0):
+        ignore = self.ignore_steps
+        if ignore is not None and not (isinstance(ignore, int) and ignore >= 0):
             raise bad("ignore_steps", "an integer >= 0")
         for name in ("gamma_h", "gamma_pi"):
             if not 0 < getattr(self, name) <= 1:
@@ -135,7 +136,7 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 def _gain(p: AdoParams, st: AdoState, n: float) -> np.ndarray:
     """Predicted loss reduction per sample, ``max(alpha, floor) * (L_hat - eps) / n``."""
-    a, e, alpha = st.theta[:, 0], st.theta[:, 1], st.theta[:, 2]
+    a, alpha = st.theta[:, 0], st.theta[:, 2]
     reducible = np.exp(a) * n ** (-alpha)  # L_hat - eps
     return np.maximum(alpha, p.alpha_floor) * reducible / n
 

@@ -79,7 +79,7 @@ def parse_dynamic(table: dict[str, Any] | None, where: str = "[dynamic]",
             close = difflib.get_close_matches(key, allowed, n=1)
             guess = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"{where}: unknown key {key!r} for algorithm {algo!r}",
-                              f"{guess}allowed keys: {', '.join(sorted(allowed))}")
+                              f"{guess}allowed keys: {', '.join(sorted(set(allowed)))}")
     kw = {k: table[k] for k in own if k in table}
     if algo == "ado" and "gamma" in table:
         kw.setdefault("gamma_h", table["gamma"])

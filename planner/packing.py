@@ -9,7 +9,7 @@ Everything is vectorised over the block (no per-entry Python).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -71,12 +71,22 @@ class BlockEntries:
     token_start: np.ndarray  # uint32
     token_end: np.ndarray  # uint32 (0 = to the end of the document)
 
+    _bounds: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def rank_bounds(self) -> np.ndarray:
+        """Rank r's entries are ``[bounds[r], bounds[r + 1])``."""
+        if self._bounds is None:
+            self._bounds = np.concatenate([[0], np.cumsum(self.counts.sum(axis=0, dtype=np.int64))])
+        return self._bounds
+
     def rank_segment(self, rank: int, version: int = 0) -> Segment:
-        per_rank = self.counts.sum(axis=0, dtype=np.int64)
-        lo = int(per_rank[:rank].sum())
-        hi = lo + int(per_rank[rank])
+        lo, hi = int(self.rank_bounds()[rank]), int(self.rank_bounds()[rank + 1])
         return Segment(self.first_step, np.ascontiguousarray(self.counts[:, rank]), self.component[lo:hi],
                        self.position[lo:hi], self.token_start[lo:hi], self.token_end[lo:hi], version)
+
+    def rank_segments(self, version: int = 0) -> list[Segment]:
+        """Every rank's entries as a runtime Segment (views of the block's arrays)."""
+        return [self.rank_segment(r, version) for r in range(self.counts.shape[1])]
 
 
 @dataclass(slots=True)
@@ -91,10 +101,45 @@ class _Pieces:
     doc_end: np.ndarray  # document span (to encode token_end = 0)
 
 
+SUB_BLOCK_ENTRIES = 1 << 18  # entries packed at once: bounds the working set of a pack
+
+
 def plan_steps(streams: Streams, state: PlanState, quotas: np.ndarray, *, world_size: int,
                batch_size: int, seq_len: int) -> tuple[BlockEntries, PlanState]:
     """Pack ``quotas`` (steps x components, each row summing to the global step size)."""
     quotas = np.asarray(quotas, dtype=np.int64)
+    per_step = _entries_per_step(streams, quotas[0], world_size * batch_size) if len(quotas) else 1
+    sub = max(1, SUB_BLOCK_ENTRIES // per_step)
+    parts = []
+    for lo in range(0, quotas.shape[0], sub):
+        part, state = _pack(streams, state, quotas[lo: lo + sub], world_size, batch_size, seq_len)
+        parts.append(part)
+    return merge_blocks(parts, world_size), state
+
+
+def _entries_per_step(streams: Streams, quota: np.ndarray, sequences: int) -> int:
+    if streams.unit == "samples":
+        return max(int(quota.sum()), 1)
+    docs = sum(int(q) / max(float(lens.mean()), 1.0) for q, lens in zip(quota, streams.doc_lengths,
+                                                                           strict=True))
+    return max(int(docs) + sequences + quota.size, 1)
+
+
+def merge_blocks(parts: list[BlockEntries], world_size: int) -> BlockEntries:
+    """Consecutive blocks (each rank-major) as one block: rank r's entries of every part, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    bounds = [np.concatenate([[0], np.cumsum(p.counts.sum(axis=0, dtype=np.int64))]) for p in parts]
+    cols = {}
+    for name in ("component", "position", "token_start", "token_end"):
+        cols[name] = np.concatenate([getattr(p, name)[b[r]: b[r + 1]] for r in range(world_size)
+                                     for p, b in zip(parts, bounds, strict=True)])
+    return BlockEntries(first_step=parts[0].first_step, counts=np.concatenate([p.counts for p in parts]),
+                        **cols)
+
+
+def _pack(streams: Streams, state: PlanState, quotas: np.ndarray, world_size: int, batch_size: int,
+          seq_len: int) -> tuple[BlockEntries, PlanState]:
     steps, k_count = quotas.shape
     new = PlanState(step=state.step + steps, position=state.position.copy(),
                     consumed=state.consumed.copy(), carry=state.carry.copy())
@@ -117,32 +162,48 @@ def plan_steps(streams: Streams, state: PlanState, quotas: np.ndarray, *, world_
 
 def _token_pieces(streams: Streams, k: int, pos: int, consumed: int,
                   quota: np.ndarray) -> tuple[_Pieces, int, int]:
+    """Cut component ``k``'s token stream at document ends and at step ends.
+
+    Local coordinates count tokens from the start of the document at ``pos``; the block takes
+    ``[consumed, need)``. Step ends are few (one per step), so they are inserted into the sorted
+    document ends in O(documents) instead of searching every document among the steps.
+    """
     need = consumed + int(quota.sum())
     if need == consumed:
         empty = np.zeros(0, np.int64)
         return _Pieces(empty, empty.astype(np.float64), empty, empty, empty, empty), pos, consumed
     ends = _doc_ends(streams, k, pos, need)
-    lens = np.diff(ends, prepend=0)
-    begins = ends - lens
-    bound = consumed + np.cumsum(quota)  # component-local token offset where each step ends
-    prev = np.concatenate([[consumed], bound[:-1]])
-    first = np.searchsorted(bound, np.maximum(begins, consumed), side="right")
-    last = np.minimum(np.searchsorted(bound, ends, side="left"), quota.size - 1)
-    n = last - first + 1
-    doc = np.repeat(np.arange(ends.size), n)
-    step = first[doc] + (np.arange(doc.size) - np.repeat(np.cumsum(n) - n, n))
-    start = np.maximum(begins[doc], prev[step])
-    end = np.minimum(ends[doc], bound[step])
-    keep = end > start  # steps with a zero quota leave empty pieces
-    doc, step, start, end = doc[keep], step[keep], start[keep], end[keep]
-    frac = (start - prev[step]) / quota[step]
-    last_doc = ends.size - 1
-    if ends[-1] == need:
-        new_pos, new_consumed = pos + last_doc + 1, 0
+    live = np.flatnonzero(quota)  # steps with a zero quota get no piece
+    bound = consumed + np.cumsum(quota[live])  # strictly increasing, last == need
+    at = np.searchsorted(ends, bound, side="left")  # first document end >= each step end
+    on_end = ends[at] == bound  # a step that ends exactly where a document ends adds no cut
+    cuts = np.insert(ends, at[~on_end], bound[~on_end])
+    is_end = np.ones(cuts.size, bool)
+    is_end[at[~on_end] + np.arange(int((~on_end).sum()))] = False
+    pieces = int(np.searchsorted(cuts, need, side="left")) + 1  # cuts up to `need`
+    cuts, is_end = cuts[:pieces], is_end[:pieces]
+    start = np.concatenate([[consumed], cuts[:-1]])
+    doc = np.cumsum(is_end) - is_end  # documents that ended before each piece
+    is_bound = ~is_end
+    is_bound[_bound_slots(at, on_end)] = True
+    step_live = np.cumsum(is_bound) - is_bound  # step ends passed before each piece
+    step = live[step_live]
+    prev = np.concatenate([[consumed], bound[:-1]])[step_live]
+    frac = (start - prev) / quota[step]
+    lens = ends[: int(doc[-1]) + 1] - np.concatenate([[0], ends[: int(doc[-1])]])
+    begins = ends[doc] - lens[doc]
+    if cuts[-1] == ends[doc[-1]]:
+        new_pos, new_consumed = pos + int(doc[-1]) + 1, 0
     else:
-        new_pos, new_consumed = pos + last_doc, need - int(begins[-1])
-    base = begins[doc]
-    return _Pieces(step, frac, pos + doc, start - base, end - base, lens[doc]), new_pos, new_consumed
+        new_pos, new_consumed = pos + int(doc[-1]), need - int(begins[-1])
+    return (_Pieces(step, frac, pos + doc, start - begins, cuts - begins, lens[doc]), new_pos,
+            new_consumed)
+
+
+def _bound_slots(at: np.ndarray, on_end: np.ndarray) -> np.ndarray:
+    """Positions in the cut array of document ends that coincide with a step end."""
+    inserted_before = np.cumsum(~on_end) - (~on_end)
+    return (at + inserted_before)[on_end]
 
 
 def _doc_ends(streams: Streams, k: int, pos: int, need: int) -> np.ndarray:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from planner.compile import CompiledPlan, compile_plan
-from planner.index import IndexTables, load_index
+from planner.index import IndexTables, load_index, read_manifest
+from planner.packing import BlockEntries, PlanState
 from planner.plan_writer import WrittenPlan, write_plan
-from planner.spec import load_spec
+from planner.query import parse, referenced
+from planner.spec import MixtureSpec, load_spec
+
+LOCATION_COLUMNS = ("file_id", "record", "offset", "length", "text_bytes", "tokens", "token_offset")
 
 
 def manifest_of(plan: CompiledPlan, index: IndexTables) -> dict[str, Any]:
@@ -42,11 +47,31 @@ def manifest_of(plan: CompiledPlan, index: IndexTables) -> dict[str, Any]:
     }
 
 
-def compile_file(mixture: Path | str, out: Path | str) -> tuple[CompiledPlan, WrittenPlan]:
-    """`mixtera compile MIXTURE --out PLAN`: read the spec and its index, compile, write."""
+def needed_columns(spec: MixtureSpec) -> list[str]:
+    """Samples columns the compiler reads: locations, sizes and the properties the spec filters on."""
+    properties = read_manifest(spec.index).get("properties", {})
+    names = [n for node in spec.nodes().values() if node.where for n in referenced(parse(node.where))]
+    return list(LOCATION_COLUMNS) + sorted({n for n in names if n in properties})
+
+
+def compile_file(mixture: Path | str, out: Path | str,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[CompiledPlan, WrittenPlan]:
+    """`mixtera compile MIXTURE --out PLAN`: read the spec and its index, compile, write.
+
+    ``progress(done, total)`` is called after every packed segment.
+    """
     spec = load_spec(mixture)
-    index = load_index(spec.index)
+    index = load_index(spec.index, columns=needed_columns(spec))
     plan = compile_plan(spec, index)
     written = write_plan(out, manifest=manifest_of(plan, index), samples=plan.samples,
-                         quotas=plan.quotas, weights=plan.weights, blocks=plan.blocks())
+                         quotas=plan.quotas, weights=plan.weights, blocks=_reporting(plan, progress))
     return plan, written
+
+
+def _reporting(plan: CompiledPlan,
+               progress: Callable[[int, int], None] | None) -> Iterator[tuple[PlanState, BlockEntries]]:
+    total = plan.spec.steps // plan.spec.segment_steps
+    for done, item in enumerate(plan.blocks(), start=1):
+        yield item
+        if progress is not None:
+            progress(done, total)

@@ -137,6 +137,6 @@ def _encode(blocks: Iterable[tuple[PlanState, BlockEntries]],
             frames: list[list[EncodedSegment]]) -> Iterator[tuple[PlanState, BlockEntries]]:
     compressor = zstandard.ZstdCompressor(level=3)
     for state, block in blocks:
-        for rank, per_rank in enumerate(frames):
-            per_rank.append(encode_rank_segment(block.rank_segment(rank), compressor))
+        for per_rank, seg in zip(frames, block.rank_segments(), strict=True):
+            per_rank.append(encode_rank_segment(seg, compressor))
         yield state, block

@@ -12,6 +12,8 @@ the first rewritten segment, and publishes ``versions/vNNNNNN`` with one rename.
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,16 +112,20 @@ class PlanContext:
                 self._quotas[0] = (0, np.load(self.path / QUOTAS))
             else:
                 d = self.resolver.decision(version, wait=False)
-                self._quotas[version] = (int(d["first_step"]), np.load(version_path(self.path, version) / QUOTAS))
+                q = np.load(version_path(self.path, version) / QUOTAS)
+                self._quotas[version] = (int(d["first_step"]), q)
         return self._quotas[version]
 
     def scheduled_quotas(self, lo: int, hi: int) -> np.ndarray:
         """Per-step quotas of steps ``[lo, hi)`` as the currently published plan schedules them."""
         seg = self.schedule.segment_steps
         out = np.zeros((max(hi - lo, 0), self.domains), np.int64)
-        for s in range(lo, hi):
+        s = lo
+        while s < hi:
+            end = min(hi, (s // seg + 1) * seg)
             first, q = self.version_quotas(self.resolver.data_version(s // seg, wait=False))
-            out[s - lo] = q[s - first]
+            out[s - lo: end - lo] = q[s - first: end - first]
+            s = end
         return out
 
     def held_by(self, version: int) -> int:
@@ -212,8 +218,17 @@ def decide(ctx: PlanContext, version: int, hist: History) -> Decision:
 
 def _roll(ctx: PlanContext, state: Any, start: PlanState, steps: int
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weights, quotas and carries of ``steps`` steps from ``start``, feeding each step's counts back."""
+    """Weights, quotas and carries of ``steps`` steps from ``start``, feeding each step's counts back.
+
+    Components with ``on_exhausted`` other than "repeat" drop out (weight 0, the rest renormalised)
+    from the first step whose quota would take them past one epoch.
+    """
     alg, params, total = ctx.algorithm, ctx.dynamic.params, ctx.step_total
+    comps = ctx.manifest["components"]
+    capacity = np.array([int(c["size"]) for c in comps], np.int64)
+    limited = np.array([c.get("on_exhausted", "repeat") != "repeat" for c in comps])
+    used = ctx.scheduled_quotas(0, start.step).sum(axis=0) if limited.any() else np.zeros(len(comps))
+    gone = np.zeros(len(comps), bool)
     quotas = np.zeros((steps, ctx.domains), np.int64)
     weights = np.zeros((steps, ctx.domains), np.float64)
     carries = np.zeros((steps, ctx.domains), np.float64)
@@ -221,10 +236,20 @@ def _roll(ctx: PlanContext, state: Any, start: PlanState, steps: int
     tracker = PlanState(step=start.step, position=start.position.copy(), consumed=start.consumed.copy(),
                         carry=carry)
     for s in range(steps):
-        w = np.asarray(state.pi, dtype=np.float64)
+        w = np.where(gone, 0.0, np.asarray(state.pi, dtype=np.float64))
+        over = limited & ~gone & (used + w / w.sum() * total > capacity)
+        if over.any():
+            gone |= over
+            if gone.all():
+                raise PlanError(f"{ctx.path}: every component is exhausted at step {start.step + s} "
+                                "(on_exhausted != 'repeat')", "add data or use on_exhausted = 'repeat'")
+            w[gone] = 0.0
+            carry = np.where(gone, 0.0, carry)
+        w = w / w.sum()
         carries[s] = carry
         row, carry = largest_remainder((w * total)[None, :], carry, total)
         quotas[s], weights[s] = row[0], w
+        used = used + row[0]
         state = alg.observe(params, state, ctx.step_tokens(tracker, row[0]))
         if ctx.manifest["unit"] != "tokens":
             tracker.position = tracker.position + row[0]
@@ -254,12 +279,32 @@ def write_version(ctx: PlanContext, decision: Decision) -> bool:
     fp = bytes.fromhex(ctx.manifest["fingerprint"])
 
     def build(stage: Path) -> None:
+        files = {stage / QUOTAS: npy_bytes(decision.quotas), stage / WEIGHTS: npy_bytes(decision.weights)}
         for rank in range(world):
             header = RankHeader(rank=rank, world_size=world, steps=sched.steps, segment_steps=seg,
                                 first_segment=f, segment_count=len(segments), fingerprint=fp)
-            write_atomic(stage / rank_file_name(rank), rank_file_bytes(header, frames[rank]))
-        write_atomic(stage / QUOTAS, npy_bytes(decision.quotas))
-        write_atomic(stage / WEIGHTS, npy_bytes(decision.weights))
+            files[stage / rank_file_name(rank)] = rank_file_bytes(header, frames[rank])
+        write_durably(files)
         write_atomic(stage / DECISION, json.dumps(body, indent=1, sort_keys=True).encode() + b"\n")
 
     return publish_version(ctx.path, decision.version, build)
+
+
+def write_durably(files: dict[Path, bytes]) -> None:
+    """Write files inside a staging folder and fsync them (in parallel: one journal flush, not 256).
+
+    No temporary names are needed: nothing in the stage is visible until its one rename.
+    """
+    def put(item: tuple[Path, bytes]) -> None:
+        path, data = item
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(put, files.items()))

@@ -150,6 +150,9 @@ class MixtureSpec:
             if algo not in ALGORITHMS:
                 raise fail(f, "dynamic.algorithm", f"unknown algorithm {algo!r}",
                            f"use one of {', '.join(ALGORITHMS)}")
+            from planner.dynamic import parse_dynamic  # every other [dynamic] key (man/mixtera-feedback.md)
+
+            parse_dynamic(self.dynamic, f"{f}: [dynamic]", self.segment_steps)
 
     def validate_schedule(self) -> None:
         f, nodes, prev_end = self.source, self.nodes(), 0

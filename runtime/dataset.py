@@ -15,15 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from runtime.errors import PlanError
-from runtime.packing import pack_step
-from runtime.plan import Plan, ResolvedEntries
-from runtime.readers import FileEntry
-from runtime.sources import PretokenizedSource, TextSource, TokenizingSource
+from runtime.plan import Plan
+from runtime.replay import Replay
 from runtime.state import RuntimeState
 from runtime.tokenizer import load_tokenizer
 
@@ -88,7 +85,7 @@ class PlanDataset(IterableDataset):
         meta.close()
         self._next_step = 0  # position of this copy: first step not yet consumed / yielded
         self._stride = 1  # 1: a rank position; w: the position of one of w loader workers
-        self._runtime: _Runtime | None = None
+        self._runtime: Replay | None = None
 
     # -- checks at construction -----------------------------------------------------------------
     def _check_topology(self, plan: Plan) -> None:
@@ -177,6 +174,7 @@ class PlanDataset(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         first = self._first_step(worker, workers)
         runtime = self._open_runtime()
+        runtime.workers = workers
         for step in range(first, self.steps, workers):
             if self.output == "documents":
                 docs = runtime.documents(step)
@@ -194,9 +192,9 @@ class PlanDataset(IterableDataset):
         if workers == 1:
             self._stride = 1
 
-    def _open_runtime(self) -> _Runtime:
+    def _open_runtime(self) -> Replay:
         if self._runtime is None:
-            self._runtime = _Runtime(self)
+            self._runtime = Replay(self)
         return self._runtime
 
     def __getstate__(self) -> dict[str, Any]:
@@ -221,7 +219,12 @@ class PlanDataset(IterableDataset):
         if self.output == "tokens":
             kwargs.setdefault("collate_fn", self.collate)
             return PlanLoader(self, batch_size=self.batch_size, num_workers=num_workers, **kwargs)
+        kwargs.setdefault("collate_fn", _as_is)  # the default would walk every document dict
         return PlanLoader(self, batch_size=None, num_workers=num_workers, **kwargs)
+
+
+def _as_is(item: Any) -> Any:
+    return item
 
 
 class PlanLoader(DataLoader):
@@ -234,93 +237,3 @@ class PlanLoader(DataLoader):
             if step is not None:
                 dataset.mark_consumed(int(step))
             yield batch
-
-
-class _Runtime:
-    """The per-process part of a PlanDataset: open plan, sources and the current segment."""
-
-    def __init__(self, ds: PlanDataset) -> None:
-        self.ds = ds
-        self.plan = Plan.open(ds.plan_path)
-        manifest = self.plan.manifest
-        files = {
-            int(f["file_id"]): FileEntry.from_manifest(f, self.plan.corpus_root) for f in self.plan.files
-        }
-        info = ds.tokenizer_info or {}
-        self.eos_id = int(info["eos_id"]) if self.plan.eos else None
-        self.texts = TextSource(files, ds.text_field, ds.cache_dir)
-        self.paths = {int(f["file_id"]): f["path"] for f in self.plan.files}
-        self.tokens: Any = None
-        if ds.output == "tokens" and ds.pretokenized:
-            self.tokens = PretokenizedSource(Path(manifest["token_files"]["dir"]), self.eos_id)
-        elif ds.output == "tokens":
-            tok, _ = load_tokenizer(ds.tokenizer_path, ds.tokenizer_info)
-            self.tokens = TokenizingSource(self.texts, tok, self.eos_id)
-        self._segment: tuple[int, ResolvedEntries, np.ndarray] | None = None
-
-    def entries(self, step: int) -> ResolvedEntries:
-        k = self.plan.segment_of_step(step)
-        if self._segment is None or self._segment[0] != k:
-            seg = self.plan.segment(self.ds.rank, k)
-            self._segment = (k, self.plan.resolve(seg), seg.step_slices())
-        _, resolved, bounds = self._segment
-        i = step - k * self.plan.segment_steps
-        return resolved.take(slice(int(bounds[i]), int(bounds[i + 1])))
-
-    def sequences(self, step: int) -> list[dict[str, Any]]:
-        ent = self.entries(step)
-        cols = {
-            "file": ent.file,
-            "offset": ent.offset,
-            "length": ent.length,
-            "tokens": ent.doc_tokens - (1 if self.eos_id is not None else 0),
-            "token_offset": self.plan.samples["token_offset"][ent.row],
-        }
-        flat = self.tokens.flat(ent.row, cols, ent.token_start, ent.token_end)
-        packed = pack_step(
-            flat,
-            ent.token_end - ent.token_start,
-            ent.component,
-            ent.token_start,
-            self.ds.batch_size,
-            self.ds.seq_len,
-            step,
-            self.ds.with_provenance,
-        )
-        ids, labels, domains = (
-            torch.from_numpy(a) for a in (packed.input_ids, packed.labels, packed.domain_ids)
-        )
-        items = [
-            {"input_ids": ids[b], "labels": labels[b], "domain_ids": domains[b], "step": step}
-            for b in range(self.ds.batch_size)
-        ]
-        if packed.provenance is not None:
-            for b, slices in enumerate(packed.provenance):
-                items[b]["provenance"] = [
-                    (f"{self.paths[int(ent.file[i])]}#{int(ent.record[i])}", s, e) for i, s, e in slices
-                ]
-        return items
-
-    def documents(self, step: int) -> list[dict[str, Any]]:
-        ent = self.entries(step)
-        texts = self.texts.texts(ent.file, ent.offset, ent.length)
-        names, paths = self.ds.domains, self.paths
-        columns = (
-            ent.file.tolist(),
-            ent.record.tolist(),
-            ent.component.tolist(),
-            ent.token_start.tolist(),
-            ent.token_end.tolist(),
-        )
-        return [
-            {
-                "text": text,
-                "sample_id": f"{paths[f]}#{r}",
-                "domain": names[c],
-                "domain_id": c,
-                "step": step,
-                "token_start": s,
-                "token_end": e,
-            }
-            for text, f, r, c, s, e in zip(texts, *columns, strict=True)
-        ]

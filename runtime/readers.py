@@ -15,6 +15,7 @@ copy, a touch, a restore from backup) is settled by the blake2b content hash the
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -90,8 +91,7 @@ def text_getter(text_field: str) -> Callable[[Any], str]:
     """A function that takes a decoded record and returns the text at the dotted JSON path."""
     keys = text_field.split(".")
     if len(keys) == 1:
-        key = keys[0]
-        return lambda record: record[key]
+        return operator.itemgetter(keys[0])
 
     def get(record: Any) -> str:
         for k in keys:
@@ -106,21 +106,21 @@ class JsonLinesReader:
 
     def __init__(self, entry: FileEntry, text_field: str, cache_dir: Path) -> None:
         self.entry = entry
-        self._fd = os.open(entry.path, os.O_RDONLY)
-        self._get = text_getter(text_field)
+        self.fd = os.open(entry.path, os.O_RDONLY)
+        self.getter = text_getter(text_field)
 
     def raw(self, offset: int, length: int) -> bytes:
-        return os.pread(self._fd, length, offset)
+        return os.pread(self.fd, length, offset)
 
     def texts(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[str]:
-        get, loads, raw = self._get, orjson.loads, self.raw
+        get, loads, raw = self.getter, orjson.loads, self.raw
         try:  # the hot loop; the slow one below only runs to name a failing record
             return [get(loads(raw(o, n))) for o, n in zip(offsets, lengths, strict=True)]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return [_text_of(self.entry, get, raw(o, n), o) for o, n in zip(offsets, lengths, strict=True)]
 
     def close(self) -> None:
-        os.close(self._fd)
+        os.close(self.fd)
 
 
 class CompressedJsonLinesReader(JsonLinesReader):
@@ -128,7 +128,7 @@ class CompressedJsonLinesReader(JsonLinesReader):
 
     def __init__(self, entry: FileEntry, text_field: str, cache_dir: Path) -> None:
         self.entry = entry
-        self._get = text_getter(text_field)
+        self.getter = text_getter(text_field)
         codec = "gz" if entry.format.endswith("gz") else "zst"
         self._framed: FramedFile = open_framed(entry.path, codec, entry.blake2b, cache_dir)
 

@@ -2,9 +2,12 @@
 
 A component's sample stream is ``member[perm_e(i)]`` for position ``p = e * n + i`` (epoch ``e``).
 The planner writes only stream positions into plans; the runtime maps them back to samples with
-the same function, so a plan never stores shuffled index arrays. Six rounds of a Luby-Rackoff
-network over a splitmix64 round function give a pseudorandom permutation; pure uint64 arithmetic
-keeps it identical on every platform and numpy version.
+the same function, so a plan never stores shuffled index arrays. Six rounds of an alternating
+Feistel network over ``bits = bit_length(n - 1)`` bits (halves of ``ceil(bits / 2)`` and
+``floor(bits / 2)`` bits, as in FF1) with a splitmix64 round function give a pseudorandom
+permutation of ``[0, 2**bits)``; cycle walking restricts it to ``[0, n)`` (fewer than two passes
+per value on average, since ``2**bits < 2n``). Pure uint64 arithmetic keeps it identical on every
+platform and numpy version.
 """
 
 from __future__ import annotations
@@ -42,30 +45,45 @@ _CHUNK = 1 << 15  # elements per pass: the working set of a round stays in the C
 _S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
 
 
-def _feistel(x: np.ndarray, half_bits: int, keys: np.ndarray) -> np.ndarray:
-    """One pass of the network; in-place arithmetic on cache-sized chunks (same values as
-    ``left, right = right, left ^ (_splitmix64(right ^ k) & mask)`` per round)."""
-    mask = np.uint64((1 << half_bits) - 1)
-    shift = np.uint64(half_bits)
+def _mix_into(
+    target: np.ndarray, source: np.ndarray, key: np.uint64, mask: np.uint64, z: np.ndarray, t: np.ndarray
+) -> None:
+    """``target ^= splitmix64(source ^ key) & mask``, in place, with scratch arrays ``z`` and ``t``."""
+    np.bitwise_xor(source, key, out=z)
+    np.add(z, _GOLDEN, out=z)
+    np.right_shift(z, _S30, out=t)
+    np.bitwise_xor(z, t, out=z)
+    np.multiply(z, _M1, out=z)
+    np.right_shift(z, _S27, out=t)
+    np.bitwise_xor(z, t, out=z)
+    np.multiply(z, _M2, out=z)
+    np.right_shift(z, _S31, out=t)
+    np.bitwise_xor(z, t, out=z)
+    np.bitwise_and(z, mask, out=z)
+    np.bitwise_xor(target, z, out=target)
+
+
+def _feistel(x: np.ndarray, bits: int, keys: np.ndarray) -> np.ndarray:
+    """One pass of the alternating network over ``bits``-bit values, on cache-sized chunks.
+
+    ``x`` splits into ``left`` (the high ``ceil(bits / 2)`` bits) and ``right`` (the rest). Even
+    rounds do ``left ^= splitmix64(right ^ k) & left_mask``, odd rounds
+    ``right ^= splitmix64(left ^ k) & right_mask``; each round is invertible, so the whole is a
+    bijection of ``[0, 2**bits)``.
+    """
+    low = bits // 2
+    shift = np.uint64(low)
+    masks = (np.uint64((1 << (bits - low)) - 1), np.uint64((1 << low) - 1))
     out = np.empty_like(x)
     for lo in range(0, x.size, _CHUNK):
         chunk = x[lo: lo + _CHUNK]
-        left, right = chunk >> shift, chunk & mask
+        left, right = chunk >> shift, chunk & masks[1]
         z, t = np.empty_like(right), np.empty_like(right)
-        for k in keys:
-            np.bitwise_xor(right, k, out=z)
-            np.add(z, _GOLDEN, out=z)
-            np.right_shift(z, _S30, out=t)
-            np.bitwise_xor(z, t, out=z)
-            np.multiply(z, _M1, out=z)
-            np.right_shift(z, _S27, out=t)
-            np.bitwise_xor(z, t, out=z)
-            np.multiply(z, _M2, out=z)
-            np.right_shift(z, _S31, out=t)
-            np.bitwise_xor(z, t, out=z)
-            np.bitwise_and(z, mask, out=z)
-            np.bitwise_xor(left, z, out=left)
-            left, right = right, left
+        for i, k in enumerate(keys):
+            if i % 2 == 0:
+                _mix_into(left, right, k, masks[0], z, t)
+            else:
+                _mix_into(right, left, k, masks[1], z, t)
         np.left_shift(left, shift, out=left)
         np.bitwise_or(left, right, out=out[lo: lo + _CHUNK])
     return out
@@ -75,15 +93,16 @@ def permute(positions: np.ndarray, n: int, key: int) -> np.ndarray:
     """Map each of ``positions`` (values in ``[0, n)``) through a bijection of ``[0, n)``."""
     if n <= 0:
         raise ValueError("permute needs n >= 1")
-    half_bits = max(1, ((n - 1).bit_length() + 1) // 2)
+    bits = max(1, (n - 1).bit_length())
     keys = _round_keys(key)
     limit = np.uint64(n)
     with np.errstate(over="ignore"):
-        out = _feistel(np.asarray(positions, dtype=np.uint64), half_bits, keys)
-        # Cycle walking: the network permutes [0, 4**half_bits); re-apply until back inside [0, n).
+        out = _feistel(np.asarray(positions, dtype=np.uint64), bits, keys)
+        # Cycle walking: the network permutes [0, 2**bits), fewer than 2n values; re-apply until
+        # the value is back inside [0, n).
         todo = np.flatnonzero(out >= limit)
         while todo.size:
-            out[todo] = _feistel(out[todo], half_bits, keys)
+            out[todo] = _feistel(out[todo], bits, keys)
             todo = todo[out[todo] >= limit]
     return out.view(np.int64)
 
@@ -91,6 +110,9 @@ def permute(positions: np.ndarray, n: int, key: int) -> np.ndarray:
 def stream_samples(positions: np.ndarray, n: int, seed: int, stream: str) -> np.ndarray:
     """Member indices (``[0, n)``) of stream ``positions`` that may span several epochs."""
     positions = np.asarray(positions, dtype=np.int64)
+    if positions.size and positions.min() // n == positions.max() // n:  # one epoch: no masks
+        e = int(positions[0] // n)
+        return permute(positions - e * n, n, epoch_key(seed, stream, e))
     epochs = positions // n
     out = np.empty_like(positions)
     for e in np.unique(epochs):

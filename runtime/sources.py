@@ -6,15 +6,17 @@ All sources take the columns of the plan's ``samples.npy`` rows of the step (``f
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from runtime.errors import PlanError
-from runtime.readers import FileEntry, ReaderPool
+from runtime.readers import FileEntry, JsonLinesReader, ReaderPool
 from runtime.token_files import TokenFile
 
 _DOC_CACHE_TOKENS = 1 << 21  # ids kept for documents that a later entry continues (~16 MB as int64)
@@ -27,17 +29,49 @@ class TextSource:
     def __init__(self, files: dict[int, FileEntry], text_field: str, cache_dir: Path) -> None:
         self.pool = ReaderPool(files, text_field, cache_dir)
 
-    def texts(self, file: np.ndarray, offset: np.ndarray, length: np.ndarray) -> list[str]:
-        out: list[Any] = [None] * len(file)
-        for fid in np.unique(file):
-            where = np.flatnonzero(file == fid)
-            got = self.pool.get(int(fid)).texts(offset[where].tolist(), length[where].tolist())
-            for i, text in zip(where.tolist(), got, strict=True):
+    def texts(self, file: Sequence[int], offset: Sequence[int], length: Sequence[int]) -> list[str]:
+        """Texts of samples at (file id, offset, length), in order; numpy arrays or lists."""
+        files, offsets, lengths = (
+            x.tolist() if isinstance(x, np.ndarray) else x for x in (file, offset, length)
+        )
+        readers = {f: self.pool.get(f) for f in set(files)}
+        if all(type(r) is JsonLinesReader for r in readers.values()):
+            return _plain_texts(readers, files, offsets, lengths)
+        groups: dict[int, list[int]] = {}
+        for i, f in enumerate(files):
+            groups.setdefault(f, []).append(i)
+        out: list[Any] = [None] * len(files)
+        for f, where in groups.items():
+            got = readers[f].texts([offsets[i] for i in where], [lengths[i] for i in where])
+            for i, text in zip(where, got, strict=True):
                 out[i] = text
         return out
 
+    def plain_files(self, files: Sequence[int]) -> tuple[dict[int, int], Any] | None:
+        """(fd by file id, text getter) when every file is uncompressed JSON lines, else None.
+
+        Lets a caller fuse ``getter(orjson.loads(os.pread(fd, length, offset)))`` into its own loop;
+        on a decode error it should call :meth:`texts`, which names the bad record.
+        """
+        readers = {f: self.pool.get(f) for f in set(files)}
+        if not readers or not all(type(r) is JsonLinesReader for r in readers.values()):
+            return None
+        return {f: r.fd for f, r in readers.items()}, next(iter(readers.values())).getter
+
     def close(self) -> None:
         self.pool.close()
+
+
+def _plain_texts(
+    readers: dict[int, JsonLinesReader], files: list[int], offsets: list[int], lengths: list[int]
+) -> list[str]:
+    """Every sample lives in an uncompressed JSON lines file: one pread each, in plan order."""
+    fds = {f: r.fd for f, r in readers.items()}
+    get, loads, pread = next(iter(readers.values())).getter, orjson.loads, os.pread
+    try:
+        return [get(loads(pread(fds[f], n, o))) for f, o, n in zip(files, offsets, lengths, strict=True)]
+    except (orjson.JSONDecodeError, KeyError, TypeError):  # let the reader name the bad record
+        return [readers[f].texts([o], [n])[0] for f, o, n in zip(files, offsets, lengths, strict=True)]
 
 
 class DocCache:
@@ -82,25 +116,32 @@ class TokenizingSource:
         self.cache = DocCache()
 
     def documents(self, rows: np.ndarray, cols: dict[str, np.ndarray], keep: np.ndarray) -> list[np.ndarray]:
-        """Ids (end-of-document token included) per row; rows where ``keep`` is set are cached."""
-        docs: list[Any] = [self.cache.get(int(r)) for r in rows.tolist()]
-        missing = np.asarray([i for i, d in enumerate(docs) if d is None], dtype=np.int64)
-        if missing.size:
-            texts = self.text_source.texts(
-                cols["file"][missing], cols["offset"][missing], cols["length"][missing]
-            )
-            encoded = (
-                self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-                if hasattr(self.tokenizer, "encode_batch_fast")
-                else self.tokenizer.encode_batch(texts, add_special_tokens=False)
-            )
-            for i, enc in zip(missing.tolist(), encoded, strict=True):
+        """Ids (end-of-document token included) per row; rows where ``keep`` is set are cached.
+
+        A row that occurs twice (a document split at a sequence boundary) is tokenized once.
+        """
+        row_list = rows.tolist()
+        found: dict[int, np.ndarray] = {}
+        todo: dict[int, int] = {}  # row -> its first index in this step
+        for i, r in enumerate(row_list):
+            if r not in found and r not in todo:
+                doc = self.cache.get(r)
+                if doc is None:
+                    todo[r] = i
+                else:
+                    found[r] = doc
+        if todo:
+            idx = np.fromiter(todo.values(), dtype=np.int64, count=len(todo))
+            texts = self.text_source.texts(cols["file"][idx], cols["offset"][idx], cols["length"][idx])
+            encoded = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+            keep_rows = set(rows[keep].tolist())
+            for (r, i), enc in zip(todo.items(), encoded, strict=True):
                 ids = np.asarray(enc.ids, dtype=np.int64)
-                _check_count(ids.size, int(cols["tokens"][i]), int(rows[i]))
-                docs[i] = _with_eos(ids, self.eos_id)
-                if keep[i]:
-                    self.cache.put(int(rows[i]), docs[i])
-        return docs
+                _check_count(ids.size, int(cols["tokens"][i]), r)
+                found[r] = _with_eos(ids, self.eos_id)
+                if r in keep_rows:
+                    self.cache.put(r, found[r])
+        return [found[r] for r in row_list]
 
     def flat(
         self, rows: np.ndarray, cols: dict[str, np.ndarray], start: np.ndarray, end: np.ndarray
@@ -143,29 +184,31 @@ class PretokenizedSource:
     def flat(
         self, rows: np.ndarray, cols: dict[str, np.ndarray], start: np.ndarray, end: np.ndarray
     ) -> np.ndarray:
-        """The ids of ranges ``[start, end)`` of every row's document, concatenated (one gather per file)."""
+        """The ids of ranges ``[start, end)`` of every row's document, concatenated.
+
+        Each range is a view of the mapped token file; the end-of-document id, which the files do
+        not store, is appended where a range reaches it.
+        """
         stored = cols["tokens"].astype(np.int64)
         _check_ranges(start, end, stored + (self.eos_id is not None))
-        sizes = end - start
-        at = np.concatenate([[0], np.cumsum(sizes)])
-        out = np.empty(int(at[-1]), dtype=np.int64)
-        for fid in np.unique(cols["file"]).tolist():
-            sel = np.flatnonzero(cols["file"] == fid)
-            n = sizes[sel]
-            local = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # position inside its range
-            dest = np.repeat(at[sel], n) + local
-            first = cols["token_offset"][sel].astype(np.int64)
-            src = np.repeat(first + start[sel], n) + local
-            past = src >= np.repeat(first + stored[sel], n)  # one past the stored ids: the end-of-document
-            tf = self._file(fid)
-            if src[~past].size and int(src[~past].max()) >= tf.tokens:
-                raise PlanError(
-                    f"{tf.path}: the plan reads beyond its {tf.tokens} tokens",
-                    "the plan and the token files disagree; re-index and recompile",
-                )
-            out[dest[~past]] = tf.ids[src[~past]]
-            out[dest[past]] = self.eos_id if self.eos_id is not None else 0
-        return out
+        eos = np.array([self.eos_id if self.eos_id is not None else 0], dtype=np.int64)
+        pieces = []
+        columns = (
+            cols["file"].tolist(),
+            cols["token_offset"].tolist(),
+            stored.tolist(),
+            start.tolist(),
+            end.tolist(),
+        )
+        for fid, first, n, s, e in zip(*columns, strict=True):
+            ids = self._file(fid).slice(first + s, first + min(e, n)) if s < n else None
+            if ids is not None:
+                pieces.append(ids)
+            if e > n:
+                pieces.append(eos)
+        if not pieces:
+            return np.empty(0, dtype=np.int64)
+        return np.concatenate(pieces, dtype=np.int64, casting="safe")
 
     def close(self) -> None:
         while self._open:

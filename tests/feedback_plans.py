@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from synthetic_index import write_synthetic_index
 
 from planner.plan_manifest import compile_file
 from runtime.feedback import FeedbackReporter
 from runtime.plan import Plan
-from synthetic_index import write_synthetic_index
 
 MIXTURE = """
 [mixture]

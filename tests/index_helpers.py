@@ -39,11 +39,14 @@ def make_corpus(root: Path) -> Path:
     """Four sources, every format, metadata at the top level, nested, and only in the folder name."""
     write(root / "web" / "a.jsonl", jsonl(docs("web", 5, lang="en", score=0.5)))
     write(root / "web" / "b.jsonl.gz", jsonl(docs("webgz", 4, lang="de", score=1)))
-    write(root / "arxiv" / "papers.jsonl.zst",
-          jsonl([{"text": f"paper {i}", "meta": {"language": "fr"}} for i in range(3)]))
+    write(
+        root / "arxiv" / "papers.jsonl.zst",
+        jsonl([{"text": f"paper {i}", "meta": {"language": "fr"}} for i in range(3)]),
+    )
     write(root / "books" / "old.json.gz", jsonl(docs("book", 2)))
-    table = pa.table({"text": [f"code {i}" for i in range(7)], "lang": ["py"] * 7,
-                      "license": ["MIT"] * 3 + ["BSD"] * 4})
+    table = pa.table(
+        {"text": [f"code {i}" for i in range(7)], "lang": ["py"] * 7, "license": ["MIT"] * 3 + ["BSD"] * 4}
+    )
     (root / "code").mkdir(parents=True, exist_ok=True)
     pq.write_table(table, root / "code" / "src.parquet", row_group_size=3)
     return root

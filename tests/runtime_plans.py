@@ -76,14 +76,18 @@ def make_docs(seed: int, n: int, words: tuple[int, int] = (5, 120)) -> list[str]
     return docs
 
 
-def write_corpus_file(path: Path, docs: list[str], fmt: str) -> list[tuple[int, int]]:
-    """Write ``docs`` as records {"id", "meta": {"text"}}; returns (offset, length) per record."""
+def write_corpus_file(path: Path, docs: list[str], fmt: str, nested: bool = True) -> list[tuple[int, int]]:
+    """Write ``docs`` as records {"id", "meta": {"text"}} (``nested``) or {"id", "text"}; returns the
+    (offset, length) the index records for each."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    wrap = (lambda d: {"meta": {"text": d}}) if nested else (lambda d: {"text": d})
     if fmt == "parquet":
-        table = pa.table({"id": list(range(len(docs))), "meta": [{"text": d} for d in docs]})
+        table = pa.table(
+            {"id": list(range(len(docs))), **pa.Table.from_pylist([wrap(d) for d in docs]).to_pydict()}
+        )
         pq.write_table(table, path, row_group_size=7)
         return [(i // 7, i % 7) for i in range(len(docs))]
-    lines = [orjson.dumps({"id": i, "meta": {"text": d}}) for i, d in enumerate(docs)]
+    lines = [orjson.dumps({"id": i, **wrap(d)}) for i, d in enumerate(docs)]
     locs, at = [], 0
     for line in lines:
         locs.append((at, len(line)))

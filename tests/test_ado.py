@@ -174,3 +174,17 @@ def test_mixtera_variant_uses_the_smaller_grid_and_no_alpha_floor() -> None:
 def test_invalid_parameters_are_config_errors(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         ado.AdoParams(**{field: value}).validate()
+
+
+def test_dynamic_table_keys_are_checked_with_a_suggestion() -> None:
+    from planner.dynamic import parse_dynamic
+
+    spec = parse_dynamic({"algorithm": "ado", "gamma": 0.2, "refit_every": 500, "s": 0.3}, segment_steps=100)
+    assert spec.params.gamma_h == 0.2 and spec.params.gamma_pi == 0.2 and spec.params.s == 0.3
+    assert spec.params.ignore_steps == 1000 and spec.refit_every == spec.params.refit_every == 500
+    with pytest.raises(ConfigError, match="did you mean 'subsample'"):
+        parse_dynamic({"algorithm": "ado", "subsampel": 2})
+    with pytest.raises(ConfigError, match="smaller than segment_steps"):
+        parse_dynamic({"algorithm": "loss_proportional", "refit_every": 50}, segment_steps=100)
+    with pytest.raises(ConfigError, match="on_missing"):
+        parse_dynamic({"algorithm": "ado", "on_missing": "retry"})

@@ -252,17 +252,22 @@ def test_tokens_unit_needs_token_counts(tmp_path: Path) -> None:
 
 
 def test_permutation_matches_the_reference_network() -> None:
-    """runtime/shuffle's optimised network equals the plain formula it documents."""
+    """runtime/shuffle's chunked, in-place network equals the plain formula it documents."""
+    from runtime.shuffle import _round_keys, _splitmix64
+
     def reference(x: np.ndarray, n: int, key: int) -> np.ndarray:
-        from runtime.shuffle import _round_keys, _splitmix64
-        half = max(1, ((n - 1).bit_length() + 1) // 2)
-        mask, keys = np.uint64((1 << half) - 1), _round_keys(key)
+        bits = max(1, (n - 1).bit_length())
+        low = bits // 2
+        masks = (np.uint64((1 << (bits - low)) - 1), np.uint64((1 << low) - 1))
 
         def net(v: np.ndarray) -> np.ndarray:
-            left, right = v >> np.uint64(half), v & mask
-            for k in keys:
-                left, right = right, left ^ (_splitmix64(right ^ k) & mask)
-            return (left << np.uint64(half)) | right
+            left, right = v >> np.uint64(low), v & masks[1]
+            for i, k in enumerate(_round_keys(key)):
+                if i % 2 == 0:
+                    left = left ^ (_splitmix64(right ^ k) & masks[0])
+                else:
+                    right = right ^ (_splitmix64(left ^ k) & masks[1])
+            return (left << np.uint64(low)) | right
         with np.errstate(over="ignore"):
             out = net(x.astype(np.uint64))
             while (out >= n).any():
@@ -270,9 +275,11 @@ def test_permutation_matches_the_reference_network() -> None:
                 out[bad] = net(out[bad])
         return out.astype(np.int64)
 
-    for n in (1, 2, 5, 1000, 70_001):
+    for n in (1, 2, 3, 5, 1000, 70_001, 100_000):
         x = np.arange(n)
-        assert np.array_equal(permute(x, n, 99), reference(x, n, 99))
+        got = permute(x, n, 99)
+        assert np.array_equal(got, reference(x, n, 99))
+        assert np.array_equal(np.sort(got), x)
 
 
 def test_plan_of_an_unknown_major_version_is_refused(tmp_path: Path, index: Path) -> None:
@@ -285,3 +292,12 @@ def test_plan_of_an_unknown_major_version_is_refused(tmp_path: Path, index: Path
     with pytest.raises(PlanError, match="plan format '2.0', this mixtera reads 1.x") as exc:
         Plan.open(plan_dir)
     assert "recompile the plan" in (exc.value.hint or "")
+
+
+def test_packing_in_small_pieces_gives_the_same_plan(tmp_path: Path, index: Path, plan_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan_steps packs a segment in cache-sized sub-blocks; their size never changes the plan."""
+    from planner import packing
+
+    monkeypatch.setattr(packing, "SUB_BLOCK_ENTRIES", 30)
+    assert plan_bytes(compile_to(tmp_path, index)) == plan_bytes(plan_dir)

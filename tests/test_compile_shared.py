@@ -35,7 +35,7 @@ def shared_mixture(tmp_path_factory: pytest.TempPathFactory, shared_corpora: Pat
     from planner.index import build_index
 
     tmp = tmp_path_factory.mktemp("shared")
-    build_index([shared_corpora / "text"], tmp / "index", MIXTURES / "shared_index.toml",
+    build_index([shared_corpora / "text"], tmp / "index", ROOT / "examples" / "shared_corpora_index.toml",
                 tokenizer=neox_tokenizer, processes=2)
     text = (MIXTURES / "shared_corpora.toml").read_text()
     mix = tmp / "mix.toml"

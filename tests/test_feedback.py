@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from feedback_plans import Replay, make_plan, run_job
 
 import runtime.versions as versions
-from feedback_plans import Replay, make_plan, run_job
 from planner import rewrite
 from planner.feedback import feedback_lock, inprocess_rewriter, run_pending
 from runtime.errors import PlanError, StateError
@@ -92,7 +92,8 @@ def _component_streams(plan_dir: Path) -> dict[int, list[tuple[int, int, int, in
     for step in range(STEPS):
         for rank in range(plan.world_size):
             e = replay.entries(rank, step)
-            for c, p, s, t, d in zip(e.component, e.position, e.token_start, e.token_end, e.doc_tokens):
+            cols = (e.component, e.position, e.token_start, e.token_end, e.doc_tokens)
+            for c, p, s, t, d in zip(*cols, strict=True):
                 out.setdefault(int(c), []).append((int(p), int(s), int(t), int(d)))
     plan.close()
     return out
@@ -136,16 +137,13 @@ def test_a_crash_between_the_writes_of_a_rewrite_leaves_the_previous_plan(
     plan = _copy(compiled, tmp_path)
     _fresh_process()
     run_job(plan, range(REFIT))
-    calls = {"n": 0}
-    real = rewrite.write_atomic
+    real = rewrite.write_durably
 
-    def crash_on_third(path: Path, data: bytes) -> None:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash while writing the new version")
-        real(path, data)
+    def crash_after_two_files(files: dict[Path, bytes]) -> None:
+        real(dict(list(files.items())[:2]))
+        raise KeyboardInterrupt("simulated crash while writing the new version")
 
-    monkeypatch.setattr(rewrite, "write_atomic", crash_on_third)
+    monkeypatch.setattr(rewrite, "write_durably", crash_after_two_files)
     with pytest.raises(KeyboardInterrupt):
         run_pending(plan)
     monkeypatch.undo()
@@ -223,3 +221,20 @@ def test_loss_proportional_weights_follow_the_mean_losses(compiled: Path, tmp_pa
     np.testing.assert_allclose(d["weights"], mean / mean.sum(), rtol=1e-12)
     w = np.load(version_path(plan, 1) / "weights.npy")
     assert np.all(w == w[0])
+
+
+def test_plans_in_samples_are_rewritten_with_exact_sample_quotas(compiled: Path, tmp_path: Path) -> None:
+    root = tmp_path / "samples"
+    root.mkdir()
+    shutil.copytree(compiled.parent / "index", root / "index")
+    plan = make_plan(root, steps=600, segment_steps=SEG, refit=REFIT, unit="samples")
+    _fresh_process()
+    with FeedbackReporter(plan, rank=0, on_refit=inprocess_rewriter(plan), fsync=False) as fb:
+        run_job(plan, range(600), reporter=fb)
+    assert [read_decision(plan, v)["action"] for v in (1, 2)] == ["rewrite", "rewrite"]
+    replay = Replay(Plan.open(plan))
+    for step in range(600):
+        per = np.zeros(4, np.int64)
+        for rank in range(2):
+            np.add.at(per, replay.entries(rank, step).component.astype(np.int64), 1)
+        assert np.array_equal(per, _governing_quotas(plan, step)), step

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from feedback_plans import make_plan
+
 from planner.feedback import read_history
 from planner.rewrite import PlanContext
 from runtime.errors import PlanError

@@ -34,7 +34,7 @@ def read_back(index_dir: Path, row: dict) -> str:
     if entry["format"] == "parquet":
         group = pq.ParquetFile(path).read_row_group(row["offset"], columns=["text"])
         return group.column("text")[row["length"]].as_py()
-    line = _stream(path)[row["offset"]: row["offset"] + row["length"]]
+    line = _stream(path)[row["offset"] : row["offset"] + row["length"]]
     return json.loads(line)["text"]
 
 
@@ -66,11 +66,21 @@ def test_properties_from_config(corpus: Path, tmp_path: Path) -> None:
     assert by_id["books/old.json.gz#0"]["score"] is None  # no default: null
     assert {r["source"] for r in by_id.values()} == {"web", "arxiv", "books", "code"}
     assert t.properties == {"language": "string", "score": "float", "source": "string"}
-    assert t.samples.column_names[:8] == ["sample_id", "file_id", "record", "offset", "length",
-                                          "text_bytes", "tokens", "token_offset"]
+    assert t.samples.column_names[:8] == [
+        "sample_id",
+        "file_id",
+        "record",
+        "offset",
+        "length",
+        "text_bytes",
+        "tokens",
+        "token_offset",
+    ]
 
 
-def test_without_config_source_is_the_folder_and_scalars_become_properties(corpus: Path, tmp_path: Path) -> None:
+def test_without_config_source_is_the_folder_and_scalars_become_properties(
+    corpus: Path, tmp_path: Path
+) -> None:
     build_index([corpus], tmp_path / "idx", processes=1)
     t = load_index(tmp_path / "idx")
     assert t.properties == {"lang": "string", "license": "string", "score": "float", "source": "string"}
@@ -126,15 +136,24 @@ def test_incremental_reindex_reports_and_matches_a_fresh_build(corpus: Path, tmp
     for name in ("samples.parquet", "files.parquet"):
         assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
     rows = load_index(out).samples.to_pylist()
-    assert read_back(out, next(r for r in rows if r["sample_id"] == "web/a.jsonl#5")) == docs("changed", 6)[5]["text"]
+    assert (
+        read_back(out, next(r for r in rows if r["sample_id"] == "web/a.jsonl#5"))
+        == docs("changed", 6)[5]["text"]
+    )
 
 
 def test_tokens_counted_and_stored(corpus: Path, tmp_path: Path, tiny_tokenizer: Path) -> None:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tiny_tokenizer))
-    report = build_index([corpus], tmp_path / "idx", parse_config(CONFIG), tokenizer=tiny_tokenizer,
-                         processes=1, store_tokens=True)
+    report = build_index(
+        [corpus],
+        tmp_path / "idx",
+        parse_config(CONFIG),
+        tokenizer=tiny_tokenizer,
+        processes=1,
+        store_tokens=True,
+    )
     t = load_index(tmp_path / "idx")
     assert t.manifest["tokenizer"]["eos_id"] == tok.token_to_id("<|endoftext|>")
     assert t.manifest["tokenizer"]["vocab_size"] == tok.get_vocab_size()
@@ -148,9 +167,17 @@ def test_tokens_counted_and_stored(corpus: Path, tmp_path: Path, tiny_tokenizer:
     assert report.tokens == sum(r["tokens"] for r in rows)
     # incremental: a new file shifts file ids; the reused token files move with their rows
     write(corpus / "aaa" / "first.jsonl", jsonl(docs("first", 2)))
-    build_index([corpus], tmp_path / "idx", parse_config(CONFIG), tokenizer=tiny_tokenizer,
-                processes=1, store_tokens=True)
-    moved = next(r for r in load_index(tmp_path / "idx").samples.to_pylist() if r["sample_id"] == "code/src.parquet#6")
+    build_index(
+        [corpus],
+        tmp_path / "idx",
+        parse_config(CONFIG),
+        tokenizer=tiny_tokenizer,
+        processes=1,
+        store_tokens=True,
+    )
+    moved = next(
+        r for r in load_index(tmp_path / "idx").samples.to_pylist() if r["sample_id"] == "code/src.parquet#6"
+    )
     stored = TokenFile(tmp_path / "idx" / "tokens" / f"{moved['file_id']}.bin")
     got = stored.slice(moved["token_offset"], moved["token_offset"] + moved["tokens"]).tolist()
     assert got == tok.encode("code 6", add_special_tokens=False).ids
@@ -161,7 +188,8 @@ def test_user_hook_maps_record_and_path(corpus: Path, tmp_path: Path) -> None:
     (tmp_path / "cfgdir").mkdir()
     (tmp_path / "cfgdir" / "demo_hook_props.py").write_text(
         "def extract(record, relpath):\n"
-        "    return {'top': relpath.split('/')[0].upper(), 'chars': len(record['text'])}\n")
+        "    return {'top': relpath.split('/')[0].upper(), 'chars': len(record['text'])}\n"
+    )
     cfg_path = tmp_path / "cfgdir" / "index.toml"
     cfg_path.write_text('[index]\nfunction = "demo_hook_props:extract"\n[properties.chars]\ntype = "float"\n')
     try:
@@ -184,3 +212,15 @@ def test_several_corpus_paths_share_their_parent_as_root(corpus: Path, tmp_path:
     report = build_index([corpus / "web", corpus / "code"], tmp_path / "idx", processes=1)
     assert report.corpus_root == corpus.resolve()
     assert sorted({r["source"] for r in load_index(tmp_path / "idx").samples.to_pylist()}) == ["code", "web"]
+
+
+def test_incremental_automatic_properties_match_a_fresh_build(corpus: Path, tmp_path: Path) -> None:
+    build_index([corpus], tmp_path / "idx", processes=1)
+    (corpus / "code" / "src.parquet").unlink()  # the only file with `license`
+    write(corpus / "web" / "c.jsonl", jsonl([{"text": "x", "score": "n/a", "flag": True}]))  # score widens
+    build_index([corpus], tmp_path / "idx", processes=1)
+    build_index([corpus], tmp_path / "fresh", processes=1)
+    assert load_index(tmp_path / "idx").properties == {
+        "flag": "bool", "lang": "string", "score": "string", "source": "string"}
+    for name in ("samples.parquet", "files.parquet"):
+        assert (tmp_path / "idx" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()

@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-import click
 import pytest
 import typer
 
@@ -20,8 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def index_dir(tmp_path: Path) -> Path:
     make_corpus(tmp_path / "corpus")
     (tmp_path / "index.toml").write_text(CONFIG)
-    result = run_cli("index", tmp_path / "corpus", "--out", tmp_path / "idx", "--config", tmp_path / "index.toml",
-                     "--processes", "1")
+    result = run_cli(
+        "index",
+        tmp_path / "corpus",
+        "--out",
+        tmp_path / "idx",
+        "--config",
+        tmp_path / "index.toml",
+        "--processes",
+        "1",
+    )
     assert result.exit_code == 0, result.stderr
     assert "samples" in result.stdout and "21" in result.stdout
     return tmp_path / "idx"
@@ -32,7 +39,12 @@ def test_index_json_summary(tmp_path: Path) -> None:
     result = run_cli("index", tmp_path / "corpus", "--out", tmp_path / "idx", "--json", "-p", "1")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["counts"] == {"files": 5, "samples": 21, "bytes": summary["counts"]["bytes"], "tokens": None}
+    assert summary["counts"] == {
+        "files": 5,
+        "samples": 21,
+        "bytes": summary["counts"]["bytes"],
+        "tokens": None,
+    }
     assert len(summary["added"]) == 5 and summary["removed"] == [] and summary["skipped"] == []
     assert summary["properties"]["source"] == "string"
 
@@ -57,8 +69,14 @@ def test_inspect_table(index_dir: Path) -> None:
     result = run_cli("inspect", index_dir)
     assert result.exit_code == 0, result.stderr
     text = result.stdout
-    for needle in ("samples", "21", "property language: string from lang, meta.language", "unknown",
-                   "min 0.5, mean 0.722222, max 1", "12 null"):
+    for needle in (
+        "samples",
+        "21",
+        "property language: string from lang, meta.language",
+        "unknown",
+        "min 0.5, mean 0.722222, max 1",
+        "12 null",
+    ):
         assert needle in text, needle
 
 
@@ -68,11 +86,14 @@ def test_inspect_rejects_plan_options_on_an_index(index_dir: Path) -> None:
     assert "--rank only apply to plans" in result.stderr
 
 
-@pytest.mark.parametrize(("content", "needle"), [
-    (None, "has no manifest.json"),
-    ('{"kind": "something-else"}', "kind 'something-else', neither an index nor a plan"),
-    ("{not json", "is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "has no manifest.json"),
+        ('{"kind": "something-else"}', "kind 'something-else', neither an index nor a plan"),
+        ("{not json", "is not valid JSON"),
+    ],
+)
 def test_inspect_unknown_folder(tmp_path: Path, content: str | None, needle: str) -> None:
     if content is not None:
         (tmp_path / "manifest.json").write_text(content)
@@ -88,12 +109,22 @@ def test_inspect_missing_path(tmp_path: Path) -> None:
 
 def test_man_page_documents_every_index_option() -> None:
     command = typer.main.get_command(app)
-    assert isinstance(command, click.Group)
-    params = command.commands["index"].params
-    options = [opt for p in params if isinstance(p, click.Option) for opt in p.opts if opt.startswith("--")]
+    params = command.commands["index"].params  # type: ignore[attr-defined]
+    options = [o for p in params if p.param_type_name == "option" for o in p.opts if o.startswith("--")]
     assert {"--out", "--config", "--tokenizer", "--store-tokens", "--processes", "--json"} <= set(options)
     man = (ROOT / "man" / "mixtera-index.md").read_text()
     for opt in options:
         assert re.search(rf"`{re.escape(opt)}\b", man), f"{opt} is not documented in man/mixtera-index.md"
-    for key in ("text", "on_error", "tokenizer", "eos", "eos_token", "function", "from", "type", "path", "default"):
+    for key in (
+        "text",
+        "on_error",
+        "tokenizer",
+        "eos",
+        "eos_token",
+        "function",
+        "from",
+        "type",
+        "path",
+        "default",
+    ):
         assert f"`{key}`" in man, f"config key {key} is not documented"

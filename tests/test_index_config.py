@@ -39,7 +39,12 @@ type = "list[string]"
 def test_full_config_parses(tmp_path: Path) -> None:
     cfg = parse_config(FULL, base_dir=tmp_path)
     assert (cfg.text, cfg.on_error, cfg.eos, cfg.eos_token, cfg.function) == (
-        "body.text", "skip", False, "</s>", "my_props:extract")
+        "body.text",
+        "skip",
+        False,
+        "</s>",
+        "my_props:extract",
+    )
     assert cfg.tokenizer == str(tmp_path / "tok" / "tokenizer.json")
     props = {p.name: p for p in cfg.properties}
     assert props["language"].from_ == ("lang", "meta.language")
@@ -51,7 +56,13 @@ def test_full_config_parses(tmp_path: Path) -> None:
 
 def test_defaults() -> None:
     cfg = parse_config("")
-    assert (cfg.text, cfg.on_error, cfg.tokenizer, cfg.eos, cfg.properties) == ("text", "fail", None, True, ())
+    assert (cfg.text, cfg.on_error, cfg.tokenizer, cfg.eos, cfg.properties) == (
+        "text",
+        "fail",
+        None,
+        True,
+        (),
+    )
     assert not cfg.explicit
 
 
@@ -70,8 +81,19 @@ def test_defaults() -> None:
         ("[index]\nfunction = 'no_colon'\n", "not of the form module:function"),
         ("[properties.a]\nfrom = [1, 2]\n", "from must be a field path"),
     ],
-    ids=["index-key", "property-key", "top-key", "on_error", "eos", "type", "reserved", "default", "from+path",
-         "function", "from-type"],
+    ids=[
+        "index-key",
+        "property-key",
+        "top-key",
+        "on_error",
+        "eos",
+        "type",
+        "reserved",
+        "default",
+        "from+path",
+        "function",
+        "from-type",
+    ],
 )
 def test_bad_config_names_the_problem(toml: str, needle: str) -> None:
     with pytest.raises(ConfigError) as exc:

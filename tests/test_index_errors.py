@@ -62,9 +62,12 @@ def test_missing_text_field(tmp_path: Path) -> None:
 
 
 def test_wrong_property_type_names_file_line_field_and_type(tmp_path: Path) -> None:
-    path = write(tmp_path / "c" / "s" / "x.jsonl", jsonl([{"text": "a", "score": 1.5},
-                                                          {"text": "b", "score": "high"}]))
-    result = run_cli("index", tmp_path / "c", "--out", tmp_path / "idx", "--config", _config(tmp_path), "-p", "1")
+    path = write(
+        tmp_path / "c" / "s" / "x.jsonl", jsonl([{"text": "a", "score": 1.5}, {"text": "b", "score": "high"}])
+    )
+    result = run_cli(
+        "index", tmp_path / "c", "--out", tmp_path / "idx", "--config", _config(tmp_path), "-p", "1"
+    )
     _fails(result, f"{path}:2: field 'score' must be float, got str 'high'")
 
 
@@ -136,3 +139,11 @@ def test_missing_tokenizer_file(tmp_path: Path) -> None:
     make_corpus(tmp_path / "c")
     result = run_cli("index", tmp_path / "c", "--out", tmp_path / "idx", "--tokenizer", tmp_path / "tok.json")
     _fails(result, f"tokenizer {tmp_path / 'tok.json'} does not exist")
+
+
+def test_failing_user_hook_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "c" / "s" / "x.jsonl", jsonl([{"text": "a", "n": 1}, {"text": "b"}]))
+    (tmp_path / "broken_hook_props.py").write_text("def extract(record, relpath):\n    return {'n2': record['n'] * 2}\n")
+    cfg = _config(tmp_path, '[index]\nfunction = "broken_hook_props:extract"\n')
+    result = run_cli("index", tmp_path / "c", "--out", tmp_path / "idx", "--config", cfg, "-p", "1")
+    _fails(result, f"{path}:2: function raised KeyError: 'n'")

@@ -7,12 +7,11 @@ rows are computed (config, tokenizer, --store-tokens, corpus root) re-indexes ev
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import os
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,13 @@ import pyarrow as pa
 
 from planner.index import indexer
 from planner.index.config import IndexConfig, load_config
-from planner.index.properties import check_pattern, declared_specs
+from planner.index.parallel import Progress, run_tasks
+from planner.index.properties import check_pattern, declared_specs, widen
 from planner.index.scan import CorpusFile, corpus_root, discover, file_blake2b
 from planner.index.schema import INDEX_KIND, MANIFEST, TOKENS_DIR, IndexTables
 from planner.index.tokenizer_info import tokenizer_identity
 from planner.index.writer import conform, previous_index, staging, token_code_for, write_index
 from runtime.errors import ConfigError, CorpusError, MixteraUserError
-
-Progress = Callable[[dict[str, Any]], None]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -52,11 +50,23 @@ class IndexReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "out": str(self.out), "corpus_root": str(self.corpus_root),
-            "counts": {"files": self.files, "samples": self.samples, "bytes": self.bytes, "tokens": self.tokens},
-            "added": self.added, "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged,
-            "skipped": self.skipped, "ignored": self.ignored, "properties": self.properties,
-            "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3),
+            "out": str(self.out),
+            "corpus_root": str(self.corpus_root),
+            "counts": {
+                "files": self.files,
+                "samples": self.samples,
+                "bytes": self.bytes,
+                "tokens": self.tokens,
+            },
+            "added": self.added,
+            "changed": self.changed,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "skipped": self.skipped,
+            "ignored": self.ignored,
+            "properties": self.properties,
+            "bytes_read": self.bytes_read,
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -79,30 +89,50 @@ def build_index(
     cfg = _resolve_config(config, tokenizer)
     tok = tokenizer_identity(cfg) if cfg.tokenizer else None
     if store_tokens and tok is None:
-        raise ConfigError("--store-tokens needs a tokenizer", "pass --tokenizer PATH or set [index] tokenizer")
+        raise ConfigError(
+            "--store-tokens needs a tokenizer", "pass --tokenizer PATH or set [index] tokenizer"
+        )
     _check_out(out)
     root = corpus_root(paths)
     files, ignored = discover(paths, root, exclude=out)
     if not files:
-        raise CorpusError(f"corpus {root} holds no indexable files",
-                          "mixtera indexes .jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst and .parquet files")
-    identity = {"corpus_root": str(root), "config": cfg.to_dict(), "tokenizer": tok, "store_tokens": store_tokens}
+        raise CorpusError(
+            f"corpus {root} holds no indexable files",
+            "mixtera indexes .jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst and .parquet files",
+        )
+    identity = {
+        "corpus_root": str(root),
+        "config": cfg.to_dict(),
+        "tokenizer": tok,
+        "store_tokens": store_tokens,
+    }
     prev = previous_index(out, identity)
     plan = _plan(files, prev)
-    report = IndexReport(out=out, corpus_root=root, files=len(files), samples=0, bytes=0, tokens=None,
-                         ignored=ignored, **plan.changes())
+    report = IndexReport(
+        out=out,
+        corpus_root=root,
+        files=len(files),
+        samples=0,
+        bytes=0,
+        tokens=None,
+        ignored=ignored,
+        **plan.changes(),
+    )
     code = token_code_for(tok) if store_tokens else 0
     with staging(out) as stage:
         if store_tokens:
             (stage / TOKENS_DIR).mkdir()
         results = _run(plan.todo, root, stage if store_tokens else None, cfg, tok, code, processes, progress)
         tables = _gather(files, plan, results, prev, stage if store_tokens else None)
-        props = _property_types(cfg, results, prev)
+        props = _property_types(cfg, results, prev, [tables[i] for i in sorted(plan.reuse)])
         samples = pa.concat_tables([conform(t, props) for t in tables])
         if samples.num_rows == 0:
             raise CorpusError(f"corpus {root} holds no records", "check that the files hold documents")
-        report.skipped = [{"file": results[i].file.relpath, "line": ln, "error": msg}
-                          for i in sorted(results) for ln, msg in results[i].skipped]
+        report.skipped = [
+            {"file": results[i].file.relpath, "line": ln, "error": msg}
+            for i in sorted(results)
+            for ln, msg in results[i].skipped
+        ]
         report.bytes_read = sum(r.bytes_read for r in results.values())
         manifest = write_index(stage, identity, cfg, props, files, plan, results, samples, tok)
     report.samples = manifest["counts"]["samples"]
@@ -119,8 +149,6 @@ def _resolve_config(config: IndexConfig | Path | str | None, tokenizer: Path | s
         if spec.path is not None:
             check_pattern(spec, "index config")
     if tokenizer is not None:
-        from dataclasses import replace
-
         cfg = replace(cfg, tokenizer=str(Path(tokenizer).resolve()))
     return cfg
 
@@ -136,8 +164,6 @@ def _check_out(out: Path) -> None:
         return
     mpath = out / MANIFEST
     try:
-        import json
-
         kind = json.loads(mpath.read_bytes()).get("kind") if mpath.is_file() else None
     except (ValueError, AttributeError, UnicodeDecodeError):
         kind = None
@@ -162,8 +188,12 @@ class _Plan:
     unchanged: list[str] = field(default_factory=list)
 
     def changes(self) -> dict[str, list[str]]:
-        return {"added": self.added, "changed": self.changed, "removed": self.removed,
-                "unchanged": self.unchanged}
+        return {
+            "added": self.added,
+            "changed": self.changed,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+        }
 
 
 def _plan(files: list[CorpusFile], prev: IndexTables | None) -> _Plan:
@@ -191,48 +221,44 @@ def _unchanged(f: CorpusFile, entry: dict[str, Any], plan: _Plan, file_id: int, 
     return digest == entry["blake2b"]
 
 
-def _run(todo: list[indexer.FileTask], root: Path, stage: Path | None, cfg: IndexConfig,
-         tok: dict[str, Any] | None, code: int, processes: int | None,
-         progress: Progress | None) -> dict[int, indexer.FileResult]:
-    """Index the files of ``todo``: in this process for one worker, else in a spawn pool."""
+def _run(
+    todo: list[indexer.FileTask],
+    root: Path,
+    stage: Path | None,
+    cfg: IndexConfig,
+    tok: dict[str, Any] | None,
+    code: int,
+    processes: int | None,
+    progress: Progress | None,
+) -> dict[int, indexer.FileResult]:
+    """Index the files of ``todo`` on ``processes`` processes (this one included)."""
     tasks = [
-        indexer.FileTask(file_id=t.file_id, root=str(root), file=t.file,
-                         token_path=str(stage / TOKENS_DIR / f"{t.file_id}.bin") if stage else None)
+        indexer.FileTask(
+            file_id=t.file_id,
+            root=str(root),
+            file=t.file,
+            token_path=str(stage / TOKENS_DIR / f"{t.file_id}.bin") if stage else None,
+        )
         for t in sorted(todo, key=lambda t: (-t.file.size, t.file_id))  # largest first: balanced workers
     ]
-    tok_path = tok["path"] if tok else None
-    workers = max(1, min(processes or os.cpu_count() or 1, len(tasks)))
-    state = {"files_done": 0, "files_total": len(tasks), "records": 0, "bytes": 0,
-             "bytes_total": sum(t.file.size for t in tasks)}
-    if progress:
-        progress(dict(state))
-    results: dict[int, indexer.FileResult] = {}
-    if workers == 1:
-        indexer.init_worker(cfg, tok_path, code, None)
-        done = (indexer.run_task_safe(t) for t in tasks)
-        _collect(done, results, state, progress)
-        return results
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=indexer.init_worker, initargs=(cfg, tok_path, code, False)) as pool:
-        _collect(pool.imap_unordered(indexer.run_task_safe, tasks), results, state, progress)
-    return results
+    tok_key = (tok["path"], tok["blake2b"]) if tok else None
+    workers = max(1, min(processes or default_processes(tok is not None), len(tasks)))
+    return run_tasks(tasks, workers, (cfg, tok_key, code), progress)
 
 
-def _collect(done: Any, results: dict[int, indexer.FileResult], state: dict[str, Any],
-             progress: Progress | None) -> None:
-    for res in done:
-        if isinstance(res, indexer.Failure):
-            raise res.error()
-        results[res.file_id] = res
-        state["files_done"] += 1
-        state["records"] += res.records
-        state["bytes"] += res.file.size
-        if progress:
-            progress(dict(state))
+def default_processes(tokenizing: bool) -> int:
+    """Every CPU for metadata; one process with a tokenizer, whose own thread pool uses every CPU
+    (tokenizing dominates, so one process tokenizes as fast and skips the start-up of workers)."""
+    return 1 if tokenizing else (os.cpu_count() or 1)
 
 
-def _gather(files: list[CorpusFile], plan: _Plan, results: dict[int, indexer.FileResult],
-            prev: IndexTables | None, stage: Path | None) -> list[pa.Table]:
+def _gather(
+    files: list[CorpusFile],
+    plan: _Plan,
+    results: dict[int, indexer.FileResult],
+    prev: IndexTables | None,
+    stage: Path | None,
+) -> list[pa.Table]:
     """Per-file tables in file order: fresh rows, or the previous rows under their new file_id."""
     tables = []
     bounds = _file_bounds(prev) if prev is not None else {}
@@ -269,16 +295,22 @@ def _carry_tokens(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _property_types(cfg: IndexConfig, results: dict[int, indexer.FileResult],
-                    prev: IndexTables | None) -> dict[str, dict[str, Any]]:
-    """The property schema: declared types, and automatic types widened over every file."""
-    from planner.index.properties import widen
+def _property_types(
+    cfg: IndexConfig,
+    results: dict[int, indexer.FileResult],
+    prev: IndexTables | None,
+    reused: list[pa.Table],
+) -> dict[str, dict[str, Any]]:
+    """The property schema: declared types, and automatic types widened over every file.
 
+    An automatic property of the previous index survives only where a reused file has a value for
+    it, as in a fresh build (where a column exists only when some record has the field).
+    """
     props = {s.name: {"type": s.type, "sources": s.sources()} for s in declared_specs(cfg)}
     auto: dict[str, str] = {}
     if prev is not None:
         for name, p in prev.manifest["properties"].items():
-            if p.get("automatic"):
+            if p.get("automatic") and any(t.column(name).null_count < t.num_rows for t in reused):
                 auto[name] = p["type"]
     for file_id in sorted(results):
         for name, t in results[file_id].auto_types.items():
@@ -288,4 +320,3 @@ def _property_types(cfg: IndexConfig, results: dict[int, indexer.FileResult],
         if name not in props:
             props[name] = {"type": auto[name], "sources": source or [name], "automatic": True}
     return dict(sorted(props.items()))
-

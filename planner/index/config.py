@@ -114,7 +114,9 @@ def parse_config(text: str, *, where: str = "index config", base_dir: Path | Non
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where}: invalid TOML: {exc}", "fix the TOML syntax at that line and column") from None
+        raise ConfigError(
+            f"{where}: invalid TOML: {exc}", "fix the TOML syntax at that line and column"
+        ) from None
     _check_keys(doc, _TOP_KEYS, where, "")
     index = _table(doc.get("index", {}), where, "[index]")
     _check_keys(index, _INDEX_KEYS, where, "[index] ")

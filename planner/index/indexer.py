@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from planner.index.config import IndexConfig
 from planner.index.properties import (
@@ -28,6 +29,7 @@ from planner.index.properties import (
 )
 from planner.index.scan import Chunk, CorpusFile, reader_for
 from planner.index.schema import PROPERTY_TYPES, RESERVED
+from planner.index.tokenizer_info import load_tokenizer
 from runtime.errors import CorpusError, MixteraUserError
 from runtime.token_files import TokenFileWriter
 
@@ -65,19 +67,17 @@ class WorkerState:
 _STATE: WorkerState | None = None
 
 
-def init_worker(config: IndexConfig, tokenizer_path: str | None, token_code: int,
-                tokenizers_parallel: bool | None) -> None:
-    """Pool initializer (also called in-process for one process)."""
+def init_worker(
+    config: IndexConfig, tokenizer: tuple[str, str] | None, token_code: int, tokenizers_parallel: bool | None
+) -> None:
+    """Pool initializer (also called in-process for one process). ``tokenizer``: (path, blake2b)."""
     global _STATE
     if tokenizers_parallel is not None:
+        # Several workers: one tokenizer thread each, so N processes use N cores, not N x cores.
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if tokenizers_parallel else "false"
-    tokenizer = None
-    if tokenizer_path is not None:
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(tokenizer_path)
+    loaded = load_tokenizer(*tokenizer) if tokenizer is not None else None
     hook = load_hook(config.function, config.base_dir) if config.function else None
-    _STATE = WorkerState(config, tokenizer, token_code, hook)
+    _STATE = WorkerState(config, loaded, token_code, hook)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +104,13 @@ def run_task_safe(task: FileTask) -> FileResult | Failure:
 class _Rows:
     """Column buffers for the good records of one file."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self) -> None:
         self.record: list[int] = []
         self.offset: list[int] = []
         self.length: list[int] = []
         self.text_bytes: list[int] = []
         self.tokens: list[int] = []
-        self.declared: dict[str, list[Any]] = {n: [] for n in names}
+        self.values: list[tuple] = []  # declared property values per record, in `Extractor.names` order
         self.auto: dict[str, tuple[list[int], list[Any]]] = {}  # sparse: (rows, values)
         self.writer: TokenFileWriter | None = None
 
@@ -119,7 +119,7 @@ def index_file(task: FileTask, state: WorkerState) -> FileResult:
     cfg, f = state.config, task.file
     path = Path(task.root) / f.relpath
     extractor = compile_extractor(cfg, f.relpath, state.hook)
-    rows = _Rows(extractor.names)
+    rows = _Rows()
     skipped: list[tuple[int, str]] = []
     digest: list[str] = []
     columns = _columns_needed(cfg, extractor)
@@ -138,8 +138,14 @@ def index_file(task: FileTask, state: WorkerState) -> FileResult:
             raise CorpusError(f"{path}: the file vanished while indexing", "re-run mixtera index") from None
     table, auto_types = _table(task, rows, extractor, state)
     return FileResult(
-        file_id=task.file_id, file=f, blake2b=digest[0], records=record_no, table=table,
-        auto_types=auto_types, skipped=skipped, bytes_read=bytes_read or f.size,
+        file_id=task.file_id,
+        file=f,
+        blake2b=digest[0],
+        records=record_no,
+        table=table,
+        auto_types=auto_types,
+        skipped=skipped,
+        bytes_read=bytes_read or f.size,
     )
 
 
@@ -153,49 +159,104 @@ def _columns_needed(cfg: IndexConfig, ex: Extractor) -> list[str] | None:
     return sorted(tops)
 
 
-def _index_chunk(chunk: Chunk, first: int, ex: Extractor, rows: _Rows,
-                 skipped: list[tuple[int, str]], path: Path, on_error: str) -> list[str]:
-    """The hot loop: parse, take the text, extract properties, append to the column buffers."""
+def _index_chunk(
+    chunk: Chunk,
+    first: int,
+    ex: Extractor,
+    rows: _Rows,
+    skipped: list[tuple[int, str]],
+    path: Path,
+    on_error: str,
+) -> list[str]:
+    """The hot loop: parse, take the text, extract properties; returns the good records' texts."""
+    if ex.hook is None and not ex.automatic and len(ex.text_path) == 1:
+        texts = _clean_chunk(chunk, first, ex, rows)
+        if texts is not None:
+            return texts
     loads, JSONError = orjson.loads, orjson.JSONDecodeError
     texts: list[str] = []
-    declared, auto, hook = ex.declared, ex.automatic, ex.hook
-    cols = [rows.declared[n] for n in ex.names]
-    record, offset, length, text_bytes = rows.record, rows.offset, rows.length, rows.text_bytes
+    row, auto, hook, raw = ex.row, ex.automatic, ex.hook, chunk.raw
+    key = ex.text_path[0] if len(ex.text_path) == 1 else None
+    values, text_bytes, bad = rows.values, rows.text_bytes, []
     for i, item in enumerate(chunk.items):
         try:
-            if chunk.raw:
+            if raw:
                 try:
                     item = loads(item)
                 except JSONError as exc:
                     raise _Bad(f"malformed JSON: {exc}") from None
             if type(item) is not dict:
                 raise _Bad(f"the record is a JSON {type(item).__name__}, not an object")
-            text = ex.text(item)
+            text = item.get(key) if key is not None else ex.text(item)
             if type(text) is not str:
                 raise _Bad(_text_problem(ex, text))
-            values = declared(item)
-            extra = _hooked(hook, item, ex, values) if hook is not None else None
+            vals = row(item)
+            if hook is not None or auto:
+                vals = _extras(ex, item, vals, rows, len(values))
         except (_Bad, ValueTypeError) as exc:
             _bad(path, chunk, i, str(exc), on_error, skipped)
+            bad.append(i)
             continue
-        n = len(record)
-        if auto:
-            extra = ex.automatic_fields(item)
-        if extra:
-            for k, v in extra.items():
-                col = rows.auto.get(k)
-                if col is None:
-                    col = rows.auto[k] = ([], [])
-                col[0].append(n)
-                col[1].append(v)
-        for col, name in zip(cols, ex.names):
-            col.append(values[name])
-        record.append(first + i)
-        offset.append(chunk.offsets[i])
-        length.append(chunk.lengths[i])
-        text_bytes.append(len(text.encode("utf-8", "surrogatepass")))
+        values.append(vals)
+        # isascii() is O(1) in CPython: ASCII text needs no encoding to know its UTF-8 size
+        text_bytes.append(len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass")))
         texts.append(text)
+    _locations(chunk, first, bad, rows)
     return texts
+
+
+def _clean_chunk(chunk: Chunk, first: int, ex: Extractor, rows: _Rows) -> list[str] | None:
+    """The common case at C speed (maps and comprehensions, no per-record Python branches): every
+    record parses, is an object, has a string text and well-typed properties. Returns None, having
+    appended nothing, when any record is bad; the careful loop then finds and reports it."""
+    try:
+        records = list(map(orjson.loads, chunk.items)) if chunk.raw else chunk.items
+        if set(map(type, records)) != {dict}:
+            return None
+        key = ex.text_path[0]
+        texts = [r.get(key) for r in records]
+        if set(map(type, texts)) != {str}:
+            return None
+        values = list(map(ex.row, records))
+    except (orjson.JSONDecodeError, ValueTypeError):
+        return None
+    rows.values.extend(values)
+    rows.text_bytes.extend(
+        [len(t) if t.isascii() else len(t.encode("utf-8", "surrogatepass")) for t in texts]
+    )
+    _locations(chunk, first, [], rows)
+    return texts
+
+
+def _locations(chunk: Chunk, first: int, bad: list[int], rows: _Rows) -> None:
+    """Record numbers, offsets and lengths of the chunk's good records, appended in bulk."""
+    n = len(chunk.items)
+    if not bad:
+        rows.record.extend(range(first, first + n))
+        rows.offset.extend(chunk.offsets)
+        rows.length.extend(chunk.lengths)
+        return
+    dropped = set(bad)
+    good = [i for i in range(n) if i not in dropped]
+    rows.record.extend(first + i for i in good)
+    rows.offset.extend(chunk.offsets[i] for i in good)
+    rows.length.extend(chunk.lengths[i] for i in good)
+
+
+def _extras(ex: Extractor, record: dict[str, Any], vals: tuple, rows: _Rows, n: int) -> tuple:
+    """Hook and automatic properties of record ``n``: declared ones replace `vals`, others go sparse."""
+    extra = ex.automatic_fields(record) if ex.automatic else {}
+    if ex.hook is not None:
+        declared = dict(zip(ex.names, vals, strict=True))
+        extra = _hooked(ex.hook, record, ex, declared)
+        vals = tuple(declared[name] for name in ex.names)
+    for k, v in extra.items():
+        col = rows.auto.get(k)
+        if col is None:
+            col = rows.auto[k] = ([], [])
+        col[0].append(n)
+        col[1].append(v)
+    return vals
 
 
 class _Bad(Exception):
@@ -211,18 +272,23 @@ def _text_problem(ex: Extractor, text: Any) -> str:
 
 def _hooked(hook: Any, record: dict[str, Any], ex: Extractor, values: dict[str, Any]) -> dict[str, Any]:
     """Run the user's hook; its declared keys override `values`, the others are automatic fields."""
-    out = hook(record, ex.relpath)
+    try:
+        out = hook(record, ex.relpath)
+    except Exception as exc:  # noqa: BLE001 - a bug in the user's hook is the user's error, with its line
+        raise _Bad(f"function raised {type(exc).__name__}: {exc}") from None
     if not isinstance(out, dict):
         raise _Bad(f"function returned {type(out).__name__}, not a dict of properties")
     extra = {}
     for k, v in out.items():
         if k in values:
-            spec_type = next((t for n, _, _, t, _ in ex.fields if n == k), None)
-            values[k] = v if v is None or spec_type is None else _convert(CONVERTERS[spec_type], k, spec_type, v)
+            spec_type = ex.types[k]
+            values[k] = v if v is None else _convert(CONVERTERS[spec_type], k, spec_type, v)
         elif k not in RESERVED and v is not None:
             if type(v) not in (str, int, float, bool):
-                raise _Bad(f"function returned {type(v).__name__} for undeclared property {k!r}; "
-                           f"declare [properties.{k}] with its type")
+                raise _Bad(
+                    f"function returned {type(v).__name__} for undeclared property {k!r}; "
+                    f"declare [properties.{k}] with its type"
+                )
             extra[k] = v
     return extra
 
@@ -234,8 +300,9 @@ def _convert(convert: Any, name: str, type_name: str, value: Any) -> Any:
         raise ValueTypeError(f"function:{name}", type_name, value) from None
 
 
-def _bad(path: Path, chunk: Chunk, i: int, message: str, on_error: str,
-         skipped: list[tuple[int, str]]) -> None:
+def _bad(
+    path: Path, chunk: Chunk, i: int, message: str, on_error: str, skipped: list[tuple[int, str]]
+) -> None:
     line = chunk.lines[i]
     if on_error == "fail":
         where = f"{path}:{line}" if chunk.raw else f"{path} row {line}"
@@ -265,7 +332,7 @@ def _table(task: FileTask, rows: _Rows, ex: Extractor, state: WorkerState) -> tu
     if rows.writer is not None:
         token_offset = np.concatenate(([0], np.cumsum(rows.tokens, dtype=np.int64)[:-1])) if n else []
     data: dict[str, pa.Array] = {
-        "sample_id": pa.array([f"{task.file.relpath}#{r}" for r in rows.record], pa.string()),
+        "sample_id": _sample_ids(task.file.relpath, rows.record),
         "file_id": pa.array(np.full(n, task.file_id, dtype=np.int32)),
         "record": pa.array(rows.record, pa.int64()),
         "offset": pa.array(rows.offset, pa.int64()),
@@ -274,14 +341,14 @@ def _table(task: FileTask, rows: _Rows, ex: Extractor, state: WorkerState) -> tu
         "tokens": pa.array(tokens, pa.int64()),
         "token_offset": pa.array(token_offset, pa.int64()),
     }
-    types = {s: t for s, _, _, t, _ in ex.fields}
-    for name in ex.names:
-        type_name = types.get(name) or _constant_type(state.config, name)
-        data[name] = pa.array(rows.declared[name], PROPERTY_TYPES[type_name])
+    columns = list(zip(*rows.values, strict=True)) if rows.values else [()] * len(ex.names)
+    for name, column in zip(ex.names, columns, strict=True):
+        type_name = ex.types[name]
+        data[name] = pa.array(column, PROPERTY_TYPES[type_name])
     auto_types = {}
     for name in sorted(rows.auto):
         dense: list[Any] = [None] * n
-        for r, v in zip(*rows.auto[name]):
+        for r, v in zip(*rows.auto[name], strict=True):
             dense[r] = v
         auto_types[name] = infer_type(rows.auto[name][1])
         if auto_types[name] == "string":
@@ -290,5 +357,7 @@ def _table(task: FileTask, rows: _Rows, ex: Extractor, state: WorkerState) -> tu
     return pa.table(data), auto_types
 
 
-def _constant_type(cfg: IndexConfig, name: str) -> str:
-    return next((p.type for p in cfg.properties if p.name == name), "string")
+def _sample_ids(relpath: str, records: list[int]) -> pa.Array:
+    """``<relpath>#<record>`` for every record, built in Arrow."""
+    numbers = pc.cast(pa.array(records, pa.int64()), pa.string())
+    return pc.binary_join_element_wise(f"{relpath}#", numbers, "")

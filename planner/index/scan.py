@@ -11,12 +11,13 @@ import gzip
 import hashlib
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
@@ -33,27 +34,38 @@ class Chunk:
     items: list[Any]
     offsets: list[int]  # JSON lines: byte offset in the uncompressed stream; Parquet: row group
     lengths: list[int]  # JSON lines: bytes without "\n"; Parquet: row inside the row group
-    lines: list[int]  # JSON: 1-based line number; Parquet: 0-based row of the file (for messages)
+    lines: Sequence[int]  # JSON: 1-based line number; Parquet: 0-based row of the file (messages)
     raw: bool
+    end: int = 0  # JSON lines: stream offset just after the chunk's last "\n"
 
 
 class HashingReader:
-    """A binary file that feeds every byte it reads into blake2b (16-byte digest)."""
+    """A binary file that feeds every byte it reads into blake2b (16-byte digest).
+
+    Hashing runs on a helper thread (hashlib releases the GIL), overlapping with parsing where a
+    core is free; one thread keeps the blocks in order.
+    """
 
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
-        self.hash = hashlib.blake2b(digest_size=16)
+        self._hash = hashlib.blake2b(digest_size=16)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="mixtera-hash")
 
     def read(self, n: int = -1) -> bytes:
         data = self._f.read(n)
-        self.hash.update(data)
+        if data:
+            self._thread.submit(self._hash.update, data)
         return data
 
     def drain(self) -> str:
         """Hash the bytes nobody read (trailing garbage of a compressed file); return the hex digest."""
         while self.read(READ_BYTES):
             pass
-        return self.hash.hexdigest()
+        self.close()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
 
 
 # ---- uncompressed byte streams -------------------------------------------------------------
@@ -107,44 +119,44 @@ def _json_lines(blocks: Iterator[bytes]) -> Iterator[Chunk]:
     """Split on b"\\n" only: U+2028/U+2029/U+0085 inside strings are data, not separators."""
     carry, base, line_no = b"", 0, 0
     for block in blocks:
-        buf = carry + block if carry else block
-        end = buf.rfind(b"\n")
-        if end < 0:
-            carry = buf
-            continue
-        carry = buf[end + 1 :]
-        chunk = _split(buf[:end], base, line_no)
-        base += end + 1
-        line_no += buf.count(b"\n", 0, end + 1)
-        if chunk.items:
-            yield chunk
+        lines = block.split(b"\n")
+        if carry:
+            lines[0] = carry + lines[0]  # copies one partial line, not the whole block
+        carry = lines.pop()  # the unfinished last line ("" after a final "\n")
+        if lines:
+            chunk = _chunk(lines, base, line_no)
+            base = chunk.end
+            line_no += len(lines)
+            if chunk.items:
+                yield chunk
     if carry:
-        chunk = _split(carry, base, line_no)
+        chunk = _chunk([carry], base, line_no)
         if chunk.items:
             yield chunk
 
 
-def _split(data: bytes, base: int, line_no: int) -> Chunk:
-    """Lines of ``data`` (no trailing "\\n") with offsets; blank lines are not records."""
-    lines = data.split(b"\n")
-    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
-    starts = np.concatenate(([0], ends + 1))
-    lengths = np.diff(np.concatenate((starts, [len(data) + 1]))) - 1
-    numbers = np.arange(line_no + 1, line_no + 1 + len(lines))
-    blank = lengths == 0
-    if blank.any():
-        keep = ~blank
-        lines = [ln for ln, k in zip(lines, keep.tolist()) if k]
-        starts, lengths, numbers = starts[keep], lengths[keep], numbers[keep]
-    return Chunk(lines, (starts + base).tolist(), lengths.tolist(), numbers.tolist(), True)
+def _chunk(lines: list[bytes], base: int, line_no: int) -> Chunk:
+    """Offsets and lengths of ``lines`` (each was followed by "\\n"); blank lines are not records."""
+    lengths = list(map(len, lines))
+    ends = list(accumulate(map((1).__add__, lengths), initial=base))  # C-speed running offsets
+    offsets, end = ends[:-1], ends[-1]
+    numbers: list[int] | range = range(line_no + 1, line_no + 1 + len(lines))
+    if 0 in lengths:
+        keep = [i for i, n in enumerate(lengths) if n]
+        lines, offsets = [lines[i] for i in keep], [offsets[i] for i in keep]
+        lengths, numbers = [lengths[i] for i in keep], [numbers[i] for i in keep]
+    return Chunk(lines, offsets, lengths, numbers, True, end)  # type: ignore[arg-type]
 
 
 def _stream_reader(blocks: Callable[[HashingReader, Path], Iterator[bytes]]) -> Reader:
     def read(path: Path, columns: list[str] | None, digest: list[str]) -> Iterator[Chunk]:
         with open(path, "rb") as f:
             src = HashingReader(f)
-            yield from _json_lines(blocks(src, path))
-            digest.append(src.drain())
+            try:
+                yield from _json_lines(blocks(src, path))
+                digest.append(src.drain())
+            finally:
+                src.close()
 
     return read
 
@@ -223,14 +235,18 @@ def corpus_root(paths: list[Path]) -> Path:
     resolved = [p.resolve() for p in paths]
     for p in resolved:
         if not p.exists():
-            raise CorpusError(f"corpus path {p} does not exist", "check the path (it must be a file or folder)")
+            raise CorpusError(
+                f"corpus path {p} does not exist", "check the path (it must be a file or folder)"
+            )
     if len(resolved) == 1 and resolved[0].is_dir():
         return resolved[0]
     common = Path(os.path.commonpath([str(p) for p in resolved]))
     return common if common.is_dir() else common.parent
 
 
-def discover(paths: list[Path], root: Path, *, exclude: Path | None = None) -> tuple[list[CorpusFile], list[str]]:
+def discover(
+    paths: list[Path], root: Path, *, exclude: Path | None = None
+) -> tuple[list[CorpusFile], list[str]]:
     """Indexable files under ``paths`` sorted by relative path, and the ignored files' paths.
 
     ``exclude`` (the index being written, when it lies inside the corpus) is not walked.
@@ -268,4 +284,6 @@ def _rel(path: Path, root: Path) -> str:
 
 def _describe(path: Path, root: Path) -> CorpusFile:
     st = path.stat()
-    return CorpusFile(relpath=_rel(path, root), format=format_of(path) or "", size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return CorpusFile(
+        relpath=_rel(path, root), format=format_of(path) or "", size=st.st_size, mtime_ns=st.st_mtime_ns
+    )

@@ -56,7 +56,9 @@ def _value_counts(values: pa.ChunkedArray) -> list[list[Any]]:
     if len(values) == 0 or values.null_count == len(values):
         return []
     vc = pc.value_counts(values.drop_null() if hasattr(values, "drop_null") else pc.drop_null(values))
-    pairs = [[v, c] for v, c in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True)]
+    pairs = [
+        [v, c] for v, c in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True)
+    ]
     return sorted(pairs, key=lambda p: (-p[1], _sort_key(p[0])))
 
 

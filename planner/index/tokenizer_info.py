@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +13,30 @@ from runtime.tokenizer import tokenizer_blake2b
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
 
 
-def tokenizer_identity(cfg: IndexConfig) -> dict[str, Any]:
-    """Load ``cfg.tokenizer`` and describe it; ConfigError when it cannot be used."""
+@lru_cache(maxsize=4)
+def load_tokenizer(path: str, digest: str) -> Any:
+    """The tokenizer at ``path`` (cached per content hash: one load per process and file version)."""
     from tokenizers import Tokenizer
 
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception on bad files
+        raise ConfigError(
+            f"tokenizer {path} cannot be loaded: {exc}", "pass a Hugging Face tokenizer.json"
+        ) from None
+
+
+def tokenizer_identity(cfg: IndexConfig) -> dict[str, Any]:
+    """Load ``cfg.tokenizer`` and describe it; ConfigError when it cannot be used."""
     path = Path(cfg.tokenizer or "")
     if not path.is_file():
         raise ConfigError(f"tokenizer {path} does not exist", "pass a Hugging Face tokenizer.json file")
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception on bad files
-        raise ConfigError(f"tokenizer {path} cannot be loaded: {exc}", "pass a Hugging Face tokenizer.json") from None
+    digest = tokenizer_blake2b(path)
+    tok = load_tokenizer(str(path.resolve()), digest)
     return {
         "path": str(path.resolve()),
         "name": path.name,
-        "blake2b": tokenizer_blake2b(path),
+        "blake2b": digest,
         "vocab_size": tok.get_vocab_size(with_added_tokens=True),
         "eos_id": _eos_id(tok, cfg, path),
         "eos": cfg.eos,
@@ -40,9 +50,13 @@ def _eos_id(tok: Any, cfg: IndexConfig, path: Path) -> int | None:
         if token_id is not None:
             return int(token_id)
     if cfg.eos_token:
-        raise ConfigError(f"tokenizer {path} has no token {cfg.eos_token!r} (eos_token)",
-                          "set [index] eos_token to a token of the vocabulary")
+        raise ConfigError(
+            f"tokenizer {path} has no token {cfg.eos_token!r} (eos_token)",
+            "set [index] eos_token to a token of the vocabulary",
+        )
     if cfg.eos:
-        raise ConfigError(f"tokenizer {path} has none of the end-of-document tokens {', '.join(EOS_CANDIDATES)}",
-                          "set [index] eos_token = \"...\", or eos = false to count no end-of-document token")
+        raise ConfigError(
+            f"tokenizer {path} has none of the end-of-document tokens {', '.join(EOS_CANDIDATES)}",
+            'set [index] eos_token = "...", or eos = false to count no end-of-document token',
+        )
     return None

@@ -89,13 +89,23 @@ def _widen(col: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
     return col.cast(to)
 
 
-def write_index(stage: Path, identity: dict[str, Any], cfg: IndexConfig, props: dict[str, dict[str, Any]],
-                files: list[CorpusFile], plan: Any, results: dict[int, Any], samples: pa.Table,
-                tok: dict[str, Any] | None) -> dict[str, Any]:
+def write_index(
+    stage: Path,
+    identity: dict[str, Any],
+    cfg: IndexConfig,
+    props: dict[str, dict[str, Any]],
+    files: list[CorpusFile],
+    plan: Any,
+    results: dict[int, Any],
+    samples: pa.Table,
+    tok: dict[str, Any] | None,
+) -> dict[str, Any]:
     """Write both tables into ``stage``, then the manifest (last, atomically); return the manifest."""
     prev_files = {f["path"]: f for f in plan.prev_files}
-    entries = [_file_entry(i, f, results.get(i), prev_files.get(f.relpath), plan.fresh_hash.get(i))
-               for i, f in enumerate(files)]
+    entries = [
+        _file_entry(i, f, results.get(i), prev_files.get(f.relpath), plan.fresh_hash.get(i))
+        for i, f in enumerate(files)
+    ]
     _write_parquet(samples, stage / SAMPLES)
     _write_parquet(_files_table(entries), stage / FILES)
     tokens = samples.column("tokens")
@@ -118,14 +128,23 @@ def write_index(stage: Path, identity: dict[str, Any], cfg: IndexConfig, props: 
     return manifest
 
 
-def _file_entry(file_id: int, f: CorpusFile, res: Any, old: dict[str, Any] | None,
-                fresh_hash: str | None) -> dict[str, Any]:
+def _file_entry(
+    file_id: int, f: CorpusFile, res: Any, old: dict[str, Any] | None, fresh_hash: str | None
+) -> dict[str, Any]:
     if res is not None:
         digest, records, skipped = res.blake2b, res.records, len(res.skipped)
     else:  # reused: the previous fingerprint, with this run's mtime
         digest, records, skipped = fresh_hash or old["blake2b"], old["records"], old["skipped"]  # type: ignore[index]
-    return {"file_id": file_id, "path": f.relpath, "format": f.format, "size": f.size,
-            "mtime_ns": f.mtime_ns, "blake2b": digest, "records": records, "skipped": skipped}
+    return {
+        "file_id": file_id,
+        "path": f.relpath,
+        "format": f.format,
+        "size": f.size,
+        "mtime_ns": f.mtime_ns,
+        "blake2b": digest,
+        "records": records,
+        "skipped": skipped,
+    }
 
 
 def _files_table(entries: list[dict[str, Any]]) -> pa.Table:
@@ -135,5 +154,11 @@ def _files_table(entries: list[dict[str, Any]]) -> pa.Table:
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
     # Fixed row groups and no per-run metadata: same rows -> byte-identical file.
-    pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE, compression="zstd",
-                   write_statistics=True, use_dictionary=True)
+    pq.write_table(
+        table,
+        path,
+        row_group_size=ROW_GROUP_SIZE,
+        compression="zstd",
+        write_statistics=True,
+        use_dictionary=True,
+    )

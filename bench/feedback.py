@@ -1,0 +1,131 @@
+"""Benchmark `mixtera feedback`: rewrite one refit interval of a 256-rank plan, the ADO fit timed apart.
+
+A synthetic index (8 components) is compiled into a plan of ``refit + lookahead + refit`` steps, a
+feedback log with synthetic per-domain losses is written for the first ``refit`` steps, and decision
+1 is made: the ADO fit (8 domains x 512 starts), then the rewrite proper (roll the policy over the
+interval, exact quotas, pack every segment with the compiler's core, encode 256 rank files,
+publish). Baseline in the same process: compiling the same plan from scratch (per step).
+
+    .venv/bin/python bench/feedback.py [--samples 1000000] [--refit 1000] [--batch 1] [--seq-len 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from synthetic_index import write_synthetic_index  # noqa: E402
+
+from planner.feedback import read_history  # noqa: E402
+from planner.plan_manifest import compile_file  # noqa: E402
+from planner.rewrite import PlanContext, decide, write_version  # noqa: E402
+from runtime.feedback_log import LogWriter, log_path  # noqa: E402
+
+SOURCES = ("web", "code", "books", "wiki", "news", "papers", "forum", "legal")
+DATA = ROOT / "bench" / "data" / "feedback"
+
+
+def mixture(steps: int, refit: int, batch: int, seq_len: int) -> str:
+    comps = "\n".join(f"[components.{s}]\nwhere = \"source == '{s}'\"\nweight = {w}\n"
+                      for s, w in zip(SOURCES, (0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05), strict=True))
+    return f"""
+[mixture]
+index = "index"
+seed = 1
+steps = {steps}
+segment_steps = 100
+[topology]
+world_size = 256
+batch_size = {batch}
+seq_len = {seq_len}
+[dynamic]
+algorithm = "ado"
+refit_every = {refit}
+ignore_steps = {refit // 5}
+{comps}"""
+
+
+def write_log(ctx: PlanContext, steps: int) -> None:
+    quotas = np.load(ctx.path / "quotas.npy")[:steps]
+    n = np.cumsum(quotas, axis=0) / 1024.0
+    k = quotas.shape[1]
+    eps, beta, alpha = np.linspace(1.8, 3.0, k), np.linspace(5, 40, k), np.linspace(0.2, 0.6, k)
+    rng = np.random.default_rng(0)
+    loss = (eps + beta * np.maximum(n, 1) ** -alpha) * (1 + rng.normal(0, 0.01, n.shape))
+    with LogWriter(log_path(ctx.path), k, ctx.manifest["fingerprint"], fsync=False) as w:
+        for s in range(steps):
+            w.append(s, 0, quotas[s], loss[s] * quotas[s])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=1_000_000)
+    ap.add_argument("--refit", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq-len", type=int, default=2048)
+    args = ap.parse_args()
+    lookahead = 100
+    steps = 2 * args.refit + lookahead
+    index = DATA / f"index-{args.samples}"
+    if not index.exists():
+        write_synthetic_index(index, args.samples, seed=1, files=16, sources=SOURCES)
+    work = DATA / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "index").symlink_to(index.resolve())
+    (work / "mixture.toml").write_text(mixture(steps, args.refit, args.batch, args.seq_len))
+    t0 = time.perf_counter()
+    _, written = compile_file(work / "mixture.toml", work / "plan")
+    compile_s = time.perf_counter() - t0
+    ctx = PlanContext.open(work / "plan")
+    write_log(ctx, args.refit)
+
+    fit_s = []
+    real_refit = ctx.algorithm.refit
+
+    def timed_refit(*a: object) -> dict:
+        t = time.perf_counter()
+        out = real_refit(*a)
+        fit_s.append(time.perf_counter() - t)
+        return out
+
+    ctx.algorithm = dataclasses.replace(ctx.algorithm, refit=timed_refit)
+    t0 = time.perf_counter()
+    hist = read_history(ctx, steps)
+    t_log = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dec = decide(ctx, 1, hist)
+    t_decide = time.perf_counter() - t0 - fit_s[0]
+    t0 = time.perf_counter()
+    assert write_version(ctx, dec)
+    t_write = time.perf_counter() - t0
+    rewritten = steps - int(dec.body["first_step"])
+    rewrite_s = t_log + t_decide + t_write
+    per_step_compile = compile_s / steps
+    per_step_rewrite = rewrite_s / rewritten
+    print(f"plan: 256 ranks x batch {args.batch} x seq_len {args.seq_len}, {steps} steps, "
+          f"{written.entries:,} entries, 8 components ({args.samples:,} samples)")
+    print(f"ADO fit (8 domains x 512 starts, {dec.body['fit']['points']} points): {fit_s[0]:.3f} s "
+          f"(accepted: {dec.body['fit']['accepted']})")
+    print(f"rewrite of one refit interval ({rewritten} steps, "
+          f"{sum(s['entries'] for s in dec.body.get('segments', [])) or 'n/a'} entries): {rewrite_s:.3f} s "
+          f"= read log {t_log:.3f} + roll policy and quotas {t_decide:.3f} + pack, encode, publish "
+          f"{t_write:.3f}  (target <= 1 s)")
+    print(f"baseline compile of the whole plan: {compile_s:.3f} s, {written.entries / compile_s / 1e6:.2f} M "
+          f"entries/s")
+    print(f"ratio rewrite / compile per step: {per_step_rewrite / per_step_compile:.2f}")
+    print(f"fit + rewrite: {fit_s[0] + rewrite_s:.3f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The per-process part of a PlanDataset: the open plan, the sources and the current segment.
+
+A ``Replay`` lives in one process (the main one, or a loader worker) and turns a step number into
+the step's token sequences or documents. It decodes one plan segment at a time and resolves only
+the steps of that segment that this worker replays, so memory and work per worker do not grow
+with the plan or the number of workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+import torch
+
+from runtime.packing import pack_step
+from runtime.plan import Plan, ResolvedEntries
+from runtime.plan_format import Segment
+from runtime.readers import FileEntry
+from runtime.sources import PretokenizedSource, TextSource, TokenizingSource
+from runtime.tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from runtime.dataset import PlanDataset
+
+_LIST_COLUMNS = ("file", "offset", "length", "record", "component", "token_start", "token_end")
+
+
+class Replay:
+    """The per-process part of a PlanDataset: open plan, sources and the current segment."""
+
+    def __init__(self, ds: PlanDataset) -> None:
+        self.ds = ds
+        self.plan = Plan.open(ds.plan_path)
+        manifest = self.plan.manifest
+        files = {
+            int(f["file_id"]): FileEntry.from_manifest(f, self.plan.corpus_root) for f in self.plan.files
+        }
+        info = ds.tokenizer_info or {}
+        self.eos_id = int(info["eos_id"]) if self.plan.eos else None
+        self.texts = TextSource(files, ds.text_field, ds.cache_dir)
+        self.paths = {int(f["file_id"]): f["path"] for f in self.plan.files}
+        self.tokens: Any = None
+        if ds.output == "tokens" and ds.pretokenized:
+            self.tokens = PretokenizedSource(Path(manifest["token_files"]["dir"]), self.eos_id)
+        elif ds.output == "tokens":
+            tok, _ = load_tokenizer(ds.tokenizer_path, ds.tokenizer_info)
+            self.tokens = TokenizingSource(self.texts, tok, self.eos_id)
+        self.workers = 1  # loader workers: each resolves only its own steps of a segment
+        self._segment: tuple[int, int, ResolvedEntries, dict[int, tuple[int, int]]] | None = None
+        self._lists: dict[str, list[int]] | None = None
+
+    def _load_segment(self, step: int) -> tuple[int, int]:
+        """Decode and resolve this worker's steps of the segment holding ``step`` (kept until another
+        is needed); returns the step's entry range in the resolved arrays."""
+        k = self.plan.segment_of_step(step)
+        phase = step % self.workers
+        if self._segment is None or self._segment[:2] != (k, phase):
+            seg = self.plan.segment(self.ds.rank, k)
+            mine, ranges = _worker_share(seg, phase, self.workers)
+            self._segment = (k, phase, self.plan.resolve(mine), ranges)
+            self._lists = None
+        return self._segment[3][step]
+
+    def entries(self, step: int) -> ResolvedEntries:
+        lo, hi = self._load_segment(step)
+        return self._segment[2].take(slice(lo, hi))
+
+    def entry_lists(self, step: int) -> dict[str, list[int]]:
+        """The step's entries as Python lists (converted once per segment: the documents path)."""
+        lo, hi = self._load_segment(step)
+        if self._lists is None:
+            resolved = self._segment[2]
+            self._lists = {name: getattr(resolved, name).tolist() for name in _LIST_COLUMNS}
+        return {name: values[lo:hi] for name, values in self._lists.items()}
+
+    def sequences(self, step: int) -> list[dict[str, Any]]:
+        ent = self.entries(step)
+        cols = {
+            "file": ent.file,
+            "offset": ent.offset,
+            "length": ent.length,
+            "tokens": ent.doc_tokens - (1 if self.eos_id is not None else 0),
+            "token_offset": self.plan.samples["token_offset"][ent.row],
+        }
+        flat = self.tokens.flat(ent.row, cols, ent.token_start, ent.token_end)
+        packed = pack_step(
+            flat,
+            ent.token_end - ent.token_start,
+            ent.component,
+            ent.token_start,
+            self.ds.batch_size,
+            self.ds.seq_len,
+            step,
+            self.ds.with_provenance,
+        )
+        ids, labels, domains = (
+            torch.from_numpy(a) for a in (packed.input_ids, packed.labels, packed.domain_ids)
+        )
+        items = [
+            {"input_ids": ids[b], "labels": labels[b], "domain_ids": domains[b], "step": step}
+            for b in range(self.ds.batch_size)
+        ]
+        if packed.provenance is not None:
+            for b, slices in enumerate(packed.provenance):
+                items[b]["provenance"] = [
+                    (f"{self.paths[int(ent.file[i])]}#{int(ent.record[i])}", s, e) for i, s, e in slices
+                ]
+        return items
+
+    def documents(self, step: int) -> list[dict[str, Any]]:
+        cols = self.entry_lists(step)
+        names, paths = self.ds.domains, self.paths
+        columns = (
+            cols["file"],
+            cols["offset"],
+            cols["length"],
+            cols["record"],
+            cols["component"],
+            cols["token_start"],
+            cols["token_end"],
+        )
+        plain = self.texts.plain_files(cols["file"])
+        if plain is not None:  # the hot path: read, parse and build each item in one loop
+            fds, get = plain
+            loads, pread = orjson.loads, os.pread
+            with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):  # below names the record
+                return [
+                    {
+                        "text": get(loads(pread(fds[f], n, o))),
+                        "sample_id": f"{paths[f]}#{r}",
+                        "domain": names[c],
+                        "domain_id": c,
+                        "step": step,
+                        "token_start": s,
+                        "token_end": e,
+                    }
+                    for f, o, n, r, c, s, e in zip(*columns, strict=True)
+                ]
+        texts = self.texts.texts(cols["file"], cols["offset"], cols["length"])
+        return [
+            {
+                "text": text,
+                "sample_id": f"{paths[f]}#{r}",
+                "domain": names[c],
+                "domain_id": c,
+                "step": step,
+                "token_start": s,
+                "token_end": e,
+            }
+            for text, (f, _, _, r, c, s, e) in zip(texts, zip(*columns, strict=True), strict=True)
+        ]
+
+
+def _worker_share(seg: Segment, phase: int, workers: int) -> tuple[Segment, dict[int, tuple[int, int]]]:
+    """The entries of the steps ``s`` of ``seg`` with ``s % workers == phase``, and each such step's
+    entry range in them."""
+    bounds = seg.step_slices()
+    steps = [i for i in range(seg.steps) if (seg.first_step + i) % workers == phase]
+    counts = seg.step_counts[steps]
+    starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    ranges = {seg.first_step + i: (int(starts[j]), int(starts[j + 1])) for j, i in enumerate(steps)}
+    if workers == 1:
+        return seg, ranges
+    sel = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in steps] or [np.empty(0, np.int64)])
+    mine = Segment(
+        seg.first_step,
+        counts,
+        seg.component[sel],
+        seg.position[sel],
+        seg.token_start[sel],
+        seg.token_end[sel],
+        seg.version,
+    )
+    return mine, ranges
