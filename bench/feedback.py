@@ -30,6 +30,7 @@ from planner.feedback import read_history  # noqa: E402
 from planner.plan_manifest import compile_file  # noqa: E402
 from planner.rewrite import PlanContext, decide, write_version  # noqa: E402
 from runtime.feedback_log import LogWriter, log_path  # noqa: E402
+from runtime.versions import read_decision  # noqa: E402
 
 SOURCES = ("web", "code", "books", "wiki", "news", "papers", "forum", "legal")
 DATA = ROOT / "bench" / "data" / "feedback"
@@ -67,12 +68,29 @@ def write_log(ctx: PlanContext, steps: int) -> None:
             w.append(s, 0, quotas[s], loss[s] * quotas[s])
 
 
+def fit_scaling(points: list[int]) -> None:
+    """Fit time of 8 domains x 512 starts against the number of fit points (noiseless curves)."""
+    from planner.ado import AdoParams
+    from planner.ado_fit import fit
+
+    settings = AdoParams().resolved().fit_settings()
+    for p in points:
+        steps = 1000 + 10 * p
+        tokens = np.full(steps, 256 * 1024, np.int64)
+        n = np.cumsum(tokens) / 1024
+        losses = np.linspace(1.8, 3.0, 8) + np.linspace(5, 40, 8) * n[:, None] ** -np.linspace(0.2, 0.6, 8)
+        t = time.perf_counter()
+        res = fit(losses, tokens, 1000, 1024, settings)
+        print(f"ADO fit, {res.points} points: {time.perf_counter() - t:.3f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=1_000_000)
     ap.add_argument("--refit", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--fit-points", default="100,400", help="also time the fit alone at these sizes")
     args = ap.parse_args()
     lookahead = 100
     steps = 2 * args.refit + lookahead
@@ -110,6 +128,7 @@ def main() -> None:
     assert write_version(ctx, dec)
     t_write = time.perf_counter() - t0
     rewritten = steps - int(dec.body["first_step"])
+    entries = sum(seg["entries"] for seg in read_decision(ctx.path, 1)["segments"])
     rewrite_s = t_log + t_decide + t_write
     per_step_compile = compile_s / steps
     per_step_rewrite = rewrite_s / rewritten
@@ -118,13 +137,15 @@ def main() -> None:
     print(f"ADO fit (8 domains x 512 starts, {dec.body['fit']['points']} points): {fit_s[0]:.3f} s "
           f"(accepted: {dec.body['fit']['accepted']})")
     print(f"rewrite of one refit interval ({rewritten} steps, "
-          f"{sum(s['entries'] for s in dec.body.get('segments', [])) or 'n/a'} entries): {rewrite_s:.3f} s "
+          f"{entries:,} entries): {rewrite_s:.3f} s "
           f"= read log {t_log:.3f} + roll policy and quotas {t_decide:.3f} + pack, encode, publish "
           f"{t_write:.3f}  (target <= 1 s)")
     print(f"baseline compile of the whole plan: {compile_s:.3f} s, {written.entries / compile_s / 1e6:.2f} M "
           f"entries/s")
-    print(f"ratio rewrite / compile per step: {per_step_rewrite / per_step_compile:.2f}")
+    print(f"ratio rewrite / compile per step: {per_step_rewrite / per_step_compile:.2f}; rewrite "
+          f"{entries / rewrite_s / 1e6:.2f} M entries/s")
     print(f"fit + rewrite: {fit_s[0] + rewrite_s:.3f} s")
+    fit_scaling([int(p) for p in args.fit_points.split(",") if p])
 
 
 if __name__ == "__main__":

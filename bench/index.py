@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import random
+import resource
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -98,23 +101,54 @@ def parse_file(path: Path) -> tuple[int, int]:
     return records, size
 
 
-def orjson_loop(folder: Path, processes: int = 1) -> tuple[int, int, float]:
+@dataclass(frozen=True)
+class Run:
+    records: int
+    bytes: int
+    wall: float
+    cpu: float  # CPU seconds of this process and its child processes (threads included)
+
+
+def _cpu() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(work: Callable[[], tuple[int, int]]) -> Run:
+    wall, cpu = time.perf_counter(), _cpu()
+    records, size = work()
+    return Run(records, size, time.perf_counter() - wall, _cpu() - cpu)
+
+
+def orjson_loop(folder: Path, processes: int = 1) -> Run:
     """Baseline: `parse_file` over every file, in this process or a spawn pool (start-up included)."""
-    t0 = time.perf_counter()
-    if processes == 1:
-        done = [parse_file(p) for p in _files(folder)]
-    else:
-        with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            done = pool.map(parse_file, _files(folder), chunksize=1)
-    return sum(r for r, _ in done), sum(b for _, b in done), time.perf_counter() - t0
+
+    def work() -> tuple[int, int]:
+        if processes == 1:
+            done = [parse_file(p) for p in _files(folder)]
+        else:
+            with multiprocessing.get_context("spawn").Pool(processes) as pool:
+                done = pool.map(parse_file, _files(folder), chunksize=1)
+        return sum(r for r, _ in done), sum(b for _, b in done)
+
+    return timed(work)
 
 
-def best(runs: int, measure: Callable[[], tuple[int, int, float]]) -> tuple[int, int, float]:
-    """The fastest of ``runs`` measurements (the machine is shared: the minimum is the least disturbed)."""
-    return min((measure() for _ in range(runs)), key=lambda r: r[2])
+def interleaved(runs: int, measures: dict[str, Callable[[], Run]]) -> dict[str, Run]:
+    """Each measurement ``runs`` times, round-robin, keeping the fastest of each: on a shared
+    machine the load drifts, and interleaving exposes baseline and subject to the same drift."""
+    fastest: dict[str, Run] = {}
+    for _ in range(runs):
+        for name, measure in measures.items():
+            run = measure()
+            if name not in fastest or run.wall < fastest[name].wall:
+                fastest[name] = run
+    for name, run in fastest.items():
+        show(name, run)
+    return fastest
 
 
-def tokenizer_alone(folder: Path, tokenizer: Path) -> tuple[int, int, float]:
+def tokenizer_alone(folder: Path, tokenizer: Path) -> Run:
     """Baseline: encode_batch_fast over every text (texts loaded before the clock starts)."""
     from tokenizers import Tokenizer
 
@@ -123,31 +157,40 @@ def tokenizer_alone(folder: Path, tokenizer: Path) -> tuple[int, int, float]:
         orjson.loads(line)["text"] for p in _files(folder) for line in p.read_bytes().split(b"\n") if line
     ]
     size = sum(p.stat().st_size for p in _files(folder))
-    t0 = time.perf_counter()
-    batch = 5000
-    for i in range(0, len(texts), batch):
-        tok.encode_batch_fast(texts[i : i + batch], add_special_tokens=False)
-    return len(texts), size, time.perf_counter() - t0
+
+    def work() -> tuple[int, int]:
+        for i in range(0, len(texts), 5000):
+            tok.encode_batch_fast(texts[i : i + 5000], add_special_tokens=False)
+        return len(texts), size
+
+    return timed(work)
 
 
-def index_run(folder: Path, processes: int, tokenizer: Path | None) -> tuple[int, int, float]:
+def index_run(folder: Path, processes: int, tokenizer: Path | None) -> Run:
     out = Path(tempfile.mkdtemp(prefix="mixtera-bench-index-"))
+    size = sum(p.stat().st_size for p in _files(folder))
+
+    def work() -> tuple[int, int]:
+        cfg = parse_config(CONFIG)
+        report = build_index([folder], out / "idx", cfg, tokenizer=tokenizer, processes=processes)
+        return report.samples, size
+
     try:
-        t0 = time.perf_counter()
-        report = build_index(
-            [folder], out / "idx", parse_config(CONFIG), tokenizer=tokenizer, processes=processes
-        )
-        seconds = time.perf_counter() - t0
+        return timed(work)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return report.samples, sum(p.stat().st_size for p in _files(folder)), seconds
 
 
-def show(name: str, result: tuple[int, int, float]) -> float:
-    records, size, seconds = result
-    rate = size / 1e6 / seconds
-    print(f"{name:42s} {records / seconds:12,.0f} records/s {rate:9.1f} MB/s  ({seconds:.2f} s)")
-    return rate
+def show(name: str, run: Run) -> None:
+    print(
+        f"{name:48s} {run.records / run.wall:10,.0f} rec/s {run.bytes / 1e6 / run.wall:8.1f} MB/s"
+        f"  wall {run.wall:6.2f} s  cpu {run.cpu:6.2f} s"
+    )
+
+
+def ratio(name: str, a: Run, b: Run, target: str) -> None:
+    """Throughput of ``a`` over ``b`` by wall clock, and by CPU time (robust to a busy machine)."""
+    print(f"  {name:62s} wall {b.wall / a.wall:5.2f}   cpu {b.cpu / a.cpu:5.2f}   {target}")
 
 
 def main() -> None:
@@ -160,32 +203,44 @@ def main() -> None:
     args = ap.parse_args()
     n = args.repeat
     meta = generate(DATA / f"index-jsonl-{args.mb}mb-{args.files}f", args.mb, args.files)
-    print(f"metadata runs: {args.mb} MB in {args.files} files under {meta}, best of {n}")
-    base = show("plain orjson loop, 1 process", best(n, lambda: orjson_loop(meta)))
-    base2 = show("plain orjson loop, 2 processes", best(n, lambda: orjson_loop(meta, 2)))
-    p1 = show("mixtera index, metadata, 1 process", best(n, lambda: index_run(meta, 1, None)))
-    p2 = show("mixtera index, metadata, 2 processes", best(n, lambda: index_run(meta, 2, None)))
-    print(f"  ratio index / orjson loop, 1 process: {p1 / base:.2f}   (target >= 0.50)")
-    print(f"  ratio index / orjson loop, 2 processes: {p2 / base2:.2f}   (target >= 0.50)")
-    print(f"  scaling 2 / 1 process: index {p2 / p1:.2f}, orjson loop {base2 / base:.2f}   (ideal 2.00)")
+    print(
+        f"metadata runs: {args.mb} MB in {args.files} files under {meta}, best of {n}, {os.cpu_count()} CPUs"
+    )
+    m = interleaved(
+        n,
+        {
+            "plain orjson loop, 1 process": lambda: orjson_loop(meta),
+            "plain orjson loop, 2 processes": lambda: orjson_loop(meta, 2),
+            "mixtera index, metadata, 1 process": lambda: index_run(meta, 1, None),
+            "mixtera index, metadata, 2 processes": lambda: index_run(meta, 2, None),
+        },
+    )
+    base, base2, p1, p2 = m.values()
+    ratio("index / orjson loop, 1 process", p1, base, "(target >= 0.50)")
+    ratio("index / orjson loop, 2 processes", p2, base2, "(target >= 0.50)")
+    print(
+        f"  scaling 2 / 1 process (wall): index {p1.wall / p2.wall:.2f}, "
+        f"orjson loop {base.wall / base2.wall:.2f}   (ideal 2.00; "
+        f"cpu of 2 processes / cpu of 1: index {p2.cpu / p1.cpu:.2f})"
+    )
     if not args.tokenizer.is_file():
         print(f"no tokenizer at {args.tokenizer}: tokenizer runs skipped")
         return
     tok_data = generate(DATA / f"index-jsonl-{args.tok_mb}mb-{args.files}f", args.tok_mb, args.files, seed=1)
     print(f"tokenizer runs: {args.tok_mb} MB, {args.tokenizer.name}, best of {n}")
-    alone = show(
-        "tokenizer alone (encode_batch_fast, all cores)",
-        best(n, lambda: tokenizer_alone(tok_data, args.tokenizer)),
+    t = interleaved(
+        n,
+        {
+            "tokenizer alone (encode_batch_fast, all cores)": lambda: tokenizer_alone(
+                tok_data, args.tokenizer
+            ),
+            "mixtera index + tokenizer, 1 process (default)": lambda: index_run(tok_data, 1, args.tokenizer),
+            "mixtera index + tokenizer, 2 processes": lambda: index_run(tok_data, 2, args.tokenizer),
+        },
     )
-    t1 = show(
-        "mixtera index + tokenizer, 1 process (default)",
-        best(n, lambda: index_run(tok_data, 1, args.tokenizer)),
-    )
-    t2 = show(
-        "mixtera index + tokenizer, 2 processes", best(n, lambda: index_run(tok_data, 2, args.tokenizer))
-    )
-    print(f"  ratio index+tokenizer / tokenizer alone, 1 process: {t1 / alone:.2f}   (target >= 0.90)")
-    print(f"  ratio index+tokenizer / tokenizer alone, 2 processes: {t2 / alone:.2f}   (target >= 0.90)")
+    alone, t1, t2 = t.values()
+    ratio("index+tokenizer / tokenizer alone, 1 process", t1, alone, "(target >= 0.90)")
+    ratio("index+tokenizer / tokenizer alone, 2 processes", t2, alone, "(target >= 0.90)")
 
 
 if __name__ == "__main__":

@@ -192,9 +192,12 @@ def step_texts(plan: Path, steps: int) -> list[list[str]]:
     seen = {d["sample_id"] for d in next(dit)}  # step 0 warmed the tokens path's cache too
     batches = []
     for _ in range(steps):
-        step = [d for d in next(dit) if d["sample_id"] not in seen]
-        seen.update(d["sample_id"] for d in step)
-        batches.append([d["text"] for d in step])
+        texts = []
+        for d in next(dit):  # a document split at a sequence boundary occurs twice in one step
+            if d["sample_id"] not in seen:
+                seen.add(d["sample_id"])
+                texts.append(d["text"])
+        batches.append(texts)
     return batches
 
 

@@ -102,6 +102,8 @@ def _save(path: Path, obj: object) -> None:
 def load_checkpoint(
     folder: Path, model: nn.Module, opt: torch.optim.Optimizer, ds: PlanDataset, rank: int
 ) -> int:
+    if not (folder / "latest.json").is_file():
+        raise SystemExit(f"error: --resume: no checkpoint in {folder} (latest.json is missing)")
     latest = json.loads((folder / "latest.json").read_text())
     target = folder / latest["dir"]
     state = torch.load(target / "model.pt", weights_only=False)

@@ -22,7 +22,7 @@ def feedback(
     json_out: Annotated[bool, typer.Option("--json", help="Print decisions as JSON on stdout (one object "
                                            "per line with --follow).")] = False,
 ) -> None:
-    """Run the mixture's [dynamic] algorithm on the feedback log and publish new plan versions."""
+    """Run the mixture's dynamic algorithm (ADO, ...) on the job's losses and publish new plan versions."""
     from planner.feedback import follow as follow_plan
     from planner.feedback import run_pending
     from planner.rewrite import PlanContext

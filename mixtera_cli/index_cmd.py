@@ -48,7 +48,13 @@ def index(
     ] = False,
     processes: Annotated[
         int | None,
-        typer.Option("--processes", "-p", min=1, help="Worker processes [default: number of CPUs]."),
+        typer.Option(
+            "--processes",
+            "-p",
+            min=1,
+            help="Processes indexing files [default: number of CPUs; 1 with a tokenizer, which uses "
+            "every CPU itself].",
+        ),
     ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")
@@ -118,7 +124,7 @@ def render_report(rep: dict[str, Any]) -> None:
     counts = rep["counts"]
     table = Table(title=f"index {escape(rep['out'])}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
-    table.add_column("value", justify="right")
+    table.add_column("value")
     table.add_row("corpus root", escape(rep["corpus_root"]))
     for key in ("files", "samples", "bytes"):
         table.add_row(key, f"{counts[key]:,}")

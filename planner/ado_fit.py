@@ -168,6 +168,8 @@ def batched_lbfgs(x0: np.ndarray, logn: np.ndarray, logl: np.ndarray, delta: flo
         slot = it % _MEMORY
         s_buf[slot, idx] = np.where(ok[:, None], x_new - x[idx], 0.0)
         y_buf[slot, idx] = np.where(ok[:, None], g_new - g[idx], 0.0)
+        # The reference's (jaxopt) stopping rule: gradient norm below 1e-5. No relative-decrease rule:
+        # the objective is ~1e-3 in size, and scipy's ftol would stop the starts far too early.
         x[idx] = np.where(ok[:, None], x_new, x[idx])
         f[idx] = np.where(ok, f_new, f[idx])
         g[idx] = np.where(ok[:, None], g_new, g[idx])

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from planner.components import Selection, leaf_weights, select
 from planner.index import IndexTables
-from planner.packing import BlockEntries, PlanState, Streams, plan_steps
+from planner.packing import BlockEntries, PlanState, Streams, compact_lengths, plan_steps
 from planner.quotas import QuotaPlan, plan_quotas, weight_matrix
 from planner.spec import MixtureSpec, Topology
 from runtime.plan import NO_TOKEN_OFFSET, SAMPLE_DTYPE
@@ -122,7 +122,8 @@ def compile_plan(spec: MixtureSpec, index: IndexTables) -> CompiledPlan:
         fingerprint=fingerprint(spec.to_dict(), index_hash, spec.topology, spec.seed),
         components=_infos(spec, sel, qp), samples=_sample_table(index, sel), quotas=qp.quotas,
         weights=qp.weights,
-        streams=Streams(names=sel.names, doc_lengths=sel.spans, seed=spec.seed, unit=spec.unit))
+        streams=Streams(names=sel.names, doc_lengths=tuple(compact_lengths(s) for s in sel.spans),
+                        seed=spec.seed, unit=spec.unit))
 
 
 def _stages(spec: MixtureSpec, sizes: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
@@ -160,16 +161,19 @@ def _sample_table(index: IndexTables, sel: Selection) -> np.ndarray:
     t = index.samples
     out = np.empty(rows.size, dtype=SAMPLE_DTYPE)
 
-    def col(name: str, fill: int) -> np.ndarray:
-        return pc.fill_null(t.column(name), fill).to_numpy()[rows]
+    def col(name: str) -> np.ndarray:
+        column = t.column(name)
+        if column.null_count:
+            column = pc.fill_null(column, 0)
+        return column.to_numpy()[rows]
 
-    out["file"] = col("file_id", 0)
-    out["record"] = col("record", 0)
-    out["offset"] = col("offset", 0)
-    out["length"] = col("length", 0)
-    out["tokens"] = col("tokens", 0)
+    for field, name in (("file", "file_id"), ("record", "record"), ("offset", "offset"),
+                        ("length", "length"), ("tokens", "tokens")):
+        out[field] = col(name)
     offsets = t.column("token_offset")
-    valid = pc.is_valid(offsets).to_numpy(zero_copy_only=False)[rows]
-    out["token_offset"] = np.where(valid, pc.fill_null(offsets, 0).to_numpy()[rows].astype(np.uint64),
-                                   NO_TOKEN_OFFSET)
+    if offsets.null_count == len(offsets):
+        out["token_offset"] = NO_TOKEN_OFFSET
+    else:
+        valid = pc.is_valid(offsets).to_numpy(zero_copy_only=False)[rows]
+        out["token_offset"] = np.where(valid, col("token_offset").astype(np.uint64), NO_TOKEN_OFFSET)
     return out

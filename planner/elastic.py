@@ -83,7 +83,7 @@ def _repartition_segment(old: Plan, k: int, topo: Topology) -> BlockEntries:
     else:
         per_step = np.bincount(step, minlength=steps)
         rank = (np.arange(step.size) - np.repeat(np.cumsum(per_step) - per_step, per_step)) // topo.batch_size
-    order, counts = rank_major_order(rank, step, steps, topo.world_size)
+    order, counts = rank_major_order(step * topo.world_size + rank, steps, topo.world_size)
     return BlockEntries(first_step=segs[0].first_step, counts=counts.astype(np.uint32),
                         component=e["component"][order].astype(np.uint16), position=e["position"][order],
                         token_start=e["token_start"][order].astype(np.uint32),

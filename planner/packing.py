@@ -4,11 +4,18 @@
 stream from ``state`` (next position, tokens already used of the current document, quota carry),
 packs the quotas of a block of steps, interleaves the components inside every step, cuts the step
 into sequences, hands sequences to ranks, and returns the entries with the state after the block.
-Everything is vectorised over the block (no per-entry Python).
+It leaves ``state.carry`` alone: quotas (and their rounding carry) are :mod:`planner.quotas`' job.
+
+Everything is vectorised (no per-entry Python, no sort): cutting streams at step ends and the step
+stream at sequence ends is a merge of two sorted arrays (:func:`cut_at`), the interleave is a bucket
+merge, the hand-out to ranks a counting permutation. Blocks are packed in cache-sized sub-blocks;
+the result does not depend on their size.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +108,24 @@ class _Pieces:
     doc_end: np.ndarray  # document span (to encode token_end = 0)
 
 
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                                        thread_name_prefix="mixtera-pack"))
+    return _POOL[0]
+
+
 SUB_BLOCK_ENTRIES = 1 << 18  # entries packed at once: bounds the working set of a pack
+
+
+def compact_lengths(lengths: np.ndarray) -> np.ndarray:
+    """``lengths`` in the narrowest unsigned type: the random gathers of the shuffle stay in cache."""
+    top = int(lengths.max(initial=0))
+    dtype = np.uint16 if top < 2**16 else np.uint32 if top < 2**32 else np.int64
+    return np.ascontiguousarray(lengths, dtype=dtype)
 
 
 def plan_steps(streams: Streams, state: PlanState, quotas: np.ndarray, *, world_size: int,
@@ -143,15 +167,17 @@ def _pack(streams: Streams, state: PlanState, quotas: np.ndarray, world_size: in
     steps, k_count = quotas.shape
     new = PlanState(step=state.step + steps, position=state.position.copy(),
                     consumed=state.consumed.copy(), carry=state.carry.copy())
-    pieces = []
-    for k in range(k_count):
-        if streams.unit == "tokens":
-            p, new.position[k], new.consumed[k] = _token_pieces(streams, k, int(state.position[k]),
-                                                                int(state.consumed[k]), quotas[:, k])
-        else:
-            p = _sample_pieces(int(state.position[k]), quotas[:, k])
-            new.position[k] += int(quotas[:, k].sum())
-        pieces.append(p)
+    if streams.unit == "tokens":
+        # Components are independent: pack them on threads (numpy releases the GIL; same result).
+        results = list(_pool().map(lambda k: _token_pieces(streams, k, int(state.position[k]),
+                                                           int(state.consumed[k]), quotas[:, k]),
+                                    range(k_count)))
+        pieces = [r[0] for r in results]
+        new.position[:] = [r[1] for r in results]
+        new.consumed[:] = [r[2] for r in results]
+    else:
+        pieces = [_sample_pieces(int(state.position[k]), quotas[:, k]) for k in range(k_count)]
+        new.position += quotas.sum(axis=0)
     cat, perm = _interleave(pieces, steps)
     if streams.unit == "tokens":
         cut = _cut_sequences(cat, perm, world_size * batch_size, seq_len, batch_size)
@@ -175,18 +201,10 @@ def _token_pieces(streams: Streams, k: int, pos: int, consumed: int,
     ends = _doc_ends(streams, k, pos, need)
     live = np.flatnonzero(quota)  # steps with a zero quota get no piece
     bound = consumed + np.cumsum(quota[live])  # strictly increasing, last == need
-    at = np.searchsorted(ends, bound, side="left")  # first document end >= each step end
-    on_end = ends[at] == bound  # a step that ends exactly where a document ends adds no cut
-    cuts = np.insert(ends, at[~on_end], bound[~on_end])
-    is_end = np.ones(cuts.size, bool)
-    is_end[at[~on_end] + np.arange(int((~on_end).sum()))] = False
+    cuts, doc, step_live = cut_at(ends, bound)
     pieces = int(np.searchsorted(cuts, need, side="left")) + 1  # cuts up to `need`
-    cuts, is_end = cuts[:pieces], is_end[:pieces]
+    cuts, doc, step_live = cuts[:pieces], doc[:pieces], step_live[:pieces]
     start = np.concatenate([[consumed], cuts[:-1]])
-    doc = np.cumsum(is_end) - is_end  # documents that ended before each piece
-    is_bound = ~is_end
-    is_bound[_bound_slots(at, on_end)] = True
-    step_live = np.cumsum(is_bound) - is_bound  # step ends passed before each piece
     step = live[step_live]
     prev = np.concatenate([[consumed], bound[:-1]])[step_live]
     frac = (start - prev) / quota[step]
@@ -200,20 +218,36 @@ def _token_pieces(streams: Streams, k: int, pos: int, consumed: int,
             new_consumed)
 
 
-def _bound_slots(at: np.ndarray, on_end: np.ndarray) -> np.ndarray:
-    """Positions in the cut array of document ends that coincide with a step end."""
-    inserted_before = np.cumsum(~on_end) - (~on_end)
-    return (at + inserted_before)[on_end]
+def cut_at(ends: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut consecutive intervals (strictly increasing ``ends``) at strictly increasing ``bounds``.
+
+    Returns the pieces' ends (``ends`` with the bounds that are not already an end inserted), and
+    for every piece the interval it belongs to and how many bounds lie before it. Bounds are few
+    and sorted, so this is O(len(ends)) with no division and no sort.
+    """
+    at = np.searchsorted(ends, bounds, side="left")  # first end >= each bound
+    on = np.zeros(bounds.size, bool)
+    inside = at < ends.size
+    on[inside] = ends[at[inside]] == bounds[inside]  # a bound on an end adds no cut
+    off = ~on
+    inserted_before = np.cumsum(off) - off
+    cuts = np.insert(ends, at[off], bounds[off])
+    is_end = np.ones(cuts.size, bool)
+    is_end[(at + inserted_before)[off]] = False
+    is_bound = ~is_end
+    is_bound[(at + inserted_before)[on]] = True
+    return cuts, np.cumsum(is_end) - is_end, np.cumsum(is_bound) - is_bound
 
 
 def _doc_ends(streams: Streams, k: int, pos: int, need: int) -> np.ndarray:
     """Cumulative spans of documents from ``pos`` on, up to the first that reaches ``need``."""
     mean = max(float(streams.doc_lengths[k].mean()), 1.0)
     count = int(need / mean * 1.05) + 16
-    ends = np.cumsum(streams.lengths(k, pos, count))
+    ends = np.cumsum(streams.lengths(k, pos, count), dtype=np.int64)
     while ends[-1] < need:
         more = int((need - ends[-1]) / mean * 1.2) + 16
-        ends = np.concatenate([ends, ends[-1] + np.cumsum(streams.lengths(k, pos + ends.size, more))])
+        ends = np.concatenate([ends, ends[-1] + np.cumsum(streams.lengths(k, pos + ends.size, more),
+                                                          dtype=np.int64)])
     return ends[: int(np.searchsorted(ends, need, side="left")) + 1]
 
 
@@ -262,57 +296,47 @@ def _interleave(pieces: list[_Pieces], steps: int) -> tuple[dict[str, np.ndarray
 
 
 def _cut_sequences(cat: dict[str, np.ndarray], perm: np.ndarray, sequences: int, seq_len: int,
-                   batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Split merged entries at sequence boundaries.
 
-    Returns per final entry: its concatenated index, token start, token end, rank, local step.
+    Returns per final entry: its concatenated index, token start, token end, and its (step, rank)
+    cell ``local step * world_size + rank`` (sequence // batch_size).
     """
     start = cat["start"][perm]
     length = cat["end"][perm] - start
-    stop = np.cumsum(length)
-    begin = stop - length
-    first_seq = begin // seq_len
-    n = (stop - 1) // seq_len - first_seq + 1
-    if int(n.max(initial=1)) == 1:
-        seq, src, lo, hi, shift = first_seq, perm, begin, stop, start - begin
-    else:
-        idx = np.repeat(np.arange(length.size), n)
-        seq = first_seq[idx] + (np.arange(idx.size) - np.repeat(np.cumsum(n) - n, n))
-        src = perm[idx]
-        lo = np.maximum(begin[idx], seq * seq_len)
-        hi = np.minimum(stop[idx], (seq + 1) * seq_len)
-        shift = (start - begin)[idx]
-    return src, lo + shift, hi + shift, (seq % sequences) // batch_size, seq // sequences
+    stop = np.cumsum(length)  # offsets in the block's token stream
+    total = int(stop[-1])
+    cuts, entry, seq = cut_at(stop, np.arange(seq_len, total, seq_len, dtype=np.int64))
+    piece_shift = (start + length - stop)[entry]  # token coordinate minus stream offset
+    begin = np.concatenate([[0], cuts[:-1]])
+    cells = total // (seq_len * batch_size)  # (step, rank) cells of the block, step-major
+    return perm[entry], begin + piece_shift, cuts + piece_shift, np.repeat(np.arange(cells), batch_size)[seq]
 
 
 def _sample_ranks(cat: dict[str, np.ndarray], perm: np.ndarray,
-                  batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    step = cat["step"][perm]
-    per_step = np.bincount(step)
-    within = np.arange(step.size) - np.repeat(np.cumsum(per_step) - per_step, per_step)
-    zeros = np.zeros(step.size, np.int64)
-    return perm, zeros, zeros, within // batch_size, step
+                  batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    # Every step holds exactly world_size * batch_size samples: entry i is in cell i // batch_size.
+    zeros = np.zeros(perm.size, np.int64)
+    return perm, zeros, zeros, np.repeat(np.arange(perm.size // batch_size), batch_size)
 
 
-def rank_major_order(rank: np.ndarray, step: np.ndarray, steps: int,
-                     world_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Permutation that lists entries sorted by (step, rank) rank-major, keeping the order inside
-    every (step, rank) cell; and the (steps, world_size) entry counts."""
-    cell = step * world_size + rank
+def rank_major_order(cell: np.ndarray, steps: int, world_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Entries are sorted by ``cell = step * world_size + rank``: the permutation that lists them
+    rank-major (rank 0's steps, then rank 1's ...), keeping the order inside every cell; and the
+    (steps, world_size) entry counts."""
     counts = np.bincount(cell, minlength=steps * world_size)
     cell_start = np.cumsum(counts) - counts
-    by_rank = counts.reshape(steps, world_size).T.ravel()
-    rank_major_start = (np.cumsum(by_rank) - by_rank).reshape(world_size, steps).T.ravel()
-    dest = rank_major_start[cell] + (np.arange(cell.size) - cell_start[cell])
-    order = np.empty_like(dest)
-    order[dest] = np.arange(dest.size)
+    rank_major = np.arange(steps * world_size).reshape(steps, world_size).T.ravel()
+    rm_counts = counts[rank_major]
+    rm_start = np.cumsum(rm_counts) - rm_counts
+    order = np.arange(cell.size) + np.repeat(cell_start[rank_major] - rm_start, rm_counts)
     return order, counts.reshape(steps, world_size)
 
 
 def _block(cat: dict[str, np.ndarray], cut: tuple[np.ndarray, ...], steps: int, world_size: int,
            first_step: int) -> BlockEntries:
-    src, start, end, rank, step = cut
-    order, counts = rank_major_order(rank, step, steps, world_size)
+    src, start, end, cell = cut
+    order, counts = rank_major_order(cell, steps, world_size)
     src = src[order]
     end = end[order]
     token_end = np.where(end == cat["doc_end"][src], 0, end)

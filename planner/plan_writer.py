@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from planner.packing import BlockEntries, PlanState
 from runtime.atomic import fsync_dir, staging_dir, write_atomic
 from runtime.errors import PlanError
 from runtime.plan import MANIFEST, PLAN_FORMAT_VERSION, PLAN_KIND, SAMPLES, rank_file_name
-from runtime.plan_format import EncodedSegment, RankHeader, encode_rank_segment, rank_file_bytes
+from runtime.plan_format import EncodedSegment, RankHeader, Segment, encode_rank_segment, rank_file_bytes
 
 QUOTAS = "quotas.npy"
 WEIGHTS = "weights.npy"
@@ -133,10 +134,21 @@ def _fsync_files(paths: list[Path]) -> None:
         fsync_dir(paths[0].parent)
 
 
+_LOCAL = threading.local()
+
+
+def _encode_one(seg: Segment) -> EncodedSegment:
+    if not hasattr(_LOCAL, "compressor"):  # a compressor is not shared between threads
+        _LOCAL.compressor = zstandard.ZstdCompressor(level=3)
+    return encode_rank_segment(seg, _LOCAL.compressor)
+
+
 def _encode(blocks: Iterable[tuple[PlanState, BlockEntries]],
             frames: list[list[EncodedSegment]]) -> Iterator[tuple[PlanState, BlockEntries]]:
-    compressor = zstandard.ZstdCompressor(level=3)
-    for state, block in blocks:
-        for per_rank, seg in zip(frames, block.rank_segments(), strict=True):
-            per_rank.append(encode_rank_segment(seg, compressor))
-        yield state, block
+    """Compress every rank's part of every block (on threads: zstd releases the GIL; the frames
+    are the same bytes whichever thread makes them)."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for state, block in blocks:
+            for per_rank, enc in zip(frames, pool.map(_encode_one, block.rank_segments()), strict=True):
+                per_rank.append(enc)
+            yield state, block

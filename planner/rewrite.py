@@ -57,7 +57,8 @@ class PlanContext:
     step_total: int
     resolver: VersionResolver
     _streams: Streams | None = None
-    _quotas: dict[int, tuple[int, np.ndarray]] | None = None
+    _arrays: dict[tuple[int, str], tuple[int, np.ndarray]] | None = None
+    _samples: np.ndarray | None = None
 
     @classmethod
     def open(cls, plan_dir: Path | str) -> PlanContext:
@@ -104,17 +105,23 @@ class PlanContext:
                                     unit=self.manifest["unit"])
         return self._streams
 
-    def version_quotas(self, version: int) -> tuple[int, np.ndarray]:
-        """(first step, per-step quotas) that version ``version``'s files hold."""
-        self._quotas = self._quotas or {}
-        if version not in self._quotas:
+    def version_quotas(self, version: int, name: str = QUOTAS) -> tuple[int, np.ndarray]:
+        """(first step, per-step quotas or weights) that version ``version``'s files hold."""
+        self._arrays = self._arrays or {}
+        key = (version, name)
+        if key not in self._arrays:
             if version == 0:
-                self._quotas[0] = (0, np.load(self.path / QUOTAS))
+                self._arrays[key] = (0, np.load(self.path / name))
             else:
                 d = self.resolver.decision(version, wait=False)
-                q = np.load(version_path(self.path, version) / QUOTAS)
-                self._quotas[version] = (int(d["first_step"]), q)
-        return self._quotas[version]
+                self._arrays[key] = (int(d["first_step"]), np.load(version_path(self.path, version) / name))
+        return self._arrays[key]
+
+    def weights_at(self, step: int) -> np.ndarray:
+        """The weights in effect at ``step`` in the published plan (0 for a dropped-out component)."""
+        first, w = self.version_quotas(self.resolver.data_version(step // self.schedule.segment_steps,
+                                                                  wait=False), WEIGHTS)
+        return w[step - first]
 
     def scheduled_quotas(self, lo: int, hi: int) -> np.ndarray:
         """Per-step quotas of steps ``[lo, hi)`` as the currently published plan schedules them."""
@@ -162,7 +169,9 @@ class PlanContext:
         """Tokens of one step's quota (= the quota with unit = tokens; the documents' tokens otherwise)."""
         if self.manifest["unit"] == "tokens":
             return quota
-        samples = np.load(self.path / SAMPLES, mmap_mode="r")
+        if self._samples is None:
+            self._samples = np.load(self.path / SAMPLES, mmap_mode="r")
+        samples = self._samples
         eos = 1 if (self.manifest.get("tokenizer") or {}).get("eos") else 0
         out = np.zeros_like(quota)
         for k, c in enumerate(self.manifest["components"]):
@@ -228,7 +237,7 @@ def _roll(ctx: PlanContext, state: Any, start: PlanState, steps: int
     capacity = np.array([int(c["size"]) for c in comps], np.int64)
     limited = np.array([c.get("on_exhausted", "repeat") != "repeat" for c in comps])
     used = ctx.scheduled_quotas(0, start.step).sum(axis=0) if limited.any() else np.zeros(len(comps))
-    gone = np.zeros(len(comps), bool)
+    gone = limited & (ctx.weights_at(start.step - 1) == 0) if start.step else np.zeros(len(comps), bool)
     quotas = np.zeros((steps, ctx.domains), np.int64)
     weights = np.zeros((steps, ctx.domains), np.float64)
     carries = np.zeros((steps, ctx.domains), np.float64)
@@ -263,7 +272,8 @@ def write_version(ctx: PlanContext, decision: Decision) -> bool:
     f = int(decision.body["first_segment"])
     frames: list[list[Any]] = [[] for _ in range(world)]
     segments, state = [], decision.start
-    compressor = zstandard.ZstdCompressor(level=3)
+    compressor = zstandard.ZstdCompressor(level=3)  # used by the one encoding thread only
+    pool, jobs = ThreadPoolExecutor(max_workers=1), []
     for k in range(f, sched.segment_count):
         lo = k * seg - f * seg
         q = decision.quotas[lo: lo + min(seg, sched.steps - k * seg)]
@@ -272,9 +282,13 @@ def write_version(ctx: PlanContext, decision: Decision) -> bool:
                                   batch_size=int(topo["batch_size"]), seq_len=int(topo["seq_len"]))
         segments.append({"index": k, "first_step": k * seg, "steps": int(q.shape[0]),
                          "entries": int(entries.counts.sum()), "start_state": state.to_json()})
-        for rank in range(world):
-            frames[rank].append(encode_rank_segment(entries.rank_segment(rank, decision.version), compressor))
+        # Encoding (zstd, releases the GIL) overlaps with packing the next segment.
+        jobs.append(pool.submit(_encode_all, entries, world, decision.version, compressor))
         state = nxt
+    for job in jobs:
+        for rank, frame in enumerate(job.result()):
+            frames[rank].append(frame)
+    pool.shutdown()
     body = dict(decision.body, segments=segments)
     fp = bytes.fromhex(ctx.manifest["fingerprint"])
 
@@ -288,6 +302,10 @@ def write_version(ctx: PlanContext, decision: Decision) -> bool:
         write_atomic(stage / DECISION, json.dumps(body, indent=1, sort_keys=True).encode() + b"\n")
 
     return publish_version(ctx.path, decision.version, build)
+
+
+def _encode_all(entries: Any, world: int, version: int, compressor: Any) -> list[Any]:
+    return [encode_rank_segment(entries.rank_segment(rank, version), compressor) for rank in range(world)]
 
 
 def write_durably(files: dict[Path, bytes]) -> None:

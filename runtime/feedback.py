@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import PlanError
-from runtime.feedback_log import LogWriter, log_path
+from runtime.feedback_log import UNKNOWN_VERSION, LogWriter, log_path
 from runtime.versions import VersionResolver
 
 
@@ -80,7 +80,7 @@ class FeedbackReporter:
         if self._writer is None:
             return
         version = self._resolver.data_version(step // self.segment_steps, wait=False)
-        self._writer.append(step, -1 if version is None else version,
+        self._writer.append(step, UNKNOWN_VERSION if version is None else version,
                             np.rint(both[: self.domains]).astype(np.int64), both[self.domains:])
         if self.on_refit is not None and step + 1 in self._refit_steps:
             self._run_refit(step + 1)

@@ -33,6 +33,7 @@ _HEADER = struct.Struct("<8sHHI16s")
 HEADER_SIZE = 32
 _PREFIX = struct.Struct("<II")
 _FIXED = struct.Struct("<QII")
+UNKNOWN_VERSION = 2**32 - 1  # the step's segment was not decided yet when it was reported
 
 
 def log_path(plan_dir: Path | str) -> Path:

@@ -5,7 +5,7 @@ A reader returns the text of samples given the (offset, length) pair the index s
 - ``jsonl``: byte offset and length of the line in the file; read with ``os.pread``.
 - ``jsonl.gz`` / ``json.gz`` / ``jsonl.zst`` / ``json.zst``: offsets into the *uncompressed* stream;
   read through the zstd-framed cache of :mod:`runtime.zframes`, built once per file.
-- ``parquet``: row group and row; decoded row groups (text column only) sit in a small LRU.
+- ``parquet``: row group and row; decoded row groups (text column, Arrow) sit in a byte-bounded LRU.
 
 Fingerprints: opening a file compares its size and mtime_ns with the plan. Equal size and mtime is
 accepted (the fast path); a different size is a changed file; equal size with a different mtime (a
@@ -29,7 +29,7 @@ from runtime.errors import CorpusError, PlanError
 from runtime.zframes import FramedFile, open_framed
 
 _REINDEX = "re-run `mixtera index` on the corpus and `mixtera compile` the mixture again"
-_ROW_GROUPS_CACHED = 4
+_ROW_GROUP_BYTES = 256 << 20  # decoded Parquet text columns kept per process
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,8 +150,33 @@ def _text_of(entry: FileEntry, get: Callable[[Any], str], line: bytes, offset: i
         ) from exc
 
 
+class _RowGroupCache:
+    """Decoded Parquet text columns by (file, row group), LRU under one byte budget per process."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._held = 0
+        self._max = max_bytes
+
+    def get(self, key: tuple, load: Callable[[], Any]) -> Any:
+        column = self._items.get(key)
+        if column is not None:
+            self._items.move_to_end(key)
+            return column
+        column = load()
+        self._items[key] = column
+        self._held += column.nbytes
+        while self._held > self._max and len(self._items) > 1:
+            self._held -= self._items.popitem(last=False)[1].nbytes
+        return column
+
+
+_ROW_GROUPS = _RowGroupCache(_ROW_GROUP_BYTES)
+
+
 class ParquetReader:
-    """Parquet: decodes the text column of whole row groups, keeping a few in an LRU."""
+    """Parquet: decodes the text column of a row group once (Arrow, shared byte-bounded LRU) and
+    converts only the requested rows to Python."""
 
     def __init__(self, entry: FileEntry, text_field: str, cache_dir: Path) -> None:
         import pyarrow.parquet as pq
@@ -160,29 +185,25 @@ class ParquetReader:
         self._file = pq.ParquetFile(entry.path)
         self._column, _, rest = text_field.partition(".")
         self._get = text_getter(rest) if rest else None
-        self._groups: OrderedDict[int, list] = OrderedDict()
 
-    def _group(self, index: int) -> list:
-        rows = self._groups.get(index)
-        if rows is None:
-            table = self._file.read_row_group(index, columns=[self._column])
-            rows = table.column(0).to_pylist()
-            self._groups[index] = rows
-            if len(self._groups) > _ROW_GROUPS_CACHED:
-                self._groups.popitem(last=False)
-        else:
-            self._groups.move_to_end(index)
-        return rows
+    def _group(self, index: int) -> Any:
+        def load() -> Any:
+            return self._file.read_row_group(index, columns=[self._column]).column(0).combine_chunks()
+
+        return _ROW_GROUPS.get((self.entry.blake2b, self.entry.path, index), load)
 
     def texts(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[str]:
-        out = []
-        for group, row in zip(offsets, lengths, strict=True):
-            value = self._group(int(group))[int(row)]
-            out.append(self._get(value) if self._get else value)
+        groups: dict[int, list[int]] = {}
+        for i, group in enumerate(offsets):
+            groups.setdefault(int(group), []).append(i)
+        out: list[Any] = [None] * len(offsets)
+        for group, where in groups.items():
+            values = self._group(group).take([int(lengths[i]) for i in where]).to_pylist()
+            for i, value in zip(where, values, strict=True):
+                out[i] = self._get(value) if self._get else value
         return out
 
     def close(self) -> None:
-        self._groups.clear()
         self._file = None
 
 

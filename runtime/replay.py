@@ -21,7 +21,7 @@ from runtime.packing import pack_step
 from runtime.plan import Plan, ResolvedEntries
 from runtime.plan_format import Segment
 from runtime.readers import FileEntry
-from runtime.sources import PretokenizedSource, TextSource, TokenizingSource
+from runtime.sources import PretokenizedSource, TextSource, TokenizingSource, check_index_unchanged
 from runtime.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ class Replay:
         self.paths = {int(f["file_id"]): f["path"] for f in self.plan.files}
         self.tokens: Any = None
         if ds.output == "tokens" and ds.pretokenized:
-            self.tokens = PretokenizedSource(Path(manifest["token_files"]["dir"]), self.eos_id)
+            token_dir = Path(manifest["token_files"]["dir"])
+            check_index_unchanged(manifest, token_dir.parent)
+            self.tokens = PretokenizedSource(token_dir, self.eos_id)
         elif ds.output == "tokens":
             tok, _ = load_tokenizer(ds.tokenizer_path, ds.tokenizer_info)
             self.tokens = TokenizingSource(self.texts, tok, self.eos_id)

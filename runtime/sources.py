@@ -6,6 +6,8 @@ All sources take the columns of the plan's ``samples.npy`` rows of the step (``f
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -97,15 +99,6 @@ class DocCache:
             self._held -= self._docs.popitem(last=False)[1].size
 
 
-def _with_eos(ids: np.ndarray, eos_id: int | None) -> np.ndarray:
-    if eos_id is None:
-        return ids
-    out = np.empty(ids.size + 1, dtype=np.int64)
-    out[:-1] = ids
-    out[-1] = eos_id
-    return out
-
-
 class TokenizingSource:
     """Token ids by reading and tokenizing texts; documents that are continued later stay cached."""
 
@@ -136,9 +129,11 @@ class TokenizingSource:
             encoded = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
             keep_rows = set(rows[keep].tolist())
             for (r, i), enc in zip(todo.items(), encoded, strict=True):
-                ids = np.asarray(enc.ids, dtype=np.int64)
-                _check_count(ids.size, int(cols["tokens"][i]), r)
-                found[r] = _with_eos(ids, self.eos_id)
+                ids = enc.ids
+                _check_count(len(ids), int(cols["tokens"][i]), r)
+                if self.eos_id is not None:
+                    ids.append(self.eos_id)  # a fresh list: one conversion, no copy
+                found[r] = np.array(ids, dtype=np.int64)
                 if r in keep_rows:
                     self.cache.put(r, found[r])
         return [found[r] for r in row_list]
@@ -161,6 +156,28 @@ def _check_count(got: int, indexed: int, row: int) -> None:
         raise PlanError(
             f"sample row {row}: the tokenizer gives {got} tokens, the index counted {indexed}",
             "use the same tokenizer (and tokenizers version) as the index, or re-index",
+        )
+
+
+def check_index_unchanged(plan_manifest: dict[str, Any], index_dir: Path) -> None:
+    """Token files belong to the index the plan was compiled from: refuse a rebuilt index.
+
+    The plan records the blake2b of the index manifest's canonical JSON (sorted keys, compact);
+    a re-index of a changed corpus changes it, and with it possibly every token file.
+    """
+    expected = (plan_manifest.get("index") or {}).get("manifest_blake2b")
+    path = index_dir / "manifest.json"
+    if not expected or not path.is_file():
+        return
+    canonical = json.dumps(
+        json.loads(path.read_bytes()), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+    digest = hashlib.blake2b(canonical, digest_size=16).hexdigest()
+    if digest != expected:
+        raise PlanError(
+            f"{index_dir}: the index changed since the plan was compiled (manifest blake2b "
+            f"{digest}, the plan recorded {expected}), so its token files may not match",
+            "recompile the plan from the current index (`mixtera compile`)",
         )
 
 
@@ -191,21 +208,26 @@ class PretokenizedSource:
         """
         stored = cols["tokens"].astype(np.int64)
         _check_ranges(start, end, stored + (self.eos_id is not None))
+        files = cols["file"].tolist()
+        maps = {f: self._file(f) for f in set(files)}
+        first = cols["token_offset"].astype(np.int64)
+        lo, hi = first + start, first + np.minimum(end, stored)
+        limit = np.array([maps[f].tokens for f in files], dtype=np.int64)
+        bad = np.flatnonzero((hi > limit) | (lo < 0))
+        if bad.size:
+            tf = maps[files[int(bad[0])]]
+            raise PlanError(
+                f"{tf.path}: the plan reads tokens [{lo[bad[0]]}, {hi[bad[0]]}) of its {tf.tokens}",
+                "the plan and the token files disagree; re-index and recompile",
+            )
+        arrays = {f: tf.ids for f, tf in maps.items()}
         eos = np.array([self.eos_id if self.eos_id is not None else 0], dtype=np.int64)
         pieces = []
-        columns = (
-            cols["file"].tolist(),
-            cols["token_offset"].tolist(),
-            stored.tolist(),
-            start.tolist(),
-            end.tolist(),
-        )
-        for fid, first, n, s, e in zip(*columns, strict=True):
-            ids = self._file(fid).slice(first + s, first + min(e, n)) if s < n else None
-            if ids is not None:
-                pieces.append(ids)
-            if e > n:
-                pieces.append(eos)
+        append = pieces.append
+        for f, a, b, with_eos in zip(files, lo.tolist(), hi.tolist(), (end > stored).tolist(), strict=True):
+            append(arrays[f][a:b])
+            if with_eos:
+                append(eos)
         if not pieces:
             return np.empty(0, dtype=np.int64)
         return np.concatenate(pieces, dtype=np.int64, casting="safe")

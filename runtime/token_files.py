@@ -102,7 +102,11 @@ def write_token_file(path: Path | str, samples: Iterable[Iterable[int]], dtype_c
 
 
 class TokenFile:
-    """A read-only memory map of one token file; checks magic, version and size."""
+    """A read-only memory map of one token file; checks magic, version and size.
+
+    A map beats one ``pread`` per range here: ranges are a few hundred bytes, neighbouring samples
+    share pages, and touched pages are clean page cache (RssFile, reclaimable), not worker heap.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -114,24 +118,26 @@ class TokenFile:
             raise PlanError(f"{self.path}: token file not found", hint) from exc
         except ValueError as exc:  # mmap of an empty file
             raise PlanError(f"{self.path}: empty token file", hint) from exc
-        if len(self._map) < HEADER_SIZE:
-            raise PlanError(f"{self.path}: {len(self._map)} bytes, too short for a token file", hint)
+        size = len(self._map)
+        if size < HEADER_SIZE:
+            raise PlanError(f"{self.path}: {size} bytes, too short for a token file", hint)
         magic, version, code, _, self.samples, self.tokens = HEADER.unpack_from(self._map, 0)
+        problem = None
         if magic != MAGIC:
-            raise PlanError(f"{self.path}: bad magic, not a mixtera token file", hint)
-        if version != VERSION or code not in _DTYPES:
-            raise PlanError(
-                f"{self.path}: token file version {version} dtype {code}, this mixtera "
-                f"reads version {VERSION} with dtype 2 or 4",
-                hint,
+            problem = "bad magic, not a mixtera token file"
+        elif version != VERSION or code not in _DTYPES:
+            problem = (
+                f"token file version {version} dtype {code}, this mixtera reads version {VERSION} "
+                "with dtype 2 or 4"
             )
-        expected = HEADER_SIZE + self.tokens * code
-        if len(self._map) != expected:
-            raise PlanError(
-                f"{self.path}: size {len(self._map)} does not match its header "
-                f"({self.tokens} tokens of {code} bytes -> {expected})",
-                hint,
+        elif size != HEADER_SIZE + self.tokens * code:
+            problem = (
+                f"size {size} does not match its header ({self.tokens} tokens of {code} bytes -> "
+                f"{HEADER_SIZE + self.tokens * code})"
             )
+        if problem:
+            self._map.close()
+            raise PlanError(f"{self.path}: {problem}", hint)
         self.ids = np.frombuffer(self._map, dtype=_DTYPES[code], count=self.tokens, offset=HEADER_SIZE)
 
     def slice(self, start: int, stop: int) -> np.ndarray:

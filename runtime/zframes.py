@@ -176,5 +176,11 @@ def open_framed(
     if not dest.exists():
         if on_build:
             on_build(path)
-        build_frame_cache(path, codec, blake2b_hex, dest)
+        try:
+            build_frame_cache(path, codec, blake2b_hex, dest)
+        except PermissionError as exc:
+            raise PlanError(
+                f"{cache_dir}: cannot write the frame cache of {path} ({exc})",
+                "point MIXTERA_CACHE (or cache_dir=) at a writable folder",
+            ) from exc
     return FramedFile(dest, blake2b_hex)

@@ -41,6 +41,7 @@ weight = 0.2
 [components.wiki]
 where = "source == 'wiki'"
 weight = 0.1
+on_exhausted = "{wiki_exhausted}"
 
 [dynamic]
 {dynamic}
@@ -52,14 +53,15 @@ ADO_FAST = ('algorithm = "ado"\nrefit_every = {refit}\nignore_steps = 50\nmin_po
 
 def make_plan(root: Path, *, steps: int = 1200, segment_steps: int = 50, refit: int = 200,
               world_size: int = 2, unit: str = "tokens", dynamic: str | None = None,
-              wait: float = 30.0, missing: str = "keep", samples: int = 4000) -> Path:
+              wait: float = 30.0, missing: str = "keep", samples: int = 4000,
+              wiki_exhausted: str = "repeat") -> Path:
     index = root / "index"
     if not index.exists():
         write_synthetic_index(index, samples, seed=3)
     dyn = dynamic or ADO_FAST.format(refit=refit, wait=wait, missing=missing)
     spec = root / "mixture.toml"
     spec.write_text(MIXTURE.format(unit=unit, steps=steps, segment_steps=segment_steps,
-                                   world_size=world_size, dynamic=dyn))
+                                   world_size=world_size, dynamic=dyn, wiki_exhausted=wiki_exhausted))
     compile_file(spec, root / "plan")
     return root / "plan"
 

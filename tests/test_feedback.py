@@ -238,3 +238,17 @@ def test_plans_in_samples_are_rewritten_with_exact_sample_quotas(compiled: Path,
         for rank in range(2):
             np.add.at(per, replay.entries(rank, step).component.astype(np.int64), 1)
         assert np.array_equal(per, _governing_quotas(plan, step)), step
+
+
+def test_a_redistribute_component_drops_out_when_a_rewrite_would_exhaust_it(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, steps=STEPS, segment_steps=SEG, refit=REFIT, samples=1000,
+                     wiki_exhausted="redistribute")
+    _fresh_process()
+    with FeedbackReporter(plan, rank=0, on_refit=inprocess_rewriter(plan), fsync=False) as fb:
+        counts, _ = run_job(plan, range(STEPS), reporter=fb)
+    wiki = json.loads((plan / "manifest.json").read_bytes())["components"][3]
+    used = np.cumsum([c[3] for c in counts])
+    assert used[-1] <= wiki["size"]  # never past one epoch, although ADO wanted more of it
+    gone = int(np.argmax(np.array([c[3] for c in counts]) == 0))
+    assert gone > 250 and all(c[3] == 0 for c in counts[gone:])
+    assert all(c.sum() == 256 for c in counts)  # the others took its share

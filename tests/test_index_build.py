@@ -221,6 +221,31 @@ def test_incremental_automatic_properties_match_a_fresh_build(corpus: Path, tmp_
     build_index([corpus], tmp_path / "idx", processes=1)
     build_index([corpus], tmp_path / "fresh", processes=1)
     assert load_index(tmp_path / "idx").properties == {
-        "flag": "bool", "lang": "string", "score": "string", "source": "string"}
+        "flag": "bool",
+        "lang": "string",
+        "score": "string",
+        "source": "string",
+    }
     for name in ("samples.parquet", "files.parquet"):
         assert (tmp_path / "idx" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
+
+
+def test_list_and_bool_properties_and_their_stats(tmp_path: Path) -> None:
+    from planner.index import index_stats
+
+    rows = [
+        {"text": "a", "tags": ["x", "y"], "ok": True},
+        {"text": "b", "tags": ["y"], "ok": False},
+        {"text": "c"},
+    ]
+    write(tmp_path / "c" / "s" / "x.jsonl", jsonl(rows))
+    cfg = parse_config(
+        '[properties.tags]\ntype = "list[string]"\n[properties.ok]\ntype = "bool"\ndefault = false\n'
+    )
+    build_index([tmp_path / "c"], tmp_path / "idx", cfg, processes=1)
+    t = load_index(tmp_path / "idx")
+    assert t.samples.column("tags").to_pylist() == [["x", "y"], ["y"], None]
+    assert t.samples.column("ok").to_pylist() == [True, False, False]
+    stats = index_stats(t)["properties"]
+    assert stats["tags"]["top"] == [["y", 2], ["x", 1]] and stats["tags"]["nulls"] == 1
+    assert stats["ok"]["top"] == [[False, 2], [True, 1]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,11 @@ def test_missing_tokenizer_file(tmp_path: Path) -> None:
 
 def test_failing_user_hook_names_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path / "c" / "s" / "x.jsonl", jsonl([{"text": "a", "n": 1}, {"text": "b"}]))
-    (tmp_path / "broken_hook_props.py").write_text("def extract(record, relpath):\n    return {'n2': record['n'] * 2}\n")
+    hook = "def extract(record, relpath):\n    return {'n2': record['n'] * 2}\n"
+    (tmp_path / "broken_hook_props.py").write_text(hook)
     cfg = _config(tmp_path, '[index]\nfunction = "broken_hook_props:extract"\n')
-    result = run_cli("index", tmp_path / "c", "--out", tmp_path / "idx", "--config", cfg, "-p", "1")
+    try:
+        result = run_cli("index", tmp_path / "c", "--out", tmp_path / "idx", "--config", cfg, "-p", "1")
+    finally:
+        sys.modules.pop("broken_hook_props", None)
     _fails(result, f"{path}:2: function raised KeyError: 'n'")

@@ -100,6 +100,26 @@ def test_tokens_equal_stored_tokens_and_provenance(pipeline: Path, tiny_tokenize
                 assert ids == seq.tolist()
 
 
+def test_rebuilt_index_is_refused_for_stored_tokens(pipeline: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from runtime.errors import PlanError
+
+    plan = tmp_path / "plan"
+    shutil.copytree(pipeline / "plan", plan)
+    index = tmp_path / "index"
+    shutil.copytree(pipeline / "index", index)
+    manifest = json.loads((plan / "manifest.json").read_text())
+    manifest["token_files"]["dir"] = str(index / "tokens")
+    (plan / "manifest.json").write_text(json.dumps(manifest))
+    assert len(list(PlanDataset(plan, rank=0, world_size=2).loader())) == 6  # same index: fine
+    index_manifest = json.loads((index / "manifest.json").read_text())
+    index_manifest["counts"]["samples"] += 1  # what a re-index of a changed corpus does
+    (index / "manifest.json").write_text(json.dumps(index_manifest))
+    with pytest.raises(PlanError, match="the index changed since the plan was compiled"):
+        list(PlanDataset(plan, rank=0, world_size=2).loader())
+
+
 def test_domain_shares_per_step_equal_the_plan(pipeline: Path) -> None:
     batches = [list(PlanDataset(pipeline / "plan", rank=r, world_size=2).loader()) for r in range(2)]
     with Plan.open(pipeline / "plan") as plan:
@@ -166,3 +186,21 @@ def test_torchrun_example_resumes_exactly(pipeline: Path, tiny_tokenizer: Path, 
     assert [r["step"] for r in first + rest] == [0, 1, 2, 3, 4]
     assert first + rest == full  # same losses, per domain too: same batches, same model state
     assert set(full[0]["domain_loss"]) == set(WEIGHTS)
+
+
+def test_samples_plan_replays_whole_documents(pipeline: Path, tiny_tokenizer: Path, tmp_path: Path) -> None:
+    from planner.plan_manifest import compile_file
+    from runtime.errors import PlanError
+
+    spec = (pipeline / "mix.toml").read_text().replace('unit = "tokens"', 'unit = "samples"')
+    (pipeline / "mix_samples.toml").write_text(spec.replace("seq_len = 64\n", ""))
+    compile_file(pipeline / "mix_samples.toml", tmp_path / "plan")
+    with pytest.raises(PlanError, match="needs a plan with unit"):
+        PlanDataset(tmp_path / "plan", rank=0, world_size=2, tokenizer=tiny_tokenizer)
+    for rank in range(2):
+        steps = list(PlanDataset(tmp_path / "plan", rank=rank, world_size=2, output="documents").loader())
+        assert [len(docs) for docs in steps] == [2] * 6  # batch_size whole documents per rank and step
+        for docs in steps:
+            for d in docs:
+                assert d["token_start"] == 0
+                assert d["text"] == _read_record(pipeline / "corpus", d["sample_id"])

@@ -152,6 +152,12 @@ def _files_table(entries: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist([{k: e[k] for k in schema.names} for e in entries], schema=schema)
 
 
+# Columns unique (or nearly) per sample: dictionary encoding only costs time and space there.
+_NO_DICTIONARY = frozenset(
+    {"sample_id", "record", "offset", "length", "text_bytes", "tokens", "token_offset"}
+)
+
+
 def _write_parquet(table: pa.Table, path: Path) -> None:
     # Fixed row groups and no per-run metadata: same rows -> byte-identical file.
     pq.write_table(
@@ -160,5 +166,5 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
         row_group_size=ROW_GROUP_SIZE,
         compression="zstd",
         write_statistics=True,
-        use_dictionary=True,
+        use_dictionary=[c for c in table.column_names if c not in _NO_DICTIONARY],
     )
