@@ -24,7 +24,7 @@ import zstandard
 
 from runtime.errors import CorpusError
 
-READ_BYTES = 1 << 19  # uncompressed bytes handed to the hot loop at once (fits in cache)
+READ_BYTES = 1 << 20  # uncompressed bytes handed to the hot loop at once (fits in cache)
 
 
 @dataclass(slots=True)
