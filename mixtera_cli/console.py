@@ -15,8 +15,12 @@ from rich.markup import escape
 
 from runtime.errors import MixteraUserError
 
-out = Console(no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=True)
-err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+_NO_COLOR = bool(os.environ.get("NO_COLOR"))
+# Piped output (make demo, CI logs) would otherwise be cut at rich's 80-column default.
+_PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140
+
+out = Console(no_color=_NO_COLOR, soft_wrap=True, width=_PIPE_WIDTH)
+err = Console(stderr=True, no_color=_NO_COLOR, soft_wrap=True, width=_PIPE_WIDTH)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from runtime.plan_format import Segment
-from runtime.shuffle import stream_samples
+from runtime.shuffle import epoch_key, permute
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,9 +37,17 @@ class Streams:
     def lengths(self, k: int, start: int, count: int) -> np.ndarray:
         """Spans of the documents at stream positions ``[start, start + count)`` of component ``k``."""
         members = self.doc_lengths[k]
-        idx = stream_samples(np.arange(start, start + count, dtype=np.int64), members.size, self.seed,
-                             self.names[k])
-        return members[idx]
+        n = members.size
+        out = np.empty(count, dtype=members.dtype)
+        at = start
+        while at < start + count:  # one contiguous range per epoch
+            epoch = at // n
+            stop = min(start + count, (epoch + 1) * n)
+            idx = permute(np.arange(at - epoch * n, stop - epoch * n, dtype=np.int64), n,
+                          epoch_key(self.seed, self.names[k], epoch))
+            out[at - start: stop - start] = members[idx]
+            at = stop
+        return out
 
 
 @dataclass(slots=True, kw_only=True)

@@ -93,11 +93,14 @@ def permute(positions: np.ndarray, n: int, key: int) -> np.ndarray:
     """Map each of ``positions`` (values in ``[0, n)``) through a bijection of ``[0, n)``."""
     if n <= 0:
         raise ValueError("permute needs n >= 1")
+    positions = np.asarray(positions)
+    if positions.size and (int(positions.min()) < 0 or int(positions.max()) >= n):
+        raise ValueError(f"permute positions must lie in [0, {n})")  # else cycle walking never ends
     bits = max(1, (n - 1).bit_length())
     keys = _round_keys(key)
     limit = np.uint64(n)
     with np.errstate(over="ignore"):
-        out = _feistel(np.asarray(positions, dtype=np.uint64), bits, keys)
+        out = _feistel(positions.astype(np.uint64), bits, keys)
         # Cycle walking: the network permutes [0, 2**bits), fewer than 2n values; re-apply until
         # the value is back inside [0, n).
         todo = np.flatnonzero(out >= limit)

@@ -37,9 +37,9 @@ def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import sys
 
     sys.path.insert(0, str(ROOT / "examples"))
-    from demo_tokenizer import train_tokenizer
-
     import json
+
+    from demo_tokenizer import train_tokenizer
 
     stdlib = Path(json.__file__).parent.parent
     texts = [p.read_text(errors="replace") for p in sorted(stdlib.glob("*.py"))[:40]]
