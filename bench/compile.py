@@ -1,16 +1,24 @@
 """Benchmark `mixtera compile`: a synthetic index of 10 M samples, 8 components, 256 ranks.
 
-Prints plan entries/s (packing alone, and packing + encoding + writing), peak memory, bytes per entry
-on disk and the time to seek to the last step, with ratios against baselines measured in this
-process: the keyed shuffle alone (``permute`` over as many positions as the plan has documents) and
-``np.argsort`` of as many int64 keys as the plan has entries.
+Prints plan entries/s for packing alone and end to end (packing + encoding + compressing +
+writing the plan directory), peak memory, bytes per entry on disk and the time to seek to the last
+step, with ratios against baselines measured in this process on the same sizes: ``np.argsort`` and
+``np.random.permutation`` of as many values as the plan has entries, the keyed shuffle alone
+(``permute`` over as many positions as the plan has documents), and a raw write + fsync of as
+many bytes as the plan directory holds.
 
-    .venv/bin/python bench/compile.py [--samples 10000000] [--steps 2000]
+    .venv/bin/python bench/compile.py [--samples 10000000] [--steps 1000] [--profile]
+
+``--profile`` runs the end-to-end compile under cProfile and prints the top functions (by own
+time, main thread; the packing and compression threads show up as waits).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import os
+import pstats
 import resource
 import shutil
 import sys
@@ -25,11 +33,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from synthetic_index import write_synthetic_index  # noqa: E402
 
-from planner.compile import compile_plan  # noqa: E402
-from planner.index import load_index  # noqa: E402
+from planner.compile import CompiledPlan, compile_plan  # noqa: E402
+from planner.index import IndexTables, load_index  # noqa: E402
 from planner.plan_manifest import manifest_of, needed_columns  # noqa: E402
-from planner.plan_writer import write_plan  # noqa: E402
+from planner.plan_writer import WrittenPlan, write_plan  # noqa: E402
 from planner.spec import parse_spec  # noqa: E402
+from runtime.errors import MixteraUserError  # noqa: E402
 from runtime.plan import Plan  # noqa: E402
 from runtime.shuffle import permute  # noqa: E402
 
@@ -53,64 +62,123 @@ seq_len = 2048
 {comps}"""
 
 
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load(samples: int, steps: int) -> tuple[IndexTables, CompiledPlan, float]:
+    index_dir = DATA / f"index-{samples}"
+    spec = None
+    for attempt in range(2):
+        if attempt or not (index_dir / "manifest.json").exists():
+            shutil.rmtree(index_dir, ignore_errors=True)  # missing, or written by an older mixtera
+            t = time.perf_counter()
+            write_synthetic_index(index_dir, samples, files=64, tokens=(20, 900), sources=SOURCES)
+            print(f"generated index of {samples:,} samples in {time.perf_counter() - t:.1f} s")
+        try:
+            spec = parse_spec(mixture(index_dir, steps), file="bench.toml")
+            index = load_index(index_dir, columns=needed_columns(spec))
+            break
+        except MixteraUserError:
+            if attempt:
+                raise
+    t0 = time.perf_counter()
+    plan = compile_plan(spec, index)
+    return index, plan, time.perf_counter() - t0
+
+
+def write(out: Path, plan: CompiledPlan, index: IndexTables, profile: bool) -> tuple[WrittenPlan, float]:
+    shutil.rmtree(out, ignore_errors=True)
+    prof = cProfile.Profile() if profile else None
+    t0 = time.perf_counter()
+    if prof:
+        prof.enable()
+    written = write_plan(out, manifest=manifest_of(plan, index), samples=plan.samples, quotas=plan.quotas,
+                         weights=plan.weights, blocks=plan.blocks())
+    if prof:
+        prof.disable()
+    elapsed = time.perf_counter() - t0
+    if prof:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    return written, elapsed
+
+
+def raw_write(path: Path, size: int) -> float:
+    """Seconds to write ``size`` bytes and fsync them: the disk's share of any plan write."""
+    data = np.random.default_rng(0).integers(0, 256, min(size, 64 << 20), dtype=np.uint8).tobytes()
+    t0 = time.perf_counter()
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            f.write(data[: min(left, len(data))])
+            left -= len(data)
+        f.flush()
+        os.fsync(f.fileno())
+    elapsed = time.perf_counter() - t0
+    path.unlink()
+    return elapsed
+
+
+def timed(fn: object, *args: object) -> float:
+    t0 = time.perf_counter()
+    fn(*args)  # type: ignore[operator]
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=10_000_000)
     ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--profile", action="store_true", help="cProfile the end-to-end compile")
     args = ap.parse_args()
-    index_dir = DATA / f"index-{args.samples}"
-    if not (index_dir / "manifest.json").exists():
-        t = time.perf_counter()
-        write_synthetic_index(index_dir, args.samples, files=64, tokens=(20, 900), sources=SOURCES)
-        print(f"generated index of {args.samples:,} samples in {time.perf_counter() - t:.1f} s")
-    spec = parse_spec(mixture(index_dir, args.steps), file="bench.toml")
-    index = load_index(index_dir, columns=needed_columns(spec))
+    index, plan, t_prepare = load(args.samples, args.steps)
+    rss_before = rss_mb()
 
     t0 = time.perf_counter()
-    plan = compile_plan(spec, index)
-    t_prepare = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    entries = docs = 0
-    for _, block in plan.blocks():
-        entries += int(block.counts.sum())
+    entries = sum(int(block.counts.sum()) for _, block in plan.blocks())
     t_pack = time.perf_counter() - t0
     docs = int(sum(c.used for c in plan.components) / np.mean([s.mean() for s in plan.streams.doc_lengths]))
 
     out = DATA / "plan"
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    written = write_plan(out, manifest=manifest_of(plan, index), samples=plan.samples, quotas=plan.quotas,
-                         weights=plan.weights, blocks=plan.blocks())
-    t_write = time.perf_counter() - t0
+    written, t_write = write(out, plan, index, args.profile)
+    peak = peak_mb()
 
     t0 = time.perf_counter()
     with Plan.open(out) as p:
         last = p.step_entries(255, p.steps - 1)
     t_seek = time.perf_counter() - t0
 
-    positions = np.arange(docs, dtype=np.int64) % 1_250_000
-    t0 = time.perf_counter()
-    permute(positions, 1_250_000, 12345)
-    t_perm = time.perf_counter() - t0
+    t_perm = timed(permute, np.arange(docs, dtype=np.int64) % 1_250_000, 1_250_000, 12345)
     keys = np.random.default_rng(0).integers(0, 2**40, entries)
-    t0 = time.perf_counter()
-    np.argsort(keys)
-    t_sort = time.perf_counter() - t0
+    t_sort = timed(np.argsort, keys)
+    del keys
+    t_shuffle = timed(np.random.default_rng(0).permutation, entries)
+    t_raw = raw_write(DATA / "raw-write.bin", written.bytes_on_disk)
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"plan: {entries:,} entries, {args.steps} steps, 256 ranks, 8 components, ~{docs:,} documents")
     print(f"prepare (match components, quotas, sample table): {t_prepare:.2f} s")
-    print(f"packing alone:       {entries / t_pack / 1e6:6.2f} M entries/s  ({t_pack:.2f} s)")
-    print(f"pack+encode+write:   {entries / t_write / 1e6:6.2f} M entries/s  ({t_write:.2f} s)")
-    print(f"baseline permute of {docs:,} positions: {t_perm:.2f} s -> packing / permute = "
-          f"{t_pack / t_perm:.2f}x the shuffle's time")
-    print(f"baseline argsort of {entries:,} keys: {t_sort:.2f} s -> packing / argsort = "
-          f"{t_pack / t_sort:.2f}x")
+    print(f"packing alone:     {entries / t_pack / 1e6:6.2f} M entries/s  ({t_pack:.2f} s)")
+    print(f"end to end:        {entries / t_write / 1e6:6.2f} M entries/s  ({t_write:.2f} s: pack, encode, "
+          f"compress, write {written.bytes_on_disk / 1e6:.0f} MB, fsync)")
+    print(f"baseline np.argsort of {entries:,} int64: {t_sort:.2f} s -> packing takes "
+          f"{t_pack / t_sort:.2f}x, end to end {t_write / t_sort:.2f}x its time")
+    print(f"baseline np.random.permutation({entries:,}): {t_shuffle:.2f} s -> packing takes "
+          f"{t_pack / t_shuffle:.2f}x, end to end {t_write / t_shuffle:.2f}x its time")
+    print(f"baseline permute of {docs:,} positions (the shuffle alone): {t_perm:.2f} s -> packing takes "
+          f"{t_pack / t_perm:.2f}x its time")
+    print(f"baseline raw write + fsync of {written.bytes_on_disk / 1e6:.0f} MB: {t_raw:.2f} s "
+          f"({written.bytes_on_disk / t_raw / 1e6:.0f} MB/s) -> end to end takes {t_write / t_raw:.2f}x "
+          "its time")
     print(f"bytes per entry (rank files): {written.bytes_per_entry:.3f}; plan on disk: "
           f"{written.bytes_on_disk / 1e6:.1f} MB")
     print(f"seek to the last step (open plan, read + resolve rank 255's last segment): "
           f"{t_seek * 1e3:.1f} ms ({len(last)} entries)")
-    print(f"peak RSS: {peak:.0f} MB")
+    print(f"peak RSS: {peak:.0f} MB (index + compiled plan before packing: {rss_before:.0f} MB)")
 
 
 if __name__ == "__main__":

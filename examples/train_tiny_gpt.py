@@ -109,7 +109,10 @@ def load_checkpoint(
     state = torch.load(target / "model.pt", weights_only=False)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    ds.load_state_dict(torch.load(target / f"data-rank-{rank:05d}.pt", weights_only=False))
+    # Rank r loads data-rank-r; with another world size (--plan NEW compiled with --from-plan OLD
+    # --from-step S from a checkpoint at step S) the old ranks' states are all at S: any one will do.
+    saved = sorted(target.glob("data-rank-*.pt"))
+    ds.load_state_dict(torch.load(saved[rank % len(saved)], weights_only=False))
     return int(state["step"])
 
 

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from mixtera_cli.console import err, out, print_json, user_errors
 
@@ -28,10 +27,11 @@ def feedback(
     from planner.rewrite import PlanContext
 
     ctx = PlanContext.open(plan)
-    err.print(f"{ctx.dynamic.algorithm} on {escape(str(plan))}: refit every {ctx.schedule.refit_every} "
-              f"steps, {len(ctx.schedule.versions())} decisions in the plan", highlight=False)
+    names = [c["name"] for c in ctx.manifest["components"]]
+    err.print(f"{ctx.dynamic.algorithm} on {escape(str(plan))}: a decision every {ctx.schedule.refit_every} "
+              f"steps, {len(ctx.schedule.versions())} in the plan", highlight=False)
     if follow:
-        outcomes = follow_plan(plan, poll_s=poll, on_outcome=lambda o: _live(o, json_out),
+        outcomes = follow_plan(plan, poll_s=poll, on_outcome=lambda o: _live(o, json_out, names),
                                stop=lambda: _job_finished(ctx))
     else:
         outcomes, _ = run_pending(plan)
@@ -40,7 +40,7 @@ def feedback(
         if not follow:
             print_json({"decisions": [o.to_json() for o in outcomes], **status})
     else:
-        _render(outcomes, status, [c["name"] for c in ctx.manifest["components"]])
+        _render(outcomes, status, names)
 
 
 def _job_finished(ctx: Any) -> bool:
@@ -64,28 +64,48 @@ def _status(plan: Path) -> dict[str, Any]:
             "next_refit_step": ctx.schedule.refit_step(nxt) if nxt else None}
 
 
-def _live(o: Any, json_out: bool) -> None:
+def _live(o: Any, json_out: bool, names: list[str]) -> None:
     if json_out:
         import json
 
         print(json.dumps(o.to_json(), sort_keys=True), flush=True)
-    else:
-        err.print(f"version {o.version}: losses up to step {o.refit_step} -> {o.action} from step "
-                  f"{o.first_step} ({o.seconds:.2f} s)", highlight=False)
+        return
+    from mixtera_cli.inspect_feedback import fit_status
+
+    what = {"rewrite": f"rewrote the plan from step {o.first_step}",
+            "keep": f"a rank timed out and published keep (steps from {o.first_step} keep the weights)",
+            "lost": "already published by another writer"}.get(o.action, o.action)
+    line = f"version {o.version} (losses of steps 0-{o.refit_step - 1}): {what}"
+    if o.weights:
+        line += "; weights there: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(names, o.weights, strict=True))
+        line += f"; fit {fit_status(o.fit)}"
+    err.print(escape(f"{line} ({o.seconds:.2f} s)"), highlight=False)
+
+
+ACTIONS = {"rewrite": "rewrite", "keep": "keep (by a rank)", "lost": "taken by another writer"}
 
 
 def _render(outcomes: list[Any], status: dict[str, Any], names: list[str]) -> None:
-    table = Table(title="decisions published now", title_justify="left")
-    for col in ("version", "losses to", "from step", "action", "seconds", "fit", *names):
-        table.add_column(escape(col), justify="right")
-    for o in outcomes:
-        fit = o.fit or {}
-        ok = "ok" if fit.get("accepted") else escape(str(fit.get("reason") or "-"))[:40]
-        weights = o.weights or [None] * len(names)
-        table.add_row(str(o.version), str(o.refit_step), str(o.first_step), o.action, f"{o.seconds:.2f}",
-                      ok, *("-" if w is None else f"{w:.4f}" for w in weights))
-    out.print(table)
+    from mixtera_cli.inspect_feedback import decision_cells, decision_table, fit_status
+
+    if outcomes:
+        table = decision_table("decisions published by this run", names, timed=True)
+        for o in outcomes:
+            cells = decision_cells(o.version, o.refit_step, o.first_step, ACTIONS.get(o.action, o.action),
+                                   fit_status(o.fit) if o.fit else "-", o.weights, len(names))
+            cells.insert(4, f"{o.seconds:.2f}")
+            table.add_row(*cells)
+        out.print(table)
+    else:
+        out.print("no decision published by this run", highlight=False)
+    out.print(_status_line(status), highlight=False)
+
+
+def _status_line(status: dict[str, Any]) -> str:
+    logged = (f"feedback log: {status['log_steps']} steps reported" +
+              (f" (last step {status['last_step']})" if status["last_step"] is not None else ""))
     nxt = status["next_refit_step"]
-    out.print(f"log: {status['log_steps']} steps (last {status['last_step']}); {status['pending']} "
-              "decisions pending" + (f", next needs the losses of steps 0..{nxt - 1}" if nxt else ""),
-              highlight=False)
+    if not status["pending"]:
+        return f"{logged}; every decision of the plan is published"
+    return (f"{logged}; {status['pending']} decisions pending, the next needs the losses of steps "
+            f"0-{nxt - 1}")

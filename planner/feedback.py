@@ -25,6 +25,7 @@ import numpy as np
 
 from planner.algorithms import History
 from planner.rewrite import PlanContext, decide, write_version
+from runtime.atomic import FILE_MODE
 from runtime.errors import StateError
 from runtime.feedback_log import LOG_DIR, log_path, read_log
 
@@ -37,7 +38,7 @@ def feedback_lock(plan_dir: Path | str) -> Iterator[None]:
     folder = Path(plan_dir) / LOG_DIR
     folder.mkdir(exist_ok=True)
     path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

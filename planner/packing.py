@@ -106,14 +106,20 @@ class BlockEntries:
 
 @dataclass(slots=True)
 class _Pieces:
-    """Entries of one component in a block, in stream order."""
+    """Entries of one component in a block, in stream order, before the interleave.
 
-    step: np.ndarray
-    frac: np.ndarray  # progress through the component's quota of that step, in [0, 1)
-    position: np.ndarray
-    start: np.ndarray  # token coordinates inside the document
-    end: np.ndarray
-    doc_end: np.ndarray  # document span (to encode token_end = 0)
+    A piece is the part of one document that falls into one step. ``counts[s]`` pieces belong to
+    step ``s``; ``offset`` is a piece's progress (in units) through its step's quota, whose
+    interleave bucket is ``floor(offset / quota * pieces_in_step)``.
+    """
+
+    counts: np.ndarray  # int64 per step
+    offset: np.ndarray  # int64 per piece: units of the step's quota before the piece
+    quota: np.ndarray  # int64 per step
+    position: np.ndarray  # int64 per piece: stream position
+    start: np.ndarray  # int64 per piece: first token inside the document
+    length: np.ndarray  # int64 per piece: tokens of the piece
+    doc_end: np.ndarray  # per piece: document span (to encode token_end = 0)
 
 
 _POOL: list[ThreadPoolExecutor] = []
@@ -143,10 +149,11 @@ def plan_steps(streams: Streams, state: PlanState, quotas: np.ndarray, *, world_
     per_step = _entries_per_step(streams, quotas[0], world_size * batch_size) if len(quotas) else 1
     sub = max(1, SUB_BLOCK_ENTRIES // per_step)
     parts = []
+    first_step = state.step
     for lo in range(0, quotas.shape[0], sub):
         part, state = _pack(streams, state, quotas[lo: lo + sub], world_size, batch_size, seq_len)
         parts.append(part)
-    return merge_blocks(parts, world_size), state
+    return _to_block(parts, quotas.shape[0], world_size, first_step), state
 
 
 def _entries_per_step(streams: Streams, quota: np.ndarray, sequences: int) -> int:
@@ -155,6 +162,30 @@ def _entries_per_step(streams: Streams, quota: np.ndarray, sequences: int) -> in
     docs = sum(int(q) / max(float(lens.mean()), 1.0) for q, lens in zip(quota, streams.doc_lengths,
                                                                            strict=True))
     return max(int(docs) + sequences + quota.size, 1)
+
+
+@dataclass(slots=True)
+class _StepMajor:
+    """Packed entries of consecutive steps in global order (step, then rank), with cell counts."""
+
+    counts: np.ndarray  # (steps, world_size) int64
+    component: np.ndarray
+    position: np.ndarray
+    token_start: np.ndarray
+    token_end: np.ndarray
+
+
+def _to_block(parts: list[_StepMajor], steps: int, world_size: int, first_step: int) -> BlockEntries:
+    """Sub-blocks are consecutive in step-major order: concatenate, then one rank-major gather."""
+    def cat(name: str) -> np.ndarray:
+        arrays = [getattr(p, name) for p in parts]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    counts = cat("counts")
+    order = _rank_major(counts, steps, world_size)
+    return BlockEntries(first_step=first_step, counts=counts.astype(np.uint32),
+                        component=cat("component")[order], position=cat("position")[order],
+                        token_start=cat("token_start")[order], token_end=cat("token_end")[order])
 
 
 def merge_blocks(parts: list[BlockEntries], world_size: int) -> BlockEntries:
@@ -171,7 +202,7 @@ def merge_blocks(parts: list[BlockEntries], world_size: int) -> BlockEntries:
 
 
 def _pack(streams: Streams, state: PlanState, quotas: np.ndarray, world_size: int, batch_size: int,
-          seq_len: int) -> tuple[BlockEntries, PlanState]:
+          seq_len: int) -> tuple[_StepMajor, PlanState]:
     steps, k_count = quotas.shape
     new = PlanState(step=state.step + steps, position=state.position.copy(),
                     consumed=state.consumed.copy(), carry=state.carry.copy())
@@ -186,12 +217,10 @@ def _pack(streams: Streams, state: PlanState, quotas: np.ndarray, world_size: in
     else:
         pieces = [_sample_pieces(int(state.position[k]), quotas[:, k]) for k in range(k_count)]
         new.position += quotas.sum(axis=0)
-    cat, perm = _interleave(pieces, steps)
+    perm = _interleave(pieces, steps)
     if streams.unit == "tokens":
-        cut = _cut_sequences(cat, perm, world_size * batch_size, seq_len, batch_size)
-    else:
-        cut = _sample_ranks(cat, perm, batch_size)
-    return _block(cat, cut, steps, world_size, state.step), new
+        return _cut_sequences(pieces, perm, steps, world_size, batch_size, seq_len), new
+    return _sample_cells(pieces, perm, steps, world_size, batch_size), new
 
 
 def _token_pieces(streams: Streams, k: int, pos: int, consumed: int,
@@ -200,38 +229,58 @@ def _token_pieces(streams: Streams, k: int, pos: int, consumed: int,
 
     Local coordinates count tokens from the start of the document at ``pos``; the block takes
     ``[consumed, need)``. Step ends are few (one per step), so they are inserted into the sorted
-    document ends in O(documents) instead of searching every document among the steps.
+    document ends in O(documents), with no search or sort over the documents.
     """
     need = consumed + int(quota.sum())
     if need == consumed:
         empty = np.zeros(0, np.int64)
-        return _Pieces(empty, empty.astype(np.float64), empty, empty, empty, empty), pos, consumed
-    ends = _doc_ends(streams, k, pos, need)
+        return (_Pieces(np.zeros(quota.size, np.int64), empty, quota, empty, empty, empty, empty), pos,
+                consumed)
+    lens, ends = _doc_ends(streams, k, pos, need)
     live = np.flatnonzero(quota)  # steps with a zero quota get no piece
     bound = consumed + np.cumsum(quota[live])  # strictly increasing, last == need
-    cuts, doc, step_live = cut_at(ends, bound)
-    pieces = int(np.searchsorted(cuts, need, side="left")) + 1  # cuts up to `need`
-    cuts, doc, step_live = cuts[:pieces], doc[:pieces], step_live[:pieces]
-    start = np.concatenate([[consumed], cuts[:-1]])
-    step = live[step_live]
-    prev = np.concatenate([[consumed], bound[:-1]])[step_live]
-    frac = (start - prev) / quota[step]
-    lens = ends[: int(doc[-1]) + 1] - np.concatenate([[0], ends[: int(doc[-1])]])
-    begins = ends[doc] - lens[doc]
+    at = np.searchsorted(ends, bound, side="left")  # the document each step ends in (or on)
+    off = ends[at] != bound  # a step end inside a document cuts it in two
+    last = at + np.cumsum(off) - off  # index of every step's last piece
+    pieces = int(last[-1]) + 1
+    doc = _insert_sorted(np.arange(ends.size, dtype=np.int64), at[off], at[off])[:pieces]
+    cuts = _insert_sorted(ends, at[off], bound[off])[:pieces]
+    start = np.empty(pieces, np.int64)
+    start[0] = consumed
+    start[1:] = cuts[:-1]
+    doc_len = lens[doc]
+    begins = cuts if pieces == ends.size and not off.any() else None
+    begin = (ends[doc] if begins is None else begins) - doc_len
+    counts = np.zeros(quota.size, np.int64)
+    counts[live] = np.diff(last, prepend=-1)
+    step_first = np.repeat(bound - quota[live], counts[live])  # the quota's first unit, per piece
     if cuts[-1] == ends[doc[-1]]:
         new_pos, new_consumed = pos + int(doc[-1]) + 1, 0
     else:
-        new_pos, new_consumed = pos + int(doc[-1]), need - int(begins[-1])
-    return (_Pieces(step, frac, pos + doc, start - begins, cuts - begins, lens[doc]), new_pos,
-            new_consumed)
+        new_pos, new_consumed = pos + int(doc[-1]), need - int(begin[-1])
+    return (_Pieces(counts, start - step_first, quota, pos + doc, start - begin, cuts - start, doc_len),
+            new_pos, new_consumed)
+
+
+def _insert_sorted(values: np.ndarray, at: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``np.insert(values, at, new)`` for sorted ``at``; a few inserts are slice copies."""
+    if at.size > 64:
+        return np.insert(values, at, new)
+    out = np.empty(values.size + at.size, values.dtype)
+    prev = 0
+    for j, (a, v) in enumerate(zip(at.tolist(), new.tolist(), strict=True)):
+        out[prev + j: a + j] = values[prev:a]
+        out[a + j] = v
+        prev = a
+    out[prev + at.size:] = values[prev:]
+    return out
 
 
 def cut_at(ends: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut consecutive intervals (strictly increasing ``ends``) at strictly increasing ``bounds``.
 
     Returns the pieces' ends (``ends`` with the bounds that are not already an end inserted), and
-    for every piece the interval it belongs to and how many bounds lie before it. Bounds are few
-    and sorted, so this is O(len(ends)) with no division and no sort.
+    for every piece the interval it belongs to and how many bounds lie before it.
     """
     at = np.searchsorted(ends, bounds, side="left")  # first end >= each bound
     on = np.zeros(bounds.size, bool)
@@ -247,107 +296,125 @@ def cut_at(ends: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return cuts, np.cumsum(is_end) - is_end, np.cumsum(is_bound) - is_bound
 
 
-def _doc_ends(streams: Streams, k: int, pos: int, need: int) -> np.ndarray:
-    """Cumulative spans of documents from ``pos`` on, up to the first that reaches ``need``."""
+def _doc_ends(streams: Streams, k: int, pos: int, need: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spans and cumulative spans of documents from ``pos`` on, up to the first that reaches ``need``."""
     mean = max(float(streams.doc_lengths[k].mean()), 1.0)
     count = int(need / mean * 1.05) + 16
-    ends = np.cumsum(streams.lengths(k, pos, count), dtype=np.int64)
+    lens = streams.lengths(k, pos, count)
+    ends = np.cumsum(lens, dtype=np.int64)
     while ends[-1] < need:
         more = int((need - ends[-1]) / mean * 1.2) + 16
-        ends = np.concatenate([ends, ends[-1] + np.cumsum(streams.lengths(k, pos + ends.size, more),
-                                                          dtype=np.int64)])
-    return ends[: int(np.searchsorted(ends, need, side="left")) + 1]
+        extra = streams.lengths(k, pos + ends.size, more)
+        lens = np.concatenate([lens, extra])
+        ends = np.concatenate([ends, ends[-1] + np.cumsum(extra, dtype=np.int64)])
+    stop = int(np.searchsorted(ends, need, side="left")) + 1
+    return lens[:stop], ends[:stop]
 
 
 def _sample_pieces(pos: int, quota: np.ndarray) -> _Pieces:
     total = int(quota.sum())
-    step = np.repeat(np.arange(quota.size), quota)
-    within = np.arange(total) - np.repeat(np.cumsum(quota) - quota, quota)
-    frac = within / np.maximum(quota[step], 1)
+    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(quota) - quota, quota)
     zeros = np.zeros(total, np.int64)
-    return _Pieces(step, frac, pos + np.arange(total, dtype=np.int64), zeros, zeros, zeros)
+    return _Pieces(quota.copy(), within, quota, pos + np.arange(total, dtype=np.int64), zeros, zeros, zeros)
 
 
-def _interleave(pieces: list[_Pieces], steps: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _interleave(pieces: list[_Pieces], steps: int) -> np.ndarray:
     """Merge the components' entries inside every step by their progress through their quota.
 
     Step ``s`` with ``n_s`` entries gets ``n_s`` buckets; an entry lands in bucket
     ``floor(frac * n_s)``, buckets keep component order, and a component keeps its stream order, so
-    any stretch of the step holds every component in proportion (no sort needed). Returns the
-    concatenated pieces (component-major) and ``perm``: merged slot -> concatenated index.
+    any stretch of the step holds every component in proportion. A component's buckets never
+    decrease, so the stable sort of the concatenated buckets merges sorted runs. Returns ``perm``:
+    merged slot -> index in the concatenated (component-major) pieces.
     """
     per_step = np.zeros(steps, np.int64)
     for p in pieces:
-        per_step += np.bincount(p.step, minlength=steps)
+        per_step += p.counts
     step_off = np.cumsum(per_step) - per_step
-    total = int(per_step.sum())
     buckets = []
     for p in pieces:
-        n = per_step[p.step]
-        buckets.append(step_off[p.step] + np.minimum((p.frac * n).astype(np.int64), n - 1))
-    sizes = np.bincount(np.concatenate(buckets), minlength=total)
-    filled = np.cumsum(sizes) - sizes  # next free slot of every bucket
-    perm = np.empty(total, np.int64)
-    at = 0
-    for b in buckets:
-        if b.size:
-            run_start = np.flatnonzero(np.diff(b, prepend=-1))
-            run_len = np.diff(np.append(run_start, b.size))
-            dest = filled[b] + (np.arange(b.size) - np.repeat(run_start, run_len))
-            filled[b[run_start]] += run_len
-            perm[dest] = np.arange(at, at + b.size)
-        at += b.size
-    cat = {name: np.concatenate([getattr(p, name) for p in pieces])
-           for name in ("step", "position", "start", "end", "doc_end")}
-    cat["component"] = np.repeat(np.arange(len(pieces)), [p.step.size for p in pieces])
-    return cat, perm
+        n = np.repeat(per_step, p.counts)
+        frac = p.offset / np.repeat(p.quota, p.counts)
+        b = (frac * n).astype(np.int64)
+        np.minimum(b, n - 1, out=b)
+        b += np.repeat(step_off, p.counts)
+        buckets.append(b)
+    return np.argsort(np.concatenate(buckets), kind="stable")
 
 
-def _cut_sequences(cat: dict[str, np.ndarray], perm: np.ndarray, sequences: int, seq_len: int,
-                   batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Split merged entries at sequence boundaries.
+def _concat(pieces: list[_Pieces], name: str) -> np.ndarray:
+    return np.concatenate([getattr(p, name) for p in pieces])
 
-    Returns per final entry: its concatenated index, token start, token end, and its (step, rank)
-    cell ``local step * world_size + rank`` (sequence // batch_size).
-    """
-    start = cat["start"][perm]
-    length = cat["end"][perm] - start
+
+def _components(pieces: list[_Pieces]) -> np.ndarray:
+    dtype = np.uint16 if len(pieces) <= 2**16 else np.int64
+    return np.repeat(np.arange(len(pieces), dtype=dtype), [p.position.size for p in pieces])
+
+
+def _cut_sequences(pieces: list[_Pieces], perm: np.ndarray, steps: int, world_size: int, batch_size: int,
+                   seq_len: int) -> _StepMajor:
+    """Split the merged pieces at sequence boundaries; sequence ``j`` of a step goes to rank
+    ``j // batch_size``, so a (step, rank) cell is a contiguous stretch of the step."""
+    length = _concat(pieces, "length")[perm]
     stop = np.cumsum(length)  # offsets in the block's token stream
     total = int(stop[-1])
-    cuts, entry, seq = cut_at(stop, np.arange(seq_len, total, seq_len, dtype=np.int64))
-    piece_shift = (start + length - stop)[entry]  # token coordinate minus stream offset
-    begin = np.concatenate([[0], cuts[:-1]])
-    cells = total // (seq_len * batch_size)  # (step, rank) cells of the block, step-major
-    return perm[entry], begin + piece_shift, cuts + piece_shift, np.repeat(np.arange(cells), batch_size)[seq]
+    # Sequence boundaries are the multiples of seq_len: a piece ending at `stop` has crossed
+    # floor(stop / seq_len) of them (float division is exact here: stop < 2**50), and each one
+    # inside it (not on its end) cuts it. No search over the pieces is needed.
+    crossed = (stop / seq_len).astype(np.int64) if total < 2**50 else stop // seq_len
+    on = crossed * seq_len == stop
+    splits = np.diff(crossed, prepend=0) - on
+    n_split = int(splits.sum())
+    entry_piece = np.repeat(np.arange(perm.size), splits + 1) if n_split else None
+    end = stop[entry_piece] if n_split else stop.copy()
+    if n_split:
+        is_cut = np.ones(total // seq_len + 1, bool)  # boundary k * seq_len, k < total / seq_len
+        is_cut[crossed[on]] = False
+        is_cut[0] = False
+        cut_at_bound = np.flatnonzero(is_cut[:-1]) * seq_len
+        end[np.repeat(np.arange(perm.size), splits) + np.arange(n_split)] = cut_at_bound
+    begin = np.empty_like(end)
+    begin[0] = 0
+    begin[1:] = end[:-1]
+    cells = steps * world_size
+    cell_first = np.searchsorted(begin, np.arange(cells, dtype=np.int64) * (seq_len * batch_size), "left")
+    counts = np.diff(cell_first, append=begin.size).reshape(steps, world_size)
+    shift = _concat(pieces, "start")[perm] - (stop - length)  # token coordinate minus stream offset
+    src = perm if entry_piece is None else perm[entry_piece]
+    if entry_piece is not None:
+        shift = shift[entry_piece]
+    begin += shift
+    end += shift
+    doc_end = _concat(pieces, "doc_end")[src]
+    token_end = np.where(end == doc_end, 0, end)
+    return _StepMajor(counts=counts, component=_components(pieces)[src],
+                      position=_concat(pieces, "position")[src], token_start=begin.astype(np.uint32),
+                      token_end=token_end.astype(np.uint32))
 
 
-def _sample_ranks(cat: dict[str, np.ndarray], perm: np.ndarray,
-                  batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _sample_cells(pieces: list[_Pieces], perm: np.ndarray, steps: int, world_size: int,
+                  batch_size: int) -> _StepMajor:
     # Every step holds exactly world_size * batch_size samples: entry i is in cell i // batch_size.
-    zeros = np.zeros(perm.size, np.int64)
-    return perm, zeros, zeros, np.repeat(np.arange(perm.size // batch_size), batch_size)
+    zeros = np.zeros(perm.size, np.uint32)
+    return _StepMajor(counts=np.full((steps, world_size), batch_size, np.int64),
+                      component=_components(pieces)[perm], position=_concat(pieces, "position")[perm],
+                      token_start=zeros, token_end=zeros)
+
+
+def _rank_major(counts: np.ndarray, steps: int, world_size: int) -> np.ndarray:
+    """For entries sorted by cell ``step * world_size + rank`` with ``counts`` (steps, world_size),
+    the gather that lists them rank-major (rank 0's steps, then rank 1's ...)."""
+    by_cell = counts.ravel()
+    cell_start = np.cumsum(by_cell) - by_cell
+    rm_counts = counts.T.ravel()
+    rm_start = np.cumsum(rm_counts) - rm_counts
+    shift = cell_start.reshape(steps, world_size).T.ravel() - rm_start
+    return np.arange(rm_start[-1] + rm_counts[-1] if rm_counts.size else 0) + np.repeat(shift, rm_counts)
 
 
 def rank_major_order(cell: np.ndarray, steps: int, world_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Entries are sorted by ``cell = step * world_size + rank``: the permutation that lists them
     rank-major (rank 0's steps, then rank 1's ...), keeping the order inside every cell; and the
     (steps, world_size) entry counts."""
-    counts = np.bincount(cell, minlength=steps * world_size)
-    cell_start = np.cumsum(counts) - counts
-    rank_major = np.arange(steps * world_size).reshape(steps, world_size).T.ravel()
-    rm_counts = counts[rank_major]
-    rm_start = np.cumsum(rm_counts) - rm_counts
-    order = np.arange(cell.size) + np.repeat(cell_start[rank_major] - rm_start, rm_counts)
-    return order, counts.reshape(steps, world_size)
-
-
-def _block(cat: dict[str, np.ndarray], cut: tuple[np.ndarray, ...], steps: int, world_size: int,
-           first_step: int) -> BlockEntries:
-    src, start, end, cell = cut
-    order, counts = rank_major_order(cell, steps, world_size)
-    src = src[order]
-    end = end[order]
-    token_end = np.where(end == cat["doc_end"][src], 0, end)
-    return BlockEntries(first_step=first_step, counts=counts.astype(np.uint32),
-                        component=cat["component"][src].astype(np.uint16), position=cat["position"][src],
-                        token_start=start[order].astype(np.uint32), token_end=token_end.astype(np.uint32))
+    counts = np.bincount(cell, minlength=steps * world_size).reshape(steps, world_size)
+    return _rank_major(counts, steps, world_size), counts

@@ -38,7 +38,7 @@ def manifest_of(plan: CompiledPlan, index: IndexTables) -> dict[str, Any]:
         "index": {"path": str(Path(index.path).resolve()), "manifest_blake2b": plan.index_hash},
         "corpus_root": index.manifest["corpus_root"],
         "text_field": index.manifest.get("text_field"),
-        "files": [{k: f[k] for k in ("file_id", "path", "format", "size", "mtime_ns", "blake2b")}
+        "files": [{k: f[k] for k in ("file_id", "path", "format", "size", "mtime_ns", "content_hash")}
                   for f in index.manifest["files"]],
         "tokenizer": tokenizer,
         "token_files": token_files,

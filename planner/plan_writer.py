@@ -11,8 +11,9 @@ import io
 import json
 import os
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -21,11 +22,12 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from planner.block_frames import block_payloads
 from planner.packing import BlockEntries, PlanState
 from runtime.atomic import fsync_dir, staging_dir, write_atomic
 from runtime.errors import PlanError
 from runtime.plan import MANIFEST, PLAN_FORMAT_VERSION, PLAN_KIND, SAMPLES, rank_file_name
-from runtime.plan_format import EncodedSegment, RankHeader, Segment, encode_rank_segment, rank_file_bytes
+from runtime.plan_format import EncodedSegment, RankHeader, rank_file_bytes
 
 QUOTAS = "quotas.npy"
 WEIGHTS = "weights.npy"
@@ -87,28 +89,26 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
     topo = manifest["topology"]
     world = int(topo["world_size"])
     fp = bytes.fromhex(manifest["fingerprint"])
-    with staging_dir(out) as stage:
-        write_atomic(stage / SAMPLES, npy_bytes(samples))
-        write_atomic(stage / QUOTAS, npy_bytes(np.ascontiguousarray(quotas, dtype=np.int64)))
-        write_atomic(stage / WEIGHTS, npy_bytes(np.ascontiguousarray(weights, dtype=np.float64)))
+    with staging_dir(out) as stage, ThreadPoolExecutor(max_workers=_workers()) as pool:
+        # The tables go to disk while the blocks are packed (file writes release the GIL).
+        tables = [pool.submit(_write_npy, stage / name, arr) for name, arr in (
+            (SAMPLES, samples), (QUOTAS, np.ascontiguousarray(quotas, dtype=np.int64)),
+            (WEIGHTS, np.ascontiguousarray(weights, dtype=np.float64)))]
         frames: list[list[EncodedSegment]] = [[] for _ in range(world)]
         segments, entries = [], 0
-        for k, (state, block) in enumerate(_encode(blocks, frames)):
+        for k, (state, block) in enumerate(_encode(blocks, frames, pool)):
             segments.append({"index": k, "first_step": block.first_step, "steps": int(block.counts.shape[0]),
                              "version": 0, "entries": int(block.counts.sum()),
                              "start_state": state.to_json()})
             entries += int(block.counts.sum())
-        rank_bytes = 0
-        paths = []
-        for rank in range(world):
-            header = RankHeader(rank=rank, world_size=world, steps=int(manifest["steps"]),
-                                segment_steps=int(manifest["segment_steps"]), first_segment=0,
-                                segment_count=len(segments), fingerprint=fp)
-            data = rank_file_bytes(header, frames[rank])
-            paths.append(stage / rank_file_name(rank))
-            paths[-1].write_bytes(data)
-            rank_bytes += len(data)
-        _fsync_files(paths)  # all at once: the first flush carries the others' data along
+        header = {"world_size": world, "steps": int(manifest["steps"]),
+                  "segment_steps": int(manifest["segment_steps"]), "first_segment": 0,
+                  "segment_count": len(segments), "fingerprint": fp}
+        paths = [stage / rank_file_name(rank) for rank in range(world)]
+        rank_bytes = sum(pool.map(lambda r: _write_rank(paths[r], RankHeader(rank=r, **header), frames[r]),
+                                  range(world)))
+        paths += [f.result() for f in tables]
+        _fsync_files(paths, pool)  # all at once: the first flush carries the others' data along
         full = {"kind": PLAN_KIND, "format_version": PLAN_FORMAT_VERSION, "created_by": created_by(),
                 **manifest, "segments": segments, "entries": entries}
         manifest_bytes = json.dumps(full, indent=1, sort_keys=True).encode() + b"\n"
@@ -116,6 +116,23 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
         total = sum(p.stat().st_size for p in stage.iterdir() if p.is_file())
     return WrittenPlan(path=out, fingerprint=manifest["fingerprint"], entries=entries,
                        bytes_on_disk=total, rank_bytes=rank_bytes)
+
+
+def _workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def _write_npy(path: Path, arr: np.ndarray) -> Path:
+    """``np.save`` straight into the staging folder (no in-memory copy; fsynced with the rest)."""
+    with open(path, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    return path
+
+
+def _write_rank(path: Path, header: RankHeader, frames: list[EncodedSegment]) -> int:
+    data = rank_file_bytes(header, frames)
+    path.write_bytes(data)
+    return len(data)
 
 
 def _fsync(path: Path) -> None:
@@ -126,10 +143,9 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_files(paths: list[Path]) -> None:
+def _fsync_files(paths: list[Path], pool: ThreadPoolExecutor) -> None:
     """fsync many files concurrently (fsync releases the GIL, the file system batches the flushes)."""
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(_fsync, paths))
+    list(pool.map(_fsync, paths))
     if paths:
         fsync_dir(paths[0].parent)
 
@@ -137,18 +153,35 @@ def _fsync_files(paths: list[Path]) -> None:
 _LOCAL = threading.local()
 
 
-def _encode_one(seg: Segment) -> EncodedSegment:
+def _compress(payload: bytes, first_step: int, steps: int, entries: int) -> EncodedSegment:
     if not hasattr(_LOCAL, "compressor"):  # a compressor is not shared between threads
         _LOCAL.compressor = zstandard.ZstdCompressor(level=3)
-    return encode_rank_segment(seg, _LOCAL.compressor)
+    return EncodedSegment(_LOCAL.compressor.compress(payload), first_step, steps, entries)
 
 
-def _encode(blocks: Iterable[tuple[PlanState, BlockEntries]],
-            frames: list[list[EncodedSegment]]) -> Iterator[tuple[PlanState, BlockEntries]]:
-    """Compress every rank's part of every block (on threads: zstd releases the GIL; the frames
-    are the same bytes whichever thread makes them)."""
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for state, block in blocks:
-            for per_rank, enc in zip(frames, pool.map(_encode_one, block.rank_segments()), strict=True):
-                per_rank.append(enc)
-            yield state, block
+_IN_FLIGHT = 2  # blocks whose frames may still be compressing: bounds the payloads held in memory
+
+
+def _encode(blocks: Iterable[tuple[PlanState, BlockEntries]], frames: list[list[EncodedSegment]],
+            pool: ThreadPoolExecutor) -> Iterator[tuple[PlanState, BlockEntries]]:
+    """Compress every rank's part of every block on ``pool`` (zstd releases the GIL) while the
+    next block is packed; frames are the same bytes whichever thread makes them, and are appended
+    in block order."""
+    pending: deque[list[Future[EncodedSegment]]] = deque()
+
+    def collect() -> None:
+        for per_rank, fut in zip(frames, pending.popleft(), strict=True):
+            per_rank.append(fut.result())
+
+    for state, block in blocks:
+        per_rank = block.counts.sum(axis=0, dtype=np.int64)
+        payloads = block_payloads(block)
+        steps = int(block.counts.shape[0])
+        pending.append([pool.submit(_compress, data, block.first_step, steps, int(n))
+                        for data, n in zip(payloads, per_rank, strict=True)])
+        del payloads
+        if len(pending) > _IN_FLIGHT:
+            collect()
+        yield state, block
+    while pending:
+        collect()

@@ -19,17 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zstandard
 
 from planner.algorithms import Algorithm, History, algorithms, consume
+from planner.block_frames import BlockEncoder
 from planner.dynamic import DynamicSpec, parse_dynamic, resolve_prior
-from planner.packing import PlanState, Streams, plan_steps
+from planner.packing import PlanState, Streams, compact_lengths, plan_steps
 from planner.plan_writer import npy_bytes
 from planner.quotas import largest_remainder
-from runtime.atomic import write_atomic
+from runtime.atomic import FILE_MODE, write_atomic
 from runtime.errors import PlanError
 from runtime.plan import SAMPLES, rank_file_name
-from runtime.plan_format import RankHeader, encode_rank_segment, rank_file_bytes
+from runtime.plan_format import RankHeader, rank_file_bytes
 from runtime.shuffle import stream_samples
 from runtime.versions import (
     DECISION,
@@ -100,8 +100,10 @@ class PlanContext:
                     lengths.append(samples["tokens"][rows].astype(np.int64) + eos)
                 else:
                     lengths.append(np.ones(int(c["rows"]), np.int64))
+            # The compiler's narrow lengths: the shuffle's random gathers stay in cache (same result).
             self._streams = Streams(names=tuple(c["stream"] for c in self.manifest["components"]),
-                                    doc_lengths=tuple(lengths), seed=int(self.manifest["seed"]),
+                                    doc_lengths=tuple(compact_lengths(x) for x in lengths),
+                                    seed=int(self.manifest["seed"]),
                                     unit=self.manifest["unit"])
         return self._streams
 
@@ -270,25 +272,22 @@ def write_version(ctx: PlanContext, decision: Decision) -> bool:
     sched, topo = ctx.schedule, ctx.manifest["topology"]
     world, seg = int(topo["world_size"]), sched.segment_steps
     f = int(decision.body["first_segment"])
-    frames: list[list[Any]] = [[] for _ in range(world)]
     segments, state = [], decision.start
-    compressor = zstandard.ZstdCompressor(level=3)  # used by the one encoding thread only
-    pool, jobs = ThreadPoolExecutor(max_workers=1), []
-    for k in range(f, sched.segment_count):
-        lo = k * seg - f * seg
-        q = decision.quotas[lo: lo + min(seg, sched.steps - k * seg)]
-        state.carry = decision.carries[lo].copy()
-        entries, nxt = plan_steps(ctx.streams(), state, q, world_size=world,
-                                  batch_size=int(topo["batch_size"]), seq_len=int(topo["seq_len"]))
-        segments.append({"index": k, "first_step": k * seg, "steps": int(q.shape[0]),
-                         "entries": int(entries.counts.sum()), "start_state": state.to_json()})
-        # Encoding (zstd, releases the GIL) overlaps with packing the next segment.
-        jobs.append(pool.submit(_encode_all, entries, world, decision.version, compressor))
-        state = nxt
-    for job in jobs:
-        for rank, frame in enumerate(job.result()):
-            frames[rank].append(frame)
-    pool.shutdown()
+    encoder = BlockEncoder(world, decision.version)  # compresses on threads while the next block packs
+    try:
+        for k in range(f, sched.segment_count):
+            lo = k * seg - f * seg
+            q = decision.quotas[lo: lo + min(seg, sched.steps - k * seg)]
+            state.carry = decision.carries[lo].copy()
+            entries, nxt = plan_steps(ctx.streams(), state, q, world_size=world,
+                                      batch_size=int(topo["batch_size"]), seq_len=int(topo["seq_len"]))
+            segments.append({"index": k, "first_step": k * seg, "steps": int(q.shape[0]),
+                             "entries": int(entries.counts.sum()), "start_state": state.to_json()})
+            encoder.submit(entries)
+            state = nxt
+        frames = encoder.frames()
+    finally:
+        encoder.close()
     body = dict(decision.body, segments=segments)
     fp = bytes.fromhex(ctx.manifest["fingerprint"])
 
@@ -304,10 +303,6 @@ def write_version(ctx: PlanContext, decision: Decision) -> bool:
     return publish_version(ctx.path, decision.version, build)
 
 
-def _encode_all(entries: Any, world: int, version: int, compressor: Any) -> list[Any]:
-    return [encode_rank_segment(entries.rank_segment(rank, version), compressor) for rank in range(world)]
-
-
 def write_durably(files: dict[Path, bytes]) -> None:
     """Write files inside a staging folder and fsync them (in parallel: one journal flush, not 256).
 
@@ -315,7 +310,7 @@ def write_durably(files: dict[Path, bytes]) -> None:
     """
     def put(item: tuple[Path, bytes]) -> None:
         path, data = item
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             view = memoryview(data)
             while view:

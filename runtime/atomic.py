@@ -1,13 +1,22 @@
-"""Crash-safe writes: a temporary file in the same folder, fsync, then rename."""
+"""Crash-safe writes: a temporary file in the same folder, fsync, then rename.
+
+Temporary files and folders are created with the usual modes (0o666 / 0o777, masked by the process
+umask by the kernel), not ``tempfile``'s private 0o600 / 0o700: what they become by a rename is a
+published plan or index that other users of a cluster must be able to read.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+FILE_MODE = 0o666  # masked by the umask, as open(..., "w") does
+DIR_MODE = 0o777  # masked by the umask, as mkdir does
+_TRIES = 100
 
 
 def fsync_dir(path: Path) -> None:
@@ -18,10 +27,33 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def temp_file(folder: Path | str, prefix: str, suffix: str = ".tmp") -> tuple[int, Path]:
+    """A new, uniquely named file in ``folder`` opened for writing: (fd, path); like ``mkstemp``."""
+    for _ in range(_TRIES):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary name {prefix}*{suffix} after {_TRIES} tries")
+
+
+def temp_dir(folder: Path | str, prefix: str, suffix: str = ".staging") -> Path:
+    """A new, uniquely named, empty folder in ``folder``; like ``mkdtemp``."""
+    for _ in range(_TRIES):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            os.mkdir(path, DIR_MODE)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary name {prefix}*{suffix} after {_TRIES} tries")
+
+
 def write_atomic(path: Path | str, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -43,7 +75,7 @@ def staging_dir(final: Path | str) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".staging"))
+    stage = temp_dir(final.parent, prefix=f".{final.name}.")
     try:
         yield stage
         _swap_in(stage, final)

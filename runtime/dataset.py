@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from runtime.errors import PlanError
 from runtime.plan import Plan
 from runtime.replay import Replay
-from runtime.state import RuntimeState
+from runtime.state import ElasticOrigin, RuntimeState
 from runtime.tokenizer import load_tokenizer
 
 OUTPUTS = ("tokens", "documents")
@@ -82,6 +82,7 @@ class PlanDataset(IterableDataset):
         self.text_field = plan_text_field(meta)
         self.cache_dir = Path(cache_dir or os.environ.get("MIXTERA_CACHE") or self.plan_path / ".cache")
         self.domains = [c.name for c in meta.components]
+        self.elastic = ElasticOrigin.of_manifest(meta.manifest)  # compiled with --from-plan
         meta.close()
         self._next_step = 0  # position of this copy: first step not yet consumed / yielded
         self._stride = 1  # 1: a rank position; w: the position of one of w loader workers
@@ -147,9 +148,17 @@ class PlanDataset(IterableDataset):
         return self._state(self._next_step, self._stride, info.id if info else 0).to_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state``; refuses a state of another plan, world size, rank or tokenizer."""
+        """Continue from ``state``; refuses a state of another plan, world size, rank or tokenizer.
+
+        A plan compiled with ``--from-plan OLD --from-step S`` also takes a state of OLD at step S,
+        saved by any of OLD's ranks, and continues at S with this plan's topology (elastic resume).
+        """
         loaded = RuntimeState.from_dict(state)
-        loaded.check_matches(self._state(0, 1, 0))
+        current = self._state(0, 1, 0)
+        if self.elastic is not None and loaded.plan_fingerprint == self.elastic.from_plan:
+            self.elastic.check(loaded, current)
+        else:
+            loaded.check_matches(current)
         if not 0 <= loaded.next_step <= self.steps:
             raise PlanError(f"state step {loaded.next_step} is outside the plan's {self.steps} steps")
         self._next_step, self._stride = loaded.next_step, loaded.stride

@@ -18,6 +18,7 @@ import numpy as np
 from runtime.errors import PlanError
 from runtime.plan_format import RankFileReader, Segment
 from runtime.shuffle import stream_samples
+from runtime.stream_rows import stream_rows
 from runtime.versions import segment_version
 
 PLAN_KIND = "mixtera-plan"
@@ -94,6 +95,9 @@ class Plan:
         self.components = [PlanComponent(id=c["id"], name=c["name"], stream=c["stream"],
                                          first_row=c["first_row"], rows=c["rows"])
                            for c in manifest["components"]]
+        self._comp_rows = np.array([c.rows for c in self.components], dtype=np.int64)
+        self._comp_first = np.array([c.first_row for c in self.components], dtype=np.int64)
+        self._comp_streams = [c.stream for c in self.components]
         self.files: list[dict[str, Any]] = manifest["files"]
         self.corpus_root = Path(manifest["corpus_root"])
         self._samples: np.ndarray | None = None
@@ -183,12 +187,9 @@ class Plan:
 
     def resolve(self, segment: Segment) -> ResolvedEntries:
         """Sample rows, corpus locations and absolute token ranges of every entry of ``segment``."""
-        comp = segment.component.astype(np.int64)
-        rows = np.empty(comp.size, dtype=np.int64)
-        for c in np.unique(comp):
-            sel = comp == c
-            rows[sel] = self.rows_of(int(c), segment.position[sel])
-        meta = self.samples[rows]
+        rows = stream_rows(segment.component, segment.position, self._comp_rows, self._comp_first,
+                           self.seed, self._comp_streams)  # every component at once: one walk
+        meta = np.take(self.samples, rows)  # a plain gather; memmap fancy indexing is ~3x slower
         doc = meta["tokens"].astype(np.int64) + (1 if self.eos else 0)
         start = segment.token_start.astype(np.int64)
         end = segment.token_end.astype(np.int64)

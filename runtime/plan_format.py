@@ -95,9 +95,14 @@ class SeekEntry:
     crc32: int
 
 
+def _group_key(component: np.ndarray) -> np.ndarray:
+    """Components as uint16 (they are < 2**16): numpy's stable argsort of 16-bit keys is a radix sort."""
+    return component if component.dtype == np.uint16 else component.astype(np.uint16)
+
+
 def _delta_encode(component: np.ndarray, position: np.ndarray) -> np.ndarray:
     delta = np.empty_like(position)
-    order = np.argsort(component, kind="stable")
+    order = np.argsort(_group_key(component), kind="stable")
     pos = position[order]
     comp = component[order]
     d = np.diff(pos, prepend=0)
@@ -108,7 +113,7 @@ def _delta_encode(component: np.ndarray, position: np.ndarray) -> np.ndarray:
 
 
 def _delta_decode(component: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    order = np.argsort(component, kind="stable")
+    order = np.argsort(_group_key(component), kind="stable")
     running = np.cumsum(delta[order])
     starts = np.flatnonzero(np.diff(component[order], prepend=-1) != 0)
     # Each component's running sum restarts at its first entry (which holds an absolute position).
@@ -123,17 +128,21 @@ def _delta_decode(component: np.ndarray, delta: np.ndarray) -> np.ndarray:
 # written as byte planes (all lowest bytes, then all second bytes, ...) so zstd sees long runs of
 # zeros in the high planes. The frame starts with one type code per column.
 _NARROW = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64)
+_LIMITS = tuple((int(np.iinfo(dt).min), int(np.iinfo(dt).max)) for dt in _NARROW)
+
+
+def _code_of(lo: int, hi: int) -> int:
+    for code, (low, high) in enumerate(_LIMITS):
+        if low <= lo and hi <= high:
+            return code
+    raise ValueError(f"column values [{lo}, {hi}] do not fit 64 bits")
 
 
 def _narrow(values: np.ndarray) -> tuple[int, np.ndarray]:
     if values.size == 0:
         return 0, values.astype(np.uint8)
-    lo, hi = int(values.min()), int(values.max())
-    for code, dt in enumerate(_NARROW):
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
-            return code, values.astype(dt, copy=False)
-    raise ValueError(f"column values [{lo}, {hi}] do not fit 64 bits")
+    code = _code_of(int(values.min()), int(values.max()))
+    return code, values.astype(_NARROW[code], copy=False)
 
 
 def _planes(values: np.ndarray) -> bytes:
@@ -152,7 +161,7 @@ def _unplanes(raw: bytes, at: int, code: int, n: int) -> np.ndarray:
 
 def _segment_bytes(seg: Segment) -> bytes:
     cols = {"step_counts": seg.step_counts, "component": seg.component,
-            "position_delta": _delta_encode(seg.component.astype(np.int64), seg.position.astype(np.int64)),
+            "position_delta": _delta_encode(seg.component, seg.position.astype(np.int64)),
             "token_start": seg.token_start, "token_end": seg.token_end}
     codes, parts = [], []
     for name, _ in _COLUMNS:

@@ -2,19 +2,21 @@
 
 A reader returns the text of samples given the (offset, length) pair the index stored for each:
 
-- ``jsonl``: byte offset and length of the line in the file; read with ``os.pread``.
+- ``jsonl``: byte offset and length of the line in the file; parsed from a read-only mmap.
 - ``jsonl.gz`` / ``json.gz`` / ``jsonl.zst`` / ``json.zst``: offsets into the *uncompressed* stream;
   read through the zstd-framed cache of :mod:`runtime.zframes`, built once per file.
 - ``parquet``: row group and row; decoded row groups (text column, Arrow) sit in a byte-bounded LRU.
 
 Fingerprints: opening a file compares its size and mtime_ns with the plan. Equal size and mtime is
 accepted (the fast path); a different size is a changed file; equal size with a different mtime (a
-copy, a touch, a restore from backup) is settled by the blake2b content hash the plan records.
+copy, a touch, a restore from backup) is settled by the content hash the plan records
+(:mod:`runtime.fingerprint`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import mmap
 import operator
 import os
 from collections import OrderedDict
@@ -26,6 +28,7 @@ from typing import Any
 import orjson
 
 from runtime.errors import CorpusError, PlanError
+from runtime.fingerprint import content_digest, file_content_hash
 from runtime.zframes import FramedFile, open_framed
 
 _REINDEX = "re-run `mixtera index` on the corpus and `mixtera compile` the mixture again"
@@ -41,27 +44,24 @@ class FileEntry:
     format: str
     size: int
     mtime_ns: int
-    blake2b: str
+    content_hash: str  # runtime.fingerprint: "xxh3_128:<hex>"
 
     @classmethod
     def from_manifest(cls, entry: dict, corpus_root: Path) -> FileEntry:
+        if content_digest(entry.get("content_hash")) is None:
+            raise PlanError(
+                f"{corpus_root / entry['path']}: the plan records no content hash this mixtera reads "
+                "(it was compiled from an index of an older mixtera)",
+                _REINDEX,
+            )
         return cls(
             file_id=int(entry["file_id"]),
             path=corpus_root / entry["path"],
             format=entry["format"],
             size=int(entry["size"]),
             mtime_ns=int(entry["mtime_ns"]),
-            blake2b=entry["blake2b"],
+            content_hash=entry["content_hash"],
         )
-
-
-def file_blake2b(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex blake2b (16-byte digest) of the file's bytes, as the index records it."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_file(entry: FileEntry) -> None:
@@ -78,11 +78,11 @@ def verify_file(entry: FileEntry) -> None:
         )
     if st.st_mtime_ns == entry.mtime_ns:
         return
-    digest = file_blake2b(entry.path)
-    if digest != entry.blake2b:
+    digest = file_content_hash(entry.path)
+    if digest != entry.content_hash:
         raise PlanError(
-            f"{entry.path}: corpus file changed since indexing (blake2b {digest}, the plan "
-            f"recorded {entry.blake2b})",
+            f"{entry.path}: corpus file changed since indexing (content hash {digest}, the plan "
+            f"recorded {entry.content_hash})",
             _REINDEX,
         )
 
@@ -102,25 +102,32 @@ def text_getter(text_field: str) -> Callable[[Any], str]:
 
 
 class JsonLinesReader:
-    """Uncompressed JSON lines: one ``pread`` per sample."""
+    """Uncompressed JSON lines, memory-mapped read-only: ``orjson.loads`` parses each sample's line
+    straight from the page cache (a memoryview slice: no syscall, no copy; ~0.6 us per sample
+    less than ``pread``). The mapped pages are clean page cache, not process heap."""
 
     def __init__(self, entry: FileEntry, text_field: str, cache_dir: Path) -> None:
         self.entry = entry
-        self.fd = os.open(entry.path, os.O_RDONLY)
         self.getter = text_getter(text_field)
+        with open(entry.path, "rb") as f:  # the map keeps the file open
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if entry.size else None
+        self.view = memoryview(self._map) if self._map is not None else memoryview(b"")
 
     def raw(self, offset: int, length: int) -> bytes:
-        return os.pread(self.fd, length, offset)
+        return bytes(self.view[offset : offset + length])
 
     def texts(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[str]:
-        get, loads, raw = self.getter, orjson.loads, self.raw
+        get, loads, view = self.getter, orjson.loads, self.view
         try:  # the hot loop; the slow one below only runs to name a failing record
-            return [get(loads(raw(o, n))) for o, n in zip(offsets, lengths, strict=True)]
+            return [get(loads(view[o : o + n])) for o, n in zip(offsets, lengths, strict=True)]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            return [_text_of(self.entry, get, raw(o, n), o) for o, n in zip(offsets, lengths, strict=True)]
+            return _named_texts(self, offsets, lengths)
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.view.release()
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a view still alive: the collector unmaps it
+                self._map.close()
 
 
 class CompressedJsonLinesReader(JsonLinesReader):
@@ -130,13 +137,26 @@ class CompressedJsonLinesReader(JsonLinesReader):
         self.entry = entry
         self.getter = text_getter(text_field)
         codec = "gz" if entry.format.endswith("gz") else "zst"
-        self._framed: FramedFile = open_framed(entry.path, codec, entry.blake2b, cache_dir)
+        self._framed: FramedFile = open_framed(entry.path, codec, entry.content_hash, cache_dir)
 
     def raw(self, offset: int, length: int) -> bytes:
         return self._framed.read(offset, length)
 
+    def texts(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[str]:
+        get, loads, raw = self.getter, orjson.loads, self.raw
+        try:
+            return [get(loads(raw(o, n))) for o, n in zip(offsets, lengths, strict=True)]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return _named_texts(self, offsets, lengths)
+
     def close(self) -> None:
         self._framed.close()
+
+
+def _named_texts(reader: Any, offsets: Sequence[int], lengths: Sequence[int]) -> list[str]:
+    """The slow loop: reads again and names the first record that fails."""
+    get, raw = reader.getter, reader.raw
+    return [_text_of(reader.entry, get, raw(o, n), o) for o, n in zip(offsets, lengths, strict=True)]
 
 
 def _text_of(entry: FileEntry, get: Callable[[Any], str], line: bytes, offset: int) -> str:
@@ -190,7 +210,7 @@ class ParquetReader:
         def load() -> Any:
             return self._file.read_row_group(index, columns=[self._column]).column(0).combine_chunks()
 
-        return _ROW_GROUPS.get((self.entry.blake2b, self.entry.path, index), load)
+        return _ROW_GROUPS.get((self.entry.content_hash, self.entry.path, index), load)
 
     def texts(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[str]:
         groups: dict[int, list[int]] = {}

@@ -8,13 +8,10 @@ with the plan or the number of workers.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import orjson
 import torch
 
 from runtime.packing import pack_step
@@ -108,42 +105,17 @@ class Replay:
             for b in range(self.ds.batch_size)
         ]
         if packed.provenance is not None:
+            files, records, paths = ent.file.tolist(), ent.record.tolist(), self.paths
             for b, slices in enumerate(packed.provenance):
-                items[b]["provenance"] = [
-                    (f"{self.paths[int(ent.file[i])]}#{int(ent.record[i])}", s, e) for i, s, e in slices
-                ]
+                items[b]["provenance"] = [(f"{paths[files[i]]}#{records[i]}", s, e) for i, s, e in slices]
         return items
 
     def documents(self, step: int) -> list[dict[str, Any]]:
         cols = self.entry_lists(step)
-        names, paths = self.ds.domains, self.paths
-        columns = (
-            cols["file"],
-            cols["offset"],
-            cols["length"],
-            cols["record"],
-            cols["component"],
-            cols["token_start"],
-            cols["token_end"],
-        )
-        plain = self.texts.plain_files(cols["file"])
-        if plain is not None:  # the hot path: read, parse and build each item in one loop
-            fds, get = plain
-            loads, pread = orjson.loads, os.pread
-            with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):  # below names the record
-                return [
-                    {
-                        "text": get(loads(pread(fds[f], n, o))),
-                        "sample_id": f"{paths[f]}#{r}",
-                        "domain": names[c],
-                        "domain_id": c,
-                        "step": step,
-                        "token_start": s,
-                        "token_end": e,
-                    }
-                    for f, o, n, r, c, s, e in zip(*columns, strict=True)
-                ]
+        # Texts first, in the readers' tight loop (orjson.loads of a mapped slice for JSON lines),
+        # then the items: two simple loops run faster than one that does both.
         texts = self.texts.texts(cols["file"], cols["offset"], cols["length"])
+        names, paths = self.ds.domains, self.paths
         return [
             {
                 "text": text,
@@ -154,7 +126,10 @@ class Replay:
                 "token_start": s,
                 "token_end": e,
             }
-            for text, (f, _, _, r, c, s, e) in zip(texts, zip(*columns, strict=True), strict=True)
+            for text, f, r, c, s, e in zip(
+                texts, cols["file"], cols["record"], cols["component"], cols["token_start"],
+                cols["token_end"], strict=True,
+            )
         ]
 
 

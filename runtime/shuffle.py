@@ -12,6 +12,7 @@ platform and numpy version.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -89,6 +90,60 @@ def _feistel(x: np.ndarray, bits: int, keys: np.ndarray) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _round_tables(key: int, bits: int) -> tuple[np.ndarray, ...]:
+    """Every round's ``splitmix64(half ^ k) & mask`` for all values of its input half (int64).
+
+    A round's input is a half of at most 16 bits (``bits <= 32``), so the six round functions fit
+    in small tables; a round is then one gather and one xor instead of a dozen uint64 passes, with
+    exactly the same values.
+    """
+    low = bits // 2
+    out = []
+    with np.errstate(over="ignore"):
+        for i, k in enumerate(_round_keys(key)):
+            src, dst = (low, bits - low) if i % 2 == 0 else (bits - low, low)
+            z = _splitmix64(np.arange(1 << src, dtype=np.uint64) ^ k) & np.uint64((1 << dst) - 1)
+            out.append(z.astype(np.int64))
+    return tuple(out)
+
+
+_TABLE_CHUNK = 1 << 16
+
+
+def _rounds(x: np.ndarray, low: int, tables: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The network on int64 values, with the round functions looked up in ``tables``."""
+    left, right = x >> low, x & ((1 << low) - 1)
+    for i, table in enumerate(tables):
+        if i % 2 == 0:
+            left ^= table[right]
+        else:
+            right ^= table[left]
+    left <<= low
+    left |= right
+    return left
+
+
+def _permute_tables(positions: np.ndarray, n: int, bits: int, tables: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Cycle-walked network over cache-sized chunks (the walk stays inside the chunk)."""
+    out = np.empty(positions.size, np.int64)
+    low = bits // 2
+    for lo in range(0, positions.size, _TABLE_CHUNK):
+        values = _rounds(positions[lo: lo + _TABLE_CHUNK].astype(np.int64), low, tables)
+        todo = np.flatnonzero(values >= n)
+        while todo.size:
+            again = _rounds(values[todo], low, tables)
+            values[todo] = again
+            todo = todo[again >= n]
+        out[lo: lo + values.size] = values
+    return out
+
+
+def _use_tables(bits: int, count: int) -> bool:
+    # Building the tables costs about one pass over 2 ** ceil(bits / 2) values.
+    return bits <= 24 or (bits <= 32 and count >= 1 << ((bits + 1) // 2))
+
+
 def permute(positions: np.ndarray, n: int, key: int) -> np.ndarray:
     """Map each of ``positions`` (values in ``[0, n)``) through a bijection of ``[0, n)``."""
     if n <= 0:
@@ -97,6 +152,13 @@ def permute(positions: np.ndarray, n: int, key: int) -> np.ndarray:
     if positions.size and (int(positions.min()) < 0 or int(positions.max()) >= n):
         raise ValueError(f"permute positions must lie in [0, {n})")  # else cycle walking never ends
     bits = max(1, (n - 1).bit_length())
+    if _use_tables(bits, positions.size):
+        return _permute_tables(positions, n, bits, _round_tables(key, bits))
+    return _permute_network(positions, n, bits, key)
+
+
+def _permute_network(positions: np.ndarray, n: int, bits: int, key: int) -> np.ndarray:
+    """The network computed round by round in uint64 (any ``bits``)."""
     keys = _round_keys(key)
     limit = np.uint64(n)
     with np.errstate(over="ignore"):

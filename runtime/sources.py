@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,17 +48,6 @@ class TextSource:
                 out[i] = text
         return out
 
-    def plain_files(self, files: Sequence[int]) -> tuple[dict[int, int], Any] | None:
-        """(fd by file id, text getter) when every file is uncompressed JSON lines, else None.
-
-        Lets a caller fuse ``getter(orjson.loads(os.pread(fd, length, offset)))`` into its own loop;
-        on a decode error it should call :meth:`texts`, which names the bad record.
-        """
-        readers = {f: self.pool.get(f) for f in set(files)}
-        if not readers or not all(type(r) is JsonLinesReader for r in readers.values()):
-            return None
-        return {f: r.fd for f, r in readers.items()}, next(iter(readers.values())).getter
-
     def close(self) -> None:
         self.pool.close()
 
@@ -67,11 +55,13 @@ class TextSource:
 def _plain_texts(
     readers: dict[int, JsonLinesReader], files: list[int], offsets: list[int], lengths: list[int]
 ) -> list[str]:
-    """Every sample lives in an uncompressed JSON lines file: one pread each, in plan order."""
-    fds = {f: r.fd for f, r in readers.items()}
-    get, loads, pread = next(iter(readers.values())).getter, orjson.loads, os.pread
+    """Every sample lives in an uncompressed JSON lines file: parsed from its map, in plan order."""
+    if not files:
+        return []
+    views = {f: r.view for f, r in readers.items()}
+    get, loads = next(iter(readers.values())).getter, orjson.loads
     try:
-        return [get(loads(pread(fds[f], n, o))) for f, o, n in zip(files, offsets, lengths, strict=True)]
+        return [get(loads(views[f][o : o + n])) for f, o, n in zip(files, offsets, lengths, strict=True)]
     except (orjson.JSONDecodeError, KeyError, TypeError):  # let the reader name the bad record
         return [readers[f].texts([o], [n])[0] for f, o, n in zip(files, offsets, lengths, strict=True)]
 

@@ -9,7 +9,7 @@ StatefulDataLoader saves per worker; that worker continues with steps ``next_ste
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from runtime.errors import StateError
@@ -82,4 +82,45 @@ class RuntimeState:
             raise StateError(
                 f"the state is for output={self.output!r}, this dataset has output={current.output!r}",
                 "use the same output kind",
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ElasticOrigin:
+    """Where a plan compiled with ``--from-plan OLD --from-step S --world-size M`` came from: such a
+    plan accepts a state of OLD (any of OLD's ranks) whose position is step S, so a job resumes with
+    another world size exactly where the old one stopped."""
+
+    from_plan: str  # OLD's fingerprint
+    from_step: int  # S
+    old_world_size: int
+
+    @classmethod
+    def of_manifest(cls, manifest: dict[str, Any]) -> ElasticOrigin | None:
+        elastic = manifest.get("elastic")
+        if not elastic:
+            return None
+        return cls(from_plan=elastic["from_plan"], from_step=int(elastic["from_step"]),
+                   old_world_size=int(elastic["old_world_size"]))
+
+    def check(self, state: RuntimeState, current: RuntimeState) -> None:
+        """Refuse ``state`` unless it is a state of OLD (topology, tokenizer, output) at step S."""
+        if not 0 <= state.rank < self.old_world_size:
+            raise StateError(
+                f"the state is rank {state.rank}'s, plan {self.from_plan} has {self.old_world_size} ranks",
+                "pass a data state the old job saved",
+            )
+        old = replace(current, plan_fingerprint=self.from_plan, world_size=self.old_world_size,
+                      rank=state.rank)
+        state.check_matches(old)
+        # A rank state (stride 1) is at S exactly; a loader worker's state (stride w) holds the first
+        # step >= S of that worker, which is one of S .. S + w - 1.
+        if not self.from_step <= state.next_step < self.from_step + state.stride:
+            at = "at step" if state.stride == 1 else f"of a worker ({state.stride} workers) at step"
+            raise StateError(
+                f"the state of plan {self.from_plan} is {at} {state.next_step}, this plan re-partitions "
+                f"it from step {self.from_step} (--from-step {self.from_step})",
+                f"load the data state saved at step {self.from_step}, or recompile with "
+                f"`mixtera compile MIXTURE.toml --out NEW --from-plan OLD --from-step {state.next_step} "
+                f"--world-size {current.world_size}`",
             )

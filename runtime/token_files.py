@@ -20,13 +20,12 @@ import contextlib
 import mmap
 import os
 import struct
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import fsync_dir
+from runtime.atomic import fsync_dir, temp_file
 from runtime.errors import PlanError
 
 MAGIC = b"MXTOK\0\0\0"
@@ -55,7 +54,7 @@ class TokenFileWriter:
         self.dtype_code = dtype_code
         self.samples = 0
         self.tokens = 0
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        fd, self._tmp = temp_file(self.path.parent, prefix=f".{self.path.name}.")  # 0o666 & ~umask
         self._file = os.fdopen(fd, "wb")
         self._file.write(b"\0" * HEADER_SIZE)
 

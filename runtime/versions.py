@@ -23,14 +23,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.atomic import fsync_dir, write_atomic
+from runtime.atomic import fsync_dir, temp_dir, write_atomic
 from runtime.errors import PlanError
 
 VERSIONS_DIR = "versions"
@@ -141,7 +140,7 @@ def publish_version(plan_dir: Path | str, version: int, build: Callable[[Path], 
     final = root / version_name(version)
     if final.exists():
         return False
-    stage = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".staging"))
+    stage = temp_dir(root, prefix=f".{final.name}.")
     try:
         build(stage)
         fsync_dir(stage)

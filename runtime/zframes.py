@@ -4,8 +4,9 @@ A gzip stream cannot be entered in the middle, and a corpus .zst usually holds o
 reading a sample at uncompressed offset ``o`` would mean decompressing from the start of the file.
 Instead, the first reader of such a file recompresses its uncompressed stream into independent zstd
 frames of ``FRAME_BYTES`` uncompressed bytes each, plus a seek table, into a cache file
-``<cache dir>/<blake2b of the corpus file>.mxz``. A sample then costs the decompression of the one or
-two frames it lies in (a small LRU keeps recent frames). The cache is keyed by the content hash that
+``<cache dir>/xxh3_128-<hex content hash of the corpus file>.mxz`` (:mod:`runtime.fingerprint`).
+A sample then costs the decompression of the one or two frames it lies in (a small LRU keeps recent
+frames). The cache is keyed by the content hash that
 the plan records, so a changed corpus file can never be served from a stale cache; it is built in a
 temporary file under an exclusive lock and published with one rename, so concurrent workers and ranks
 build it once and never see half a file.
@@ -13,7 +14,7 @@ build it once and never see half a file.
 Layout of a ``.mxz`` file (little-endian)::
 
     header   48 bytes: magic b"MXZFRAME", version u16, reserved u16, frame_bytes u32,
-             source blake2b (16 bytes, raw), uncompressed size u64, frame count u64
+             source content hash (xxh3_128, 16 bytes raw), uncompressed size u64, frame count u64
     frames   one zstd frame per FRAME_BYTES of the uncompressed stream (the last may be shorter)
     table    (frame count + 1) u64: byte offset of every frame, then the end of the last frame
 """
@@ -26,7 +27,6 @@ import gzip
 import mmap
 import os
 import struct
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -35,11 +35,12 @@ from typing import BinaryIO
 import numpy as np
 import zstandard
 
-from runtime.atomic import fsync_dir
+from runtime.atomic import fsync_dir, temp_file
 from runtime.errors import CorpusError, PlanError
+from runtime.fingerprint import cache_name, content_digest
 
 MAGIC = b"MXZFRAME"
-VERSION = 1
+VERSION = 2  # 2: the source fingerprint is the xxh3_128 content hash (1 held blake2b)
 FRAME_BYTES = 128 * 1024  # small frames keep one random sample cheap (~0.1 ms to decode a frame)
 _HEADER = struct.Struct("<8sHHI16sQQ")
 _DECODED_FRAMES = 8
@@ -74,17 +75,28 @@ def _write_frames(source: BinaryIO, out: BinaryIO, frame_bytes: int) -> tuple[in
     return total, offsets
 
 
+def _digest(content_hash: str) -> bytes:
+    digest = content_digest(content_hash)
+    if digest is None:
+        raise PlanError(
+            f"{content_hash!r} is not a content hash this mixtera makes",
+            "re-run `mixtera index` on the corpus and `mixtera compile` the mixture again",
+        )
+    return digest
+
+
 def build_frame_cache(
-    path: Path, codec: str, blake2b_hex: str, dest: Path, frame_bytes: int | None = None
+    path: Path, codec: str, content_hash: str, dest: Path, frame_bytes: int | None = None
 ) -> None:
     """Recompress ``path`` (codec ``gz`` or ``zst``) into ``dest``; atomic, safe to race."""
     frame_bytes = frame_bytes or FRAME_BYTES
+    digest = _digest(content_hash)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest.parent / ".build.lock", "wb") as lock:  # one builder at a time per cache dir
         fcntl.flock(lock, fcntl.LOCK_EX)
         if dest.exists():
             return  # another worker or rank built it while we waited
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        fd, tmp = temp_file(dest.parent, prefix=f".{dest.name}.")  # 0o666 & ~umask: a shared cache
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(b"\0" * _HEADER.size)
@@ -100,7 +112,7 @@ def build_frame_cache(
                 out.seek(0)
                 out.write(
                     _HEADER.pack(
-                        MAGIC, VERSION, 0, frame_bytes, bytes.fromhex(blake2b_hex), total, len(offsets) - 1
+                        MAGIC, VERSION, 0, frame_bytes, digest, total, len(offsets) - 1
                     )
                 )
                 out.flush()
@@ -116,7 +128,7 @@ def build_frame_cache(
 class FramedFile:
     """Reads byte ranges of a corpus file's uncompressed stream from its ``.mxz`` cache."""
 
-    def __init__(self, cache_path: Path, blake2b_hex: str) -> None:
+    def __init__(self, cache_path: Path, content_hash: str) -> None:
         self.path = cache_path
         hint = f"delete {cache_path} so that it is rebuilt"
         with open(cache_path, "rb") as f:
@@ -124,9 +136,9 @@ class FramedFile:
         if len(self._map) < _HEADER.size:
             raise PlanError(f"{cache_path}: truncated frame cache", hint)
         magic, version, _, self.frame_bytes, digest, self.size, frames = _HEADER.unpack_from(self._map, 0)
-        if magic != MAGIC or version != VERSION or digest.hex() != blake2b_hex:
+        if magic != MAGIC or version != VERSION or digest != _digest(content_hash):
             raise PlanError(
-                f"{cache_path}: not a version {VERSION} frame cache of blake2b {blake2b_hex}", hint
+                f"{cache_path}: not a version {VERSION} frame cache of {content_hash}", hint
             )
         table_at = len(self._map) - (frames + 1) * 8
         self._offsets = np.frombuffer(self._map, dtype="<u8", count=frames + 1, offset=table_at)
@@ -169,18 +181,18 @@ class FramedFile:
 
 
 def open_framed(
-    path: Path, codec: str, blake2b_hex: str, cache_dir: Path, on_build: Callable[[Path], None] | None = None
+    path: Path, codec: str, content_hash: str, cache_dir: Path, on_build: Callable[[Path], None] | None = None
 ) -> FramedFile:
     """The framed view of a compressed corpus file, building its cache on first use."""
-    dest = cache_dir / f"{blake2b_hex}.mxz"
+    dest = cache_dir / f"{cache_name(content_hash)}.mxz"
     if not dest.exists():
         if on_build:
             on_build(path)
         try:
-            build_frame_cache(path, codec, blake2b_hex, dest)
+            build_frame_cache(path, codec, content_hash, dest)
         except PermissionError as exc:
             raise PlanError(
                 f"{cache_dir}: cannot write the frame cache of {path} ({exc})",
                 "point MIXTERA_CACHE (or cache_dir=) at a writable folder",
             ) from exc
-    return FramedFile(dest, blake2b_hex)
+    return FramedFile(dest, content_hash)

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import zstandard
 from tokenizers import Tokenizer
 
+from runtime.fingerprint import file_content_hash
 from runtime.plan import SAMPLE_DTYPE, rank_file_name
 from runtime.plan_format import RankHeader, Segment, write_rank_file
 from runtime.shuffle import stream_samples
@@ -118,6 +119,7 @@ class HandPlan:
 
 
 def _blake(path: Path) -> str:
+    """The tokenizer's identity, as the index records it."""
     return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
 
 
@@ -157,7 +159,7 @@ def build_plan(
                     "format": fmt,
                     "size": st.st_size,
                     "mtime_ns": st.st_mtime_ns,
-                    "blake2b": _blake(fpath),
+                    "content_hash": file_content_hash(fpath),
                 }
             )
             enc = [

@@ -55,7 +55,8 @@ def write_synthetic_index(out: Path, samples: int, *, seed: int = 0, files: int 
     schema = samples_schema(props)
     pq.write_table(pa.table([cols[f.name] for f in schema], schema=schema), out / SAMPLES)
     file_rows = [{"file_id": i, "path": f"f{i}.jsonl", "format": "jsonl", "size": 1000, "mtime_ns": 0,
-                  "blake2b": f"{i:032x}", "records": int((file_id == i).sum())} for i in range(files)]
+                  "content_hash": f"xxh3_128:{i:032x}", "records": int((file_id == i).sum())}
+                 for i in range(files)]
     pq.write_table(pa.Table.from_pylist(file_rows, schema=files_schema()), out / FILES)
     tokenizer = {"path": "tok.json", "name": "synthetic", "blake2b": "0" * 32, "vocab_size": 1000,
                  "eos_id": 0, "eos": eos} if tokens else None

@@ -44,17 +44,36 @@ def test_inspect_table_shows_components_and_deviation(plan: Path) -> None:
         assert word in out
 
 
-def test_inspect_json_and_rank_entries(plan: Path) -> None:
-    code, out, _ = run("inspect", str(plan), "--json", "--rank", "1", "--steps", "2:4")
+def test_inspect_json_reports_every_component(plan: Path) -> None:
+    code, out, _ = run("inspect", str(plan), "--json")
     assert code == 0
     report = json.loads(out)
     web = report["components"][0]
     assert web["realized_share"] == pytest.approx(0.5) and web["max_step_deviation"] < 1 / 512
-    entries = report["entries_of_rank"]["entries"]
-    assert {e["step"] for e in entries} == {2, 3}
+    assert web["initial_target"] == web["mean_target"] == pytest.approx(0.5)
+    assert web["used"] == web["compiled_used"] and report["rewritten_from_step"] is None
+    assert "entries_of_rank" not in report
+
+
+def test_rank_entries_alone_in_json(plan: Path) -> None:
+    code, out, _ = run("inspect", str(plan), "--json", "--rank", "1", "--steps", "2:4")
+    assert code == 0
+    entries = json.loads(out)  # only the entries: pipeable into jq
+    assert isinstance(entries, list) and {e["step"] for e in entries} == {2, 3}
+    assert {e["rank"] for e in entries} == {1} and {e["version"] for e in entries} == {0}
     per_step = {s: sum(e["token_end"] - e["token_start"] for e in entries if e["step"] == s) for s in (2, 3)}
     assert per_step == {2: 128, 3: 128}
     assert all("#" in e["sample_id"] for e in entries)
+
+
+def test_rank_entries_alone_as_a_table(plan: Path) -> None:
+    code, out, _ = run("inspect", str(plan), "--rank", "1", "--steps", "2:4")
+    assert code == 0
+    assert "fingerprint" not in out and "components" not in out and "realized" not in out
+    _, js, _ = run("inspect", str(plan), "--json", "--rank", "1", "--steps", "2:4")
+    rows = [line for line in out.splitlines() if "#" in line]
+    assert len(rows) == len(json.loads(js))  # one line per entry
+    assert out.splitlines()[0].startswith("rank 1, steps 2:4")
 
 
 def test_inspect_plot_writes_a_png(plan: Path, tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from runtime_plans import make_docs, write_corpus_file
 
 from runtime import zframes
 from runtime.errors import PlanError
-from runtime.readers import FileEntry, file_blake2b, open_reader, verify_file
+from runtime.fingerprint import file_content_hash
+from runtime.readers import FileEntry, open_reader, verify_file
 from runtime.token_files import HEADER_SIZE, TokenFile, write_token_file
 
 FORMATS = ["jsonl", "jsonl.gz", "jsonl.zst", "parquet"]
@@ -21,7 +22,12 @@ FORMATS = ["jsonl", "jsonl.gz", "jsonl.zst", "parquet"]
 def _entry(path: Path, fmt: str) -> FileEntry:
     st = os.stat(path)
     return FileEntry(
-        file_id=0, path=path, format=fmt, size=st.st_size, mtime_ns=st.st_mtime_ns, blake2b=file_blake2b(path)
+        file_id=0,
+        path=path,
+        format=fmt,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        content_hash=file_content_hash(path),
     )
 
 
@@ -47,17 +53,18 @@ def test_frame_cache_is_built_once_and_keyed_by_content(tmp_path: Path, fmt: str
     cache = tmp_path / "cache"
     for _ in range(2):
         framed = zframes.open_framed(
-            path, fmt.rsplit(".", 1)[1], entry.blake2b, cache, on_build=builds.append
+            path, fmt.rsplit(".", 1)[1], entry.content_hash, cache, on_build=builds.append
         )
         framed.close()
     assert builds == [path]
-    assert sorted(p.name for p in cache.glob("*.mxz")) == [f"{entry.blake2b}.mxz"]
+    name = entry.content_hash.replace(":", "-") + ".mxz"
+    assert sorted(p.name for p in cache.glob("*.mxz")) == [name]
     assert not list(cache.glob("*.tmp"))
-    framed = zframes.FramedFile(cache / f"{entry.blake2b}.mxz", entry.blake2b)
+    framed = zframes.FramedFile(cache / name, entry.content_hash)
     off, n = locs[-1]
     assert framed.read(off, n).startswith(b'{"id":79')
     with pytest.raises(PlanError, match="not a version"):
-        zframes.FramedFile(cache / f"{entry.blake2b}.mxz", "0" * 32)
+        zframes.FramedFile(cache / name, "xxh3_128:" + "0" * 32)
 
 
 def test_truncated_compressed_file_is_named(tmp_path: Path) -> None:
@@ -77,7 +84,7 @@ def test_changed_corpus_file_is_detected(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[5] = ord("X") if data[5] != ord("X") else ord("Y")
     path.write_bytes(bytes(data))  # same size, other bytes
-    with pytest.raises(PlanError, match=r"c\.jsonl: corpus file changed.*blake2b") as err:
+    with pytest.raises(PlanError, match=r"c\.jsonl: corpus file changed.*content hash xxh3_128:") as err:
         verify_file(entry)
     assert "mixtera index" in err.value.hint
     path.write_bytes(bytes(data) + b"\n")

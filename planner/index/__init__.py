@@ -1,34 +1,34 @@
 """`mixtera index`: scan corpora into Parquet metadata tables (see man/mixtera-formats.md).
 
 Public API: `build_index` writes an index, `load_index` reads one, `index_stats` summarises it.
+The names load on first use: indexing workers import `planner.index.indexer` without pyarrow.
 """
 
 from __future__ import annotations
 
-from planner.index.build import IndexReport, build_index
-from planner.index.config import IndexConfig, PropertySpec, load_config, parse_config
-from planner.index.schema import (
-    FORMAT_VERSION,
-    INDEX_KIND,
-    PROPERTY_TYPES,
-    IndexTables,
-    load_index,
-    read_manifest,
-)
-from planner.index.stats import index_stats
+import importlib
+from typing import Any
 
-__all__ = [
-    "FORMAT_VERSION",
-    "INDEX_KIND",
-    "PROPERTY_TYPES",
-    "IndexConfig",
-    "IndexReport",
-    "IndexTables",
-    "PropertySpec",
-    "build_index",
-    "index_stats",
-    "load_config",
-    "load_index",
-    "parse_config",
-    "read_manifest",
-]
+_EXPORTS = {
+    "FORMAT_VERSION": "planner.index.schema",
+    "INDEX_KIND": "planner.index.schema",
+    "PROPERTY_TYPES": "planner.index.schema",
+    "IndexConfig": "planner.index.config",
+    "IndexReport": "planner.index.build",
+    "IndexTables": "planner.index.schema",
+    "PropertySpec": "planner.index.config",
+    "build_index": "planner.index.build",
+    "index_stats": "planner.index.stats",
+    "load_config": "planner.index.config",
+    "load_index": "planner.index.schema",
+    "parse_config": "planner.index.config",
+    "read_manifest": "planner.index.schema",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'planner.index' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,7 +1,7 @@
 """`build_index`: discover files, index new and changed ones in parallel, write the index atomically.
 
 Incremental: a file whose size and mtime match the previous index keeps its rows; a file whose size
-matches but mtime does not is hashed and kept when its blake2b matches. Anything that changes how
+matches but mtime does not is hashed and kept when its content hash matches. Anything that changes how
 rows are computed (config, tokenizer, --store-tokens, corpus root) re-indexes everything.
 """
 
@@ -21,11 +21,13 @@ from planner.index import indexer
 from planner.index.config import IndexConfig, load_config
 from planner.index.parallel import Progress, run_tasks
 from planner.index.properties import check_pattern, declared_specs, widen
-from planner.index.scan import CorpusFile, corpus_root, discover, file_blake2b
+from planner.index.scan import CorpusFile, corpus_root, discover
 from planner.index.schema import INDEX_KIND, MANIFEST, TOKENS_DIR, IndexTables
+from planner.index.tables import file_table
 from planner.index.tokenizer_info import tokenizer_identity
 from planner.index.writer import conform, previous_index, staging, token_code_for, write_index
 from runtime.errors import ConfigError, CorpusError, MixteraUserError
+from runtime.fingerprint import file_content_hash
 
 
 @dataclass(slots=True, kw_only=True)
@@ -216,9 +218,9 @@ def _unchanged(f: CorpusFile, entry: dict[str, Any], plan: _Plan, file_id: int, 
         return False
     if f.mtime_ns == entry["mtime_ns"]:
         return True
-    digest = file_blake2b(Path(prev.manifest["corpus_root"]) / f.relpath)
+    digest = file_content_hash(Path(prev.manifest["corpus_root"]) / f.relpath)
     plan.fresh_hash[file_id] = digest
-    return digest == entry["blake2b"]
+    return digest == entry["content_hash"]
 
 
 def _run(
@@ -264,7 +266,7 @@ def _gather(
     bounds = _file_bounds(prev) if prev is not None else {}
     for file_id in range(len(files)):
         if file_id in results:
-            tables.append(results[file_id].table)
+            tables.append(file_table(results[file_id]))
             continue
         old_id = plan.reuse[file_id]
         start, stop = bounds.get(old_id, (0, 0))
@@ -313,7 +315,7 @@ def _property_types(
             if p.get("automatic") and any(t.column(name).null_count < t.num_rows for t in reused):
                 auto[name] = p["type"]
     for file_id in sorted(results):
-        for name, t in results[file_id].auto_types.items():
+        for name, t in results[file_id].rows.auto_types.items():
             auto[name] = widen(auto[name], t) if name in auto else t
     source = [f"function:{cfg.function}"] if cfg.function else None
     for name in sorted(auto):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from planner.index.schema import PROPERTY_TYPES, RESERVED
+from planner.index.names import PROPERTY_TYPE_NAMES, RESERVED
 from runtime.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -40,10 +40,10 @@ class PropertySpec:
                 f"{where}: property name {self.name!r} is not allowed",
                 f"use letters, digits and _, and none of the reserved columns {', '.join(sorted(RESERVED))}",
             )
-        if self.type not in PROPERTY_TYPES:
+        if self.type not in PROPERTY_TYPE_NAMES:
             raise ConfigError(
                 f"{where}: type {self.type!r} is not a property type",
-                f"use one of {', '.join(PROPERTY_TYPES)}",
+                f"use one of {', '.join(PROPERTY_TYPE_NAMES)}",
             )
         if self.from_ and self.path is not None:
             raise ConfigError(f"{where}: give either `from` or `path`, not both")

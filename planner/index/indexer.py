@@ -1,7 +1,10 @@
 """Index one corpus file: the per-record hot loop, run inside worker processes.
 
-`index_file` returns the file's rows as an Arrow table plus its fingerprint; it never touches the
-index directory except for writing the file's token file with `--store-tokens`.
+`index_file` returns the file's rows as compact columns (`FileRows`) plus its fingerprint; it never
+touches the index directory except for writing the file's token file with `--store-tokens`. This
+module and what it imports stay free of pyarrow and numpy (imported lazily for Parquet files and
+token files only), so a spawned worker starts in tens of milliseconds instead of a quarter second;
+the writing process turns the rows into Arrow tables (`tables.py`).
 """
 
 from __future__ import annotations
@@ -9,16 +12,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+from array import array
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from planner.index.config import IndexConfig
+from planner.index.names import RESERVED
 from planner.index.properties import (
     CONVERTERS,
     Extractor,
@@ -29,10 +32,8 @@ from planner.index.properties import (
     load_hook,
 )
 from planner.index.scan import Chunk, CorpusFile, reader_for
-from planner.index.schema import PROPERTY_TYPES, RESERVED
 from planner.index.tokenizer_info import load_tokenizer
 from runtime.errors import CorpusError, MixteraUserError
-from runtime.token_files import TokenFileWriter
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,13 +45,28 @@ class FileTask:
 
 
 @dataclass(slots=True, kw_only=True)
+class FileRows:
+    """The good records of one file, column by column, in record order."""
+
+    record: array  # int64 columns ("q"): pickled as raw bytes, wrapped by Arrow without a copy
+    offset: array
+    length: array
+    text_bytes: array
+    tokens: array | None  # None without a tokenizer
+    token_file: bool  # tokens were written to the file's token file (token_offset = running sum)
+    declared: dict[str, list[Any]]  # declared properties, sorted by name
+    declared_types: dict[str, str]
+    auto: dict[str, list[Any]]  # automatic properties, dense (None where absent), sorted by name
+    auto_types: dict[str, str]
+
+
+@dataclass(slots=True, kw_only=True)
 class FileResult:
     file_id: int
     file: CorpusFile
-    blake2b: str
+    content_hash: str  # runtime.fingerprint: "xxh3_128:<hex>" of the file's bytes
     records: int  # all records, bad ones included
-    table: pa.Table  # rows of the good records, columns: see `_table`
-    auto_types: dict[str, str]
+    rows: FileRows
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, message)
     bytes_read: int = 0
 
@@ -112,28 +128,30 @@ def run_task_safe(task: FileTask) -> FileResult | Failure:
 class _Rows:
     """Column buffers for the good records of one file."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: list[str]) -> None:
         self.record: list[int] = []
         self.offset: list[int] = []
         self.length: list[int] = []
         self.text_bytes: list[int] = []
         self.tokens: list[int] = []
-        self.values: list[tuple] = []  # declared property values per record, in `Extractor.names` order
+        self.columns: list[list[Any]] = [[] for _ in names]  # declared properties, `Extractor.names` order
         self.auto: dict[str, tuple[list[int], list[Any]]] = {}  # sparse: (rows, values)
-        self.writer: TokenFileWriter | None = None
+        self.writer: Any = None  # runtime.token_files.TokenFileWriter with --store-tokens
 
 
 def index_file(task: FileTask, state: WorkerState) -> FileResult:
     cfg, f = state.config, task.file
     path = Path(task.root) / f.relpath
     extractor = compile_extractor(cfg, f.relpath, state.hook)
-    rows = _Rows()
+    rows = _Rows(extractor.names)
     skipped: list[tuple[int, str]] = []
     digest: list[str] = []
     columns = _columns_needed(cfg, extractor)
     record_no, bytes_read = 0, 0
     with contextlib.ExitStack() as stack:
         if task.token_path is not None:
+            from runtime.token_files import TokenFileWriter  # numpy: only with --store-tokens
+
             rows.writer = stack.enter_context(TokenFileWriter(task.token_path, state.token_code))
         try:
             for chunk in reader_for(f.format)(path, columns, digest):
@@ -144,14 +162,12 @@ def index_file(task: FileTask, state: WorkerState) -> FileResult:
                     _tokenize(state, texts, rows)
         except FileNotFoundError:
             raise CorpusError(f"{path}: the file vanished while indexing", "re-run mixtera index") from None
-    table, auto_types = _table(task, rows, extractor, state)
     return FileResult(
         file_id=task.file_id,
         file=f,
-        blake2b=digest[0],
+        content_hash=digest[0],
         records=record_no,
-        table=table,
-        auto_types=auto_types,
+        rows=_file_rows(rows, extractor, state.tokenizer is not None),
         skipped=skipped,
         bytes_read=bytes_read or f.size,
     )
@@ -185,7 +201,8 @@ def _index_chunk(
     texts: list[str] = []
     row, auto, hook, raw = ex.row, ex.automatic, ex.hook, chunk.raw
     key = ex.text_path[0] if len(ex.text_path) == 1 else None
-    values, text_bytes, bad = rows.values, rows.text_bytes, []
+    values: list[tuple] = []
+    text_bytes, bad = rows.text_bytes, []
     for i, item in enumerate(chunk.items):
         try:
             if raw:
@@ -200,7 +217,7 @@ def _index_chunk(
                 raise _Bad(_text_problem(ex, text))
             vals = row(item)
             if hook is not None or auto:
-                vals = _extras(ex, item, vals, rows, len(values))
+                vals = _extras(ex, item, vals, rows, len(text_bytes))
         except (_Bad, ValueTypeError) as exc:
             _bad(path, chunk, i, str(exc), on_error, skipped)
             bad.append(i)
@@ -209,29 +226,38 @@ def _index_chunk(
         # isascii() is O(1) in CPython: ASCII text needs no encoding to know its UTF-8 size
         text_bytes.append(len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass")))
         texts.append(text)
+    if values:
+        for column, vals in zip(rows.columns, zip(*values, strict=True), strict=True):
+            column.extend(vals)
     _locations(chunk, first, bad, rows)
     return texts
 
 
 def _clean_chunk(chunk: Chunk, first: int, ex: Extractor, rows: _Rows) -> list[str] | None:
-    """The common case at C speed (maps and comprehensions, no per-record Python branches): every
-    record parses, is an object, has a string text and well-typed properties. Returns None, having
+    """The common case at C speed (maps over the chunk, no Python call per record): every record
+    parses, is an object, has a string text and well-typed properties. Returns None, having
     appended nothing, when any record is bad; the careful loop then finds and reports it."""
     try:
         records = list(map(orjson.loads, chunk.items)) if chunk.raw else chunk.items
-        if set(map(type, records)) != {dict}:
-            return None
-        key = ex.text_path[0]
-        texts = [r.get(key) for r in records]
-        if set(map(type, texts)) != {str}:
-            return None
-        values = list(map(ex.row, records))
-    except (orjson.JSONDecodeError, ValueTypeError):
+    except orjson.JSONDecodeError:
         return None
-    rows.values.extend(values)
-    rows.text_bytes.extend(
-        [len(t) if t.isascii() else len(t.encode("utf-8", "surrogatepass")) for t in texts]
-    )
+    if set(map(type, records)) != {dict}:
+        return None
+    texts = list(map(dict.get, records, repeat(ex.text_path[0])))
+    if set(map(type, texts)) != {str}:
+        return None
+    columns = ex.columns(records) if ex.columns is not None else None
+    if columns is None:
+        return None
+    for column, values in zip(rows.columns, columns, strict=True):
+        column.extend(values)
+    # isascii() is O(1) in CPython: ASCII text needs no encoding to know its UTF-8 size
+    if all(map(str.isascii, texts)):
+        rows.text_bytes.extend(map(len, texts))
+    else:
+        rows.text_bytes.extend(
+            [len(t) if t.isascii() else len(t.encode("utf-8", "surrogatepass")) for t in texts]
+        )
     _locations(chunk, first, [], rows)
     return texts
 
@@ -332,40 +358,27 @@ def _tokenize(state: WorkerState, texts: list[str], rows: _Rows) -> None:
         rows.tokens.append(len(ids))
 
 
-def _table(task: FileTask, rows: _Rows, ex: Extractor, state: WorkerState) -> tuple[pa.Table, dict[str, str]]:
-    """The file's rows; the caller adds `file_id` placement, unifies automatic types and orders columns."""
+def _file_rows(rows: _Rows, ex: Extractor, tokenizing: bool) -> FileRows:
+    """Pack the buffers: integer columns as arrays (pickled as raw bytes), automatic ones dense."""
     n = len(rows.record)
-    tokens = rows.tokens if state.tokenizer is not None else [None] * n
-    token_offset: Any = [None] * n
-    if rows.writer is not None:
-        token_offset = np.concatenate(([0], np.cumsum(rows.tokens, dtype=np.int64)[:-1])) if n else []
-    data: dict[str, pa.Array] = {
-        "sample_id": _sample_ids(task.file.relpath, rows.record),
-        "file_id": pa.array(np.full(n, task.file_id, dtype=np.int32)),
-        "record": pa.array(rows.record, pa.int64()),
-        "offset": pa.array(rows.offset, pa.int64()),
-        "length": pa.array(rows.length, pa.int64()),
-        "text_bytes": pa.array(rows.text_bytes, pa.int64()),
-        "tokens": pa.array(tokens, pa.int64()),
-        "token_offset": pa.array(token_offset, pa.int64()),
-    }
-    columns = list(zip(*rows.values, strict=True)) if rows.values else [()] * len(ex.names)
-    for name, column in zip(ex.names, columns, strict=True):
-        type_name = ex.types[name]
-        data[name] = pa.array(column, PROPERTY_TYPES[type_name])
-    auto_types = {}
+    auto: dict[str, list[Any]] = {}
+    auto_types: dict[str, str] = {}
     for name in sorted(rows.auto):
+        where, values = rows.auto[name]
         dense: list[Any] = [None] * n
-        for r, v in zip(*rows.auto[name], strict=True):
+        for r, v in zip(where, values, strict=True):
             dense[r] = v
-        auto_types[name] = infer_type(rows.auto[name][1])
-        if auto_types[name] == "string":
-            dense = [as_text(v) for v in dense]
-        data[name] = pa.array(dense, PROPERTY_TYPES[auto_types[name]])
-    return pa.table(data), auto_types
-
-
-def _sample_ids(relpath: str, records: list[int]) -> pa.Array:
-    """``<relpath>#<record>`` for every record, built in Arrow."""
-    numbers = pc.cast(pa.array(records, pa.int64()), pa.string())
-    return pc.binary_join_element_wise(f"{relpath}#", numbers, "")
+        auto_types[name] = infer_type(values)
+        auto[name] = [as_text(v) for v in dense] if auto_types[name] == "string" else dense
+    return FileRows(
+        record=array("q", rows.record),
+        offset=array("q", rows.offset),
+        length=array("q", rows.length),
+        text_bytes=array("q", rows.text_bytes),
+        tokens=array("q", rows.tokens) if tokenizing else None,
+        token_file=rows.writer is not None,
+        declared=dict(zip(ex.names, rows.columns, strict=True)),
+        declared_types={name: ex.types[name] for name in ex.names},
+        auto=auto,
+        auto_types=auto_types,
+    )

@@ -13,7 +13,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from planner.index.names import PROPERTY_TYPE_NAMES, SAMPLE_COLUMN_NAMES
 from runtime.errors import PlanError
+from runtime.fingerprint import ALGORITHM as CONTENT_HASH
+from runtime.fingerprint import content_digest
 
 INDEX_KIND = "mixtera-index"
 FORMAT_VERSION = "1.0"
@@ -24,35 +27,31 @@ TOKENS_DIR = "tokens"
 ROW_GROUP_SIZE = 65_536
 
 # Columns every samples table has, in this order; properties follow, sorted by name.
-SAMPLE_COLUMNS: dict[str, pa.DataType] = {
-    "sample_id": pa.string(),
-    "file_id": pa.int32(),
-    "record": pa.int64(),
-    "offset": pa.int64(),
-    "length": pa.int64(),
-    "text_bytes": pa.int64(),
-    "tokens": pa.int64(),
-    "token_offset": pa.int64(),
-}
+SAMPLE_COLUMNS: dict[str, pa.DataType] = dict(
+    zip(
+        SAMPLE_COLUMN_NAMES,
+        [pa.string(), pa.int32(), pa.int64(), pa.int64(), pa.int64(), pa.int64(), pa.int64(), pa.int64()],
+        strict=True,
+    )
+)
 FILE_COLUMNS: dict[str, pa.DataType] = {
     "file_id": pa.int32(),
     "path": pa.string(),
     "format": pa.string(),
     "size": pa.int64(),
     "mtime_ns": pa.int64(),
-    "blake2b": pa.string(),
+    "content_hash": pa.string(),
     "records": pa.int64(),
 }
-RESERVED = frozenset(SAMPLE_COLUMNS)
 
 # Property type names of the config and the manifest, and their Arrow column types.
-PROPERTY_TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "int": pa.int64(),
-    "float": pa.float64(),
-    "bool": pa.bool_(),
-    "list[string]": pa.list_(pa.string()),
-}
+PROPERTY_TYPES: dict[str, pa.DataType] = dict(
+    zip(
+        PROPERTY_TYPE_NAMES,
+        [pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.list_(pa.string())],
+        strict=True,
+    )
+)
 
 
 def samples_schema(properties: dict[str, str]) -> pa.Schema:
@@ -112,7 +111,22 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
             f"this mixtera reads {FORMAT_VERSION.split('.')[0]}.x",
             "rebuild the index with this version of mixtera",
         )
+    _check_content_hashes(manifest, path)
     return manifest
+
+
+def _check_content_hashes(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse an index whose file fingerprints predate `runtime.fingerprint` (blake2b, unprefixed)."""
+    files = manifest.get("files")
+    if not isinstance(files, list) or all(
+        isinstance(f, dict) and content_digest(f.get("content_hash")) is not None for f in files
+    ):
+        return
+    raise PlanError(
+        f"index {path} records file fingerprints in an older form (this mixtera records "
+        f"{CONTENT_HASH}:<hex> content hashes)",
+        f"rebuild it with `mixtera index CORPUS --out {path}`",
+    )
 
 
 def load_index(path: Path | str, *, columns: list[str] | None = None) -> IndexTables:

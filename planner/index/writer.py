@@ -132,16 +132,16 @@ def _file_entry(
     file_id: int, f: CorpusFile, res: Any, old: dict[str, Any] | None, fresh_hash: str | None
 ) -> dict[str, Any]:
     if res is not None:
-        digest, records, skipped = res.blake2b, res.records, len(res.skipped)
+        digest, records, skipped = res.content_hash, res.records, len(res.skipped)
     else:  # reused: the previous fingerprint, with this run's mtime
-        digest, records, skipped = fresh_hash or old["blake2b"], old["records"], old["skipped"]  # type: ignore[index]
+        digest, records, skipped = fresh_hash or old["content_hash"], old["records"], old["skipped"]  # type: ignore[index]
     return {
         "file_id": file_id,
         "path": f.relpath,
         "format": f.format,
         "size": f.size,
         "mtime_ns": f.mtime_ns,
-        "blake2b": digest,
+        "content_hash": digest,
         "records": records,
         "skipped": skipped,
     }
