@@ -43,6 +43,7 @@ class Replayed:
     weights: np.ndarray  # (steps, K) float64: each step's target weights
     versions: list[int]  # per segment: the version whose rank files hold it
     decided: list[bool]  # per segment: False while its decision is not published
+    entries: int  # entries of all ranks in the replayed segments
 
 
 def replayed(path: Path | str) -> Replayed:
@@ -66,7 +67,11 @@ def replayed(path: Path | str) -> Replayed:
                 lo, hi = k * seg, min((k + 1) * seg, plan.steps)
                 full[lo:hi] = arrays[v][lo - first[v]: hi - first[v]]
         out[name] = full
-    return Replayed(quotas=out[QUOTAS], weights=out[WEIGHTS], versions=versions, decided=decided)
+    by_version = {0: plan.manifest["segments"], **{int(d["version"]): d["segments"] for d in found}}
+    first_seg = {0: 0, **{int(d["version"]): int(d["first_segment"]) for d in found}}
+    entries = sum(int(by_version[v][k - first_seg[v]].get("entries", 0)) for k, v in enumerate(versions))
+    return Replayed(quotas=out[QUOTAS], weights=out[WEIGHTS], versions=versions, decided=decided,
+                    entries=entries)
 
 
 def effective_quotas(path: Path | str) -> np.ndarray:

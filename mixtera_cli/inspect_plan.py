@@ -46,7 +46,8 @@ def plan_report(path: Path | str) -> dict[str, Any]:
     return {"path": str(plan.path), "fingerprint": plan.fingerprint, "created_by": m.get("created_by"),
             "unit": plan.unit, "steps": plan.steps, "segment_steps": plan.segment_steps,
             "segments": plan.segment_count, "topology": m["topology"], "seed": plan.seed,
-            "entries": entries, "bytes_on_disk": sum(p.stat().st_size for p in files),
+            "entries": entries, "replayed_entries": rep.entries,
+            "bytes_on_disk": sum(p.stat().st_size for p in files),
             "rank_bytes": rank_bytes, "bytes_per_entry": rank_bytes / max(entries, 1),
             "components": component_report(m["components"], rep, np.load(plan.path / QUOTAS)),
             "rewritten_from_step": next((k * plan.segment_steps for k, v in enumerate(rep.versions) if v),
@@ -163,7 +164,8 @@ def render(r: dict[str, Any]) -> None:
     head.add_row("ranks", f"{t['world_size']} x batch {t['batch_size']}"
                  + (f" x seq_len {t['seq_len']}" if r["unit"] == "tokens" else " samples"))
     head.add_row("steps", f"{r['steps']:,} in {r['segments']} segments of {r['segment_steps']}")
-    head.add_row("entries", f"{r['entries']:,}")
+    head.add_row("entries", f"{r['entries']:,}" + ("" if r["replayed_entries"] == r["entries"] else
+                                                    f" compiled, {r['replayed_entries']:,} replayed now"))
     head.add_row("size on disk", f"{r['bytes_on_disk']:,} bytes; rank files {r['bytes_per_entry']:.3f} "
                  "bytes per entry")
     if r.get("elastic"):

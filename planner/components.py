@@ -43,7 +43,8 @@ def schema_of(index: IndexTables) -> dict[str, str]:
 def select(spec: MixtureSpec, index: IndexTables) -> Selection:
     leaves = spec.leaves()
     tokens = _token_spans(spec, index)
-    raw = [_match(spec, leaf, index) for leaf in leaves]
+    row_ids = pa.array(np.arange(index.samples.num_rows, dtype=np.int64))  # shared by every leaf
+    raw = [_match(spec, leaf, index, row_ids) for leaf in leaves]
     matched = _resolve_overlap(spec, leaves, raw, index.samples.num_rows)
     rows, spans, dropped = [], [], []
     for leaf, m, r in zip(leaves, matched, raw, strict=True):
@@ -92,12 +93,12 @@ def _filter_of(spec: MixtureSpec, leaf: ComponentSpec,
     return expr, list(dict.fromkeys(columns))
 
 
-def _match(spec: MixtureSpec, leaf: ComponentSpec, index: IndexTables) -> np.ndarray:
+def _match(spec: MixtureSpec, leaf: ComponentSpec, index: IndexTables, row_ids: pa.Array) -> np.ndarray:
     n = index.samples.num_rows
     expr, columns = _filter_of(spec, leaf, index)
     if expr is None:
         return np.arange(n, dtype=np.int64)
-    table = index.samples.select(columns).append_column("__row", pa.array(np.arange(n, dtype=np.int64)))
+    table = index.samples.select(columns).append_column("__row", row_ids)
     return table.filter(expr).column("__row").to_numpy().astype(np.int64)
 
 

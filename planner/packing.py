@@ -6,10 +6,12 @@ packs the quotas of a block of steps, interleaves the components inside every st
 into sequences, hands sequences to ranks, and returns the entries with the state after the block.
 It leaves ``state.carry`` alone: quotas (and their rounding carry) are :mod:`planner.quotas`' job.
 
-Everything is vectorised (no per-entry Python, no sort): cutting streams at step ends and the step
-stream at sequence ends is a merge of two sorted arrays (:func:`cut_at`), the interleave is a bucket
-merge, the hand-out to ranks a counting permutation. Blocks are packed in cache-sized sub-blocks;
-the result does not depend on their size.
+Everything is vectorised (no per-entry Python): a component's stream is cut at step ends by
+inserting the few step ends into its document ends; the interleave is one stable sort of bucket
+keys that are already sorted runs (one per component); the step stream is cut at sequence ends by
+arithmetic on the running token offset (no search), and the hand-out to ranks is one gather per
+column per segment (sub-blocks are step-major, so they simply concatenate). Blocks are packed in
+cache-sized sub-blocks; the result does not depend on their size.
 """
 
 from __future__ import annotations
@@ -188,19 +190,6 @@ def _to_block(parts: list[_StepMajor], steps: int, world_size: int, first_step: 
                         token_start=cat("token_start")[order], token_end=cat("token_end")[order])
 
 
-def merge_blocks(parts: list[BlockEntries], world_size: int) -> BlockEntries:
-    """Consecutive blocks (each rank-major) as one block: rank r's entries of every part, in order."""
-    if len(parts) == 1:
-        return parts[0]
-    bounds = [np.concatenate([[0], np.cumsum(p.counts.sum(axis=0, dtype=np.int64))]) for p in parts]
-    cols = {}
-    for name in ("component", "position", "token_start", "token_end"):
-        cols[name] = np.concatenate([getattr(p, name)[b[r]: b[r + 1]] for r in range(world_size)
-                                     for p, b in zip(parts, bounds, strict=True)])
-    return BlockEntries(first_step=parts[0].first_step, counts=np.concatenate([p.counts for p in parts]),
-                        **cols)
-
-
 def _pack(streams: Streams, state: PlanState, quotas: np.ndarray, world_size: int, batch_size: int,
           seq_len: int) -> tuple[_StepMajor, PlanState]:
     steps, k_count = quotas.shape
@@ -274,26 +263,6 @@ def _insert_sorted(values: np.ndarray, at: np.ndarray, new: np.ndarray) -> np.nd
         prev = a
     out[prev + at.size:] = values[prev:]
     return out
-
-
-def cut_at(ends: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut consecutive intervals (strictly increasing ``ends``) at strictly increasing ``bounds``.
-
-    Returns the pieces' ends (``ends`` with the bounds that are not already an end inserted), and
-    for every piece the interval it belongs to and how many bounds lie before it.
-    """
-    at = np.searchsorted(ends, bounds, side="left")  # first end >= each bound
-    on = np.zeros(bounds.size, bool)
-    inside = at < ends.size
-    on[inside] = ends[at[inside]] == bounds[inside]  # a bound on an end adds no cut
-    off = ~on
-    inserted_before = np.cumsum(off) - off
-    cuts = np.insert(ends, at[off], bounds[off])
-    is_end = np.ones(cuts.size, bool)
-    is_end[(at + inserted_before)[off]] = False
-    is_bound = ~is_end
-    is_bound[(at + inserted_before)[on]] = True
-    return cuts, np.cumsum(is_end) - is_end, np.cumsum(is_bound) - is_bound
 
 
 def _doc_ends(streams: Streams, k: int, pos: int, need: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from planner.compile import CompiledPlan, compile_plan
 from planner.index import IndexTables, load_index, read_manifest
@@ -63,8 +64,11 @@ def compile_file(mixture: Path | str, out: Path | str,
     spec = load_spec(mixture)
     index = load_index(spec.index, columns=needed_columns(spec))
     plan = compile_plan(spec, index)
-    written = write_plan(out, manifest=manifest_of(plan, index), samples=plan.samples,
-                         quotas=plan.quotas, weights=plan.weights, blocks=_reporting(plan, progress))
+    manifest = manifest_of(plan, index)
+    del index  # the plan holds all it needs: free the index tables before packing
+    pa.default_memory_pool().release_unused()  # and hand their memory back to the system
+    written = write_plan(out, manifest=manifest, samples=plan.samples, quotas=plan.quotas,
+                         weights=plan.weights, blocks=_reporting(plan, progress))
     return plan, written
 
 

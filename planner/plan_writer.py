@@ -123,9 +123,21 @@ def _workers() -> int:
 
 
 def _write_npy(path: Path, arr: np.ndarray) -> Path:
-    """``np.save`` straight into the staging folder (no in-memory copy; fsynced with the rest)."""
+    """The bytes of ``np.save`` written straight into the staging folder (fsynced with the rest):
+    the header, then the array's memory in one write (``np.save`` itself spends ten times longer
+    on a structured array such as the sample table)."""
+    arr = np.ascontiguousarray(arr)
+    head = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(arr))
+    except ValueError:  # a header too large for format 1.0: let numpy choose
+        head = None
     with open(path, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
+        if head is None or arr.dtype.hasobject:
+            np.save(f, arr, allow_pickle=False)
+        else:
+            f.write(head.getvalue())
+            f.write(arr.reshape(-1).view(np.uint8).data if arr.size else b"")
     return path
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,16 @@ def test_position_deltas_round_trip_with_either_component_dtype(dtype: type) -> 
     delta = _delta_encode(component, position)
     assert np.array_equal(_delta_decode(component, delta), position)
     assert np.array_equal(delta, _delta_encode(component.astype(np.int64), position))
+
+
+@pytest.mark.parametrize("arr", [
+    np.zeros(0, np.int64),
+    np.arange(12, dtype=np.int64).reshape(3, 4),
+    np.linspace(0, 1, 7).reshape(7, 1),
+    np.asfortranarray(np.arange(6, dtype=np.int32).reshape(2, 3)),
+    np.zeros(5, dtype=[("file", "<u4"), ("record", "<u8"), ("token_offset", "<u8")]),
+])
+def test_npy_files_are_the_bytes_of_np_save(tmp_path: Path, arr: np.ndarray) -> None:
+    from planner.plan_writer import _write_npy, npy_bytes
+
+    assert _write_npy(tmp_path / "a.npy", arr).read_bytes() == npy_bytes(np.ascontiguousarray(arr))

@@ -75,13 +75,13 @@ def test_inspect_shows_the_weight_trajectory_and_plots_it(plan: Path, tmp_path: 
     assert "feedback: ado" in text and "1 of 2 published" in text
 
 
-def _replayed_tokens(plan: Path) -> np.ndarray:
+def _replayed_tokens(plan: Path) -> tuple[np.ndarray, int]:
     """Per-step, per-domain tokens decoded from the rank files each segment is replayed from."""
     manifest = json.loads((plan / "manifest.json").read_bytes())
     seg, k_dom = manifest["segment_steps"], len(manifest["components"])
     resolver = versions.VersionResolver(plan, manifest)
     out = np.zeros((manifest["steps"], k_dom), np.int64)
-    v = 0
+    v, entries = 0, 0
     for k in range(manifest["steps"] // seg):
         decided = resolver.data_version(k, wait=False)
         v = v if decided is None else decided  # undecided: the version that holds it now
@@ -91,7 +91,8 @@ def _replayed_tokens(plan: Path) -> np.ndarray:
                 s = reader.segment(k)
             e = Plan.open(plan).resolve(s)
             np.add.at(out, (e.step, e.component.astype(np.int64)), e.token_end - e.token_start)
-    return out
+            entries += len(e)
+    return out, entries
 
 
 def test_inspect_realized_shares_and_deviation_follow_the_rewrites(plan: Path) -> None:
@@ -101,7 +102,8 @@ def test_inspect_realized_shares_and_deviation_follow_the_rewrites(plan: Path) -
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert report["rewritten_from_step"] == 250 and report["undecided_from_step"] == 450
-    tokens = _replayed_tokens(plan)
+    tokens, entries = _replayed_tokens(plan)
+    assert report["replayed_entries"] == entries
     realized = tokens.sum(axis=0) / tokens.sum()
     compiled = np.load(plan / "weights.npy")
     targets = np.concatenate([compiled[:250], np.load(version_path(plan, 1) / "weights.npy")])

@@ -249,3 +249,65 @@ def test_list_and_bool_properties_and_their_stats(tmp_path: Path) -> None:
     stats = index_stats(t)["properties"]
     assert stats["tags"]["top"] == [["y", 2], ["x", 1]] and stats["tags"]["nulls"] == 1
     assert stats["ok"]["top"] == [[False, 2], [True, 1]]
+
+
+def test_three_processes_share_many_files_and_report_a_worker_error(tmp_path: Path) -> None:
+    from runtime.errors import CorpusError
+
+    corpus = tmp_path / "c"
+    for i in range(7):
+        write(corpus / f"s{i % 2}" / f"f{i}.jsonl", jsonl(docs(f"f{i}", 20 * (i + 1))))
+    one = build_index([corpus], tmp_path / "one", None, processes=1)
+    three = build_index([corpus], tmp_path / "three", None, processes=3)
+    assert (three.files, three.samples) == (one.files, one.samples) == (7, 20 * 28)
+    assert (tmp_path / "one" / "samples.parquet").read_bytes() == (
+        tmp_path / "three" / "samples.parquet"
+    ).read_bytes()
+    # the largest file goes to a worker first: its error travels back whole
+    write(corpus / "s1" / "f6.jsonl", jsonl(docs("f6", 400)) + b"{bad\n")
+    with pytest.raises(CorpusError, match=r"f6\.jsonl:401: malformed JSON"):
+        build_index([corpus], tmp_path / "bad", None, processes=3)
+
+
+@pytest.mark.parametrize("long_line", [0, 10**9])  # every block through `_find_lines`, or none
+def test_line_splitting_matches_a_plain_split_at_any_block_boundary(monkeypatch, long_line: int) -> None:
+    from planner.index import scan
+
+    monkeypatch.setattr(scan, "LONG_LINE", long_line)
+    data = b'{"a":1}\n\n{"b":"x\xe2\x80\xa8y"}\n' + b'{"c":"' + b"z" * 300 + b'"}\n\n\n{"d":4}'
+    expected = [(i + 1, line) for i, line in enumerate(data.split(b"\n")) if line]
+    for size in (1, 2, 7, 64, len(data)):
+        blocks = iter([data[i : i + size] for i in range(0, len(data), size)])
+        got = [
+            (number, bytes(item), offset, length)
+            for chunk in scan._json_lines(blocks)
+            for number, item, offset, length in zip(
+                chunk.lines, chunk.items, chunk.offsets, chunk.lengths, strict=True
+            )
+        ]
+        assert [(n, item) for n, item, _, _ in got] == expected
+        assert all(data[o : o + n] == item for _, item, o, n in got)
+
+
+def test_column_extraction_equals_the_per_record_rows() -> None:
+    from planner.index.properties import compile_extractor
+
+    cfg = parse_config(
+        '[properties.lang]\nfrom = ["lang", "meta.language", "a.b.c"]\ndefault = "unknown"\n'
+        '[properties.q]\nfrom = ["meta.q"]\ntype = "float"\n'
+        '[properties.tags]\nfrom = ["tags"]\ntype = "list[string]"\n'
+        '[properties.source]\npath = "{source}/**"\n'
+    )
+    ex = compile_extractor(cfg, "web/x.jsonl", None)
+    records = [
+        {"lang": "en", "meta": {"q": 1}, "tags": ["a"]},
+        {"meta": {"language": "de", "q": 0.5}},
+        {"meta": "not a dict", "a": {"b": {"c": "fr"}}},
+        {"lang": None, "tags": []},
+    ]
+    for chunk in (records, records[:1], records[1:2], records[2:], []):
+        columns = ex.columns(chunk)
+        assert columns is not None
+        assert [tuple(col[i] for col in columns) for i in range(len(chunk))] == [ex.row(r) for r in chunk]
+    assert ex.columns([{"lang": 3}]) is None  # a value to report: the per-record path names it
+    assert ex.columns([{"meta": {"q": True}}]) is None

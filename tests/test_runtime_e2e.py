@@ -151,17 +151,19 @@ def test_documents_are_the_corpus_records(pipeline: Path) -> None:
             assert d["text"] == _read_record(pipeline / "corpus", d["sample_id"])
 
 
-def _torchrun(pipeline: Path, tok: Path, ckpt: Path, steps: int, *extra: str) -> list[dict]:
+def _torchrun(
+    pipeline: Path, tok: Path, ckpt: Path, steps: int, *extra: str, nproc: int = 2, plan: str = "plan"
+) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
-        "--nproc_per_node=2",
+        f"--nproc_per_node={nproc}",
         str(ROOT / "examples" / "train_tiny_gpt.py"),
         "--plan",
-        str(pipeline / "plan"),
+        str(pipeline / plan),
         "--tokenizer",
         str(tok),
         "--steps",
@@ -177,15 +179,47 @@ def _torchrun(pipeline: Path, tok: Path, ckpt: Path, steps: int, *extra: str) ->
     return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(
+    pipeline: Path, tiny_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory
+) -> list[dict]:
+    """The example's log of 5 steps on 2 processes without a break."""
+    return _torchrun(pipeline, tiny_tokenizer, tmp_path_factory.mktemp("full") / "ckpt", 5, "--workers", "0")
+
+
 @pytest.mark.slow
-def test_torchrun_example_resumes_exactly(pipeline: Path, tiny_tokenizer: Path, tmp_path: Path) -> None:
-    full = _torchrun(pipeline, tiny_tokenizer, tmp_path / "a", 5, "--workers", "0")
+def test_torchrun_example_resumes_exactly(
+    pipeline: Path, tiny_tokenizer: Path, tmp_path: Path, uninterrupted: list[dict]
+) -> None:
+    full = uninterrupted
     first = _torchrun(pipeline, tiny_tokenizer, tmp_path / "b", 3, "--workers", "1")
     rest = _torchrun(pipeline, tiny_tokenizer, tmp_path / "b", 5, "--workers", "2", "--resume")
     assert [r["step"] for r in full] == [0, 1, 2, 3, 4]
     assert [r["step"] for r in first + rest] == [0, 1, 2, 3, 4]
     assert first + rest == full  # same losses, per domain too: same batches, same model state
     assert set(full[0]["domain_loss"]) == set(WEIGHTS)
+
+
+@pytest.mark.slow
+def test_torchrun_example_resumes_on_another_world_size(
+    pipeline: Path, tiny_tokenizer: Path, tmp_path: Path, uninterrupted: list[dict]
+) -> None:
+    """2 processes for 3 steps, re-partition at step 3 for 1 process, resume: the same training."""
+    from planner.elastic import repartition
+    from planner.spec import load_spec
+
+    full = uninterrupted
+    first = _torchrun(pipeline, tiny_tokenizer, tmp_path / "b", 3, "--workers", "0")
+    spec = load_spec(pipeline / "mix.toml")
+    repartition(pipeline / "plan", spec, tmp_path / "new", world_size=1, from_step=3)
+    rest = _torchrun(pipeline, tiny_tokenizer, tmp_path / "b", 5, "--workers", "1", "--resume", nproc=1,
+                     plan=str(tmp_path / "new"))
+    assert [r["step"] for r in first + rest] == [0, 1, 2, 3, 4]
+    # the same global batches: DDP's mean over 2 ranks of equal-sized batches is the 1-rank mean,
+    # up to the order of float additions
+    for got, want in zip(first + rest, full, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+        assert got["domain_loss"] == pytest.approx(want["domain_loss"], rel=1e-4)
 
 
 def test_samples_plan_replays_whole_documents(pipeline: Path, tiny_tokenizer: Path, tmp_path: Path) -> None:

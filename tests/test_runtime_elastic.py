@@ -1,4 +1,4 @@
-"""Elastic resume: a state of OLD at step S continues in a plan compiled with --from-plan OLD --from-step S."""
+"""Elastic resume: a state of OLD at step S continues in a plan compiled --from-plan OLD --from-step S."""
 
 from __future__ import annotations
 

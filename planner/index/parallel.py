@@ -2,25 +2,61 @@
 
 This process indexes files itself while the workers start, so N processes approach N times one.
 A worker starts in well under a tenth of a second: it imports only the pyarrow-free indexer, and
-not the parent's main script (see `_bare_main`). Tasks arrive largest first; this
-process takes the smallest remaining ones and keeps each worker two tasks deep, so no worker idles
-while this process is busy and the tail stays short.
+not the parent's main script (see `_bare_main`). Tasks arrive largest first in one shared queue:
+workers take from the large end, this process from the small end. A worker holds one task at a
+time and gets its next one the moment it reports (from the pool's result thread), so neither side
+idles while the other still has queued work, and the tail is at most one small file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import queue
 import sys
+import threading
 import types
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from planner.index import indexer
 
 Progress = Callable[[dict[str, Any]], None]
-QUEUE_DEPTH = 2  # tasks handed to each worker ahead of time
+
+
+class _SharedQueue:
+    """Tasks sorted largest first; workers pop the left end, this process the right end."""
+
+    def __init__(self, tasks: list[indexer.FileTask], pool: Any) -> None:
+        self._pending = deque(tasks)
+        self._lock = threading.Lock()
+        self._pool = pool
+        self.results: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.outstanding = 0  # tasks handed to workers and not yet collected (main thread only)
+
+    def take_small(self) -> indexer.FileTask | None:
+        with self._lock:
+            return self._pending.pop() if self._pending else None
+
+    def feed_worker(self) -> bool:
+        """Hand the largest pending task to the pool; False when none is left."""
+        with self._lock:
+            if not self._pending:
+                return False
+            task = self._pending.popleft()
+        self._pool.apply_async(
+            indexer.run_task_safe, (task,), callback=self._done, error_callback=self.results.put
+        )
+        return True
+
+    def _done(self, result: Any) -> None:  # runs on the pool's result thread
+        self.results.put(result)
+        with contextlib.suppress(ValueError):  # the pool is closing after an error
+            self.results.put(_FED if self.feed_worker() else _IDLE)
+
+
+_FED, _IDLE = object(), object()  # follow-up markers: a worker got a new task, or none was left
 
 
 def run_tasks(
@@ -45,26 +81,39 @@ def run_tasks(
     results: dict[int, indexer.FileResult] = {}
     indexer.init_worker(*init_args, None)  # this process keeps the tokenizer's own thread setting
     if workers <= 1:
-        _collect((indexer.run_task_safe(t) for t in tasks), results, state, progress)
+        for t in tasks:
+            _collect(indexer.run_task_safe(t), results, state, progress)
         return results
     ctx = multiprocessing.get_context("spawn")
     # In workers one tokenizer thread each: N processes then use N cores, not N x cores.
     with _bare_main():
         pool = ctx.Pool(workers - 1, initializer=indexer.init_worker, initargs=(*init_args, False))
     with pool:
-        pending = deque(tasks)
-        inflight: list[Any] = []
-        while pending or inflight:
-            while pending and len(inflight) < QUEUE_DEPTH * (workers - 1):
-                inflight.append(pool.apply_async(indexer.run_task_safe, (pending.popleft(),)))
-            if pending:
-                _collect([indexer.run_task_safe(pending.pop())], results, state, progress)
+        shared = _SharedQueue(tasks, pool)
+        busy = sum(shared.feed_worker() for _ in range(workers - 1))  # workers holding a task
+        while True:
+            while not shared.results.empty():
+                busy = _receive(shared.results.get(), busy, results, state, progress)
+            task = shared.take_small()
+            if task is not None:
+                _collect(indexer.run_task_safe(task), results, state, progress)
+            elif busy == 0:
+                return results
             else:
-                inflight[0].wait()
-            done = [r for r in inflight if r.ready()]
-            inflight = [r for r in inflight if not r.ready()]
-            _collect((r.get() for r in done), results, state, progress)
-    return results
+                busy = _receive(shared.results.get(), busy, results, state, progress)
+
+
+def _receive(item: Any, busy: int, results: dict[int, indexer.FileResult], state: dict[str, Any],
+             progress: Progress | None) -> int:
+    """Account for one message of the result thread; returns the number of busy workers."""
+    if item is _FED:
+        return busy
+    if item is _IDLE:
+        return busy - 1
+    if isinstance(item, BaseException):
+        raise item  # an internal error in a worker
+    _collect(item, results, state, progress)
+    return busy
 
 
 @contextlib.contextmanager
@@ -85,17 +134,16 @@ def _bare_main() -> Iterator[None]:
 
 
 def _collect(
-    done: Iterable[indexer.FileResult | indexer.Failure],
+    res: indexer.FileResult | indexer.Failure,
     results: dict[int, indexer.FileResult],
     state: dict[str, Any],
     progress: Progress | None,
 ) -> None:
-    for res in done:
-        if isinstance(res, indexer.Failure):
-            raise res.error()
-        results[res.file_id] = res
-        state["files_done"] += 1
-        state["records"] += res.records
-        state["bytes"] += res.file.size
-        if progress:
-            progress(dict(state))
+    if isinstance(res, indexer.Failure):
+        raise res.error()
+    results[res.file_id] = res
+    state["files_done"] += 1
+    state["records"] += res.records
+    state["bytes"] += res.file.size
+    if progress:
+        progress(dict(state))
