@@ -165,33 +165,33 @@ def _fsync_files(paths: list[Path], pool: ThreadPoolExecutor) -> None:
 _LOCAL = threading.local()
 
 
-def _compress(payload: bytes, first_step: int, steps: int, entries: int) -> EncodedSegment:
+def _encode_block(block: BlockEntries) -> list[EncodedSegment]:
+    """Every rank's frame of ``block``: columns encoded for all ranks at once, then compressed."""
     if not hasattr(_LOCAL, "compressor"):  # a compressor is not shared between threads
         _LOCAL.compressor = zstandard.ZstdCompressor(level=3)
-    return EncodedSegment(_LOCAL.compressor.compress(payload), first_step, steps, entries)
+    compress = _LOCAL.compressor.compress
+    steps = int(block.counts.shape[0])
+    per_rank = block.counts.sum(axis=0, dtype=np.int64).tolist()
+    return [EncodedSegment(compress(data), block.first_step, steps, n)
+            for data, n in zip(block_payloads(block), per_rank, strict=True)]
 
 
-_IN_FLIGHT = 2  # blocks whose frames may still be compressing: bounds the payloads held in memory
+_IN_FLIGHT = 2  # blocks that may still be encoding: bounds the memory they hold
 
 
 def _encode(blocks: Iterable[tuple[PlanState, BlockEntries]], frames: list[list[EncodedSegment]],
             pool: ThreadPoolExecutor) -> Iterator[tuple[PlanState, BlockEntries]]:
-    """Compress every rank's part of every block on ``pool`` (zstd releases the GIL) while the
-    next block is packed; frames are the same bytes whichever thread makes them, and are appended
-    in block order."""
-    pending: deque[list[Future[EncodedSegment]]] = deque()
+    """Encode and compress every block on ``pool`` (numpy and zstd release the GIL) while the
+    caller packs the next one; frames are the same bytes whichever thread makes them, and are
+    appended in block order."""
+    pending: deque[Future[list[EncodedSegment]]] = deque()
 
     def collect() -> None:
-        for per_rank, fut in zip(frames, pending.popleft(), strict=True):
-            per_rank.append(fut.result())
+        for per_rank, enc in zip(frames, pending.popleft().result(), strict=True):
+            per_rank.append(enc)
 
     for state, block in blocks:
-        per_rank = block.counts.sum(axis=0, dtype=np.int64)
-        payloads = block_payloads(block)
-        steps = int(block.counts.shape[0])
-        pending.append([pool.submit(_compress, data, block.first_step, steps, int(n))
-                        for data, n in zip(payloads, per_rank, strict=True)])
-        del payloads
+        pending.append(pool.submit(_encode_block, block))
         if len(pending) > _IN_FLIGHT:
             collect()
         yield state, block
