@@ -24,7 +24,7 @@ import zstandard
 
 from planner.block_frames import block_payloads
 from planner.packing import BlockEntries, PlanState
-from runtime.atomic import fsync_dir, staging_dir, write_atomic
+from runtime.atomic import fsync_path, staging_dir, write_atomic
 from runtime.errors import PlanError
 from runtime.plan import MANIFEST, PLAN_FORMAT_VERSION, PLAN_KIND, SAMPLES, rank_file_name
 from runtime.plan_format import EncodedSegment, RankHeader, rank_file_bytes
@@ -147,19 +147,11 @@ def _write_rank(path: Path, header: RankHeader, frames: list[EncodedSegment]) ->
     return len(data)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_files(paths: list[Path], pool: ThreadPoolExecutor) -> None:
     """fsync many files concurrently (fsync releases the GIL, the file system batches the flushes)."""
-    list(pool.map(_fsync, paths))
+    list(pool.map(fsync_path, paths))
     if paths:
-        fsync_dir(paths[0].parent)
+        fsync_path(paths[0].parent)
 
 
 _LOCAL = threading.local()

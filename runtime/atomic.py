@@ -13,13 +13,15 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 FILE_MODE = 0o666  # masked by the umask, as open(..., "w") does
 DIR_MODE = 0o777  # masked by the umask, as mkdir does
 _TRIES = 100
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entries to disk (a folder after a rename in it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -50,13 +52,18 @@ def temp_dir(folder: Path | str, prefix: str, suffix: str = ".staging") -> Path:
     raise FileExistsError(f"{folder}: no free temporary name {prefix}*{suffix} after {_TRIES} tries")
 
 
-def write_atomic(path: Path | str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
+@contextlib.contextmanager
+def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
+    """Write ``path`` through a temporary sibling that replaces it only when the block succeeds.
+
+    Readers see the old file or the complete new one, never a mix; an exception removes the
+    temporary file and leaves ``path`` as it was.
+    """
     path = Path(path)
     fd, tmp = temp_file(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -64,7 +71,13 @@ def write_atomic(path: Path | str, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
+
+
+def write_atomic(path: Path | str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 @contextlib.contextmanager
@@ -93,4 +106,4 @@ def _swap_in(stage: Path, final: Path) -> None:
         os.replace(final, old)
         os.replace(stage, final)
         shutil.rmtree(old, ignore_errors=True)
-    fsync_dir(final.parent)
+    fsync_path(final.parent)

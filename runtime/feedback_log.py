@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import fsync_dir, write_atomic
+from runtime.atomic import fsync_path, write_atomic
 from runtime.errors import PlanError
 
 LOG_DIR = "feedback"
@@ -125,7 +125,7 @@ class LogWriter:
             if recs.torn_bytes:
                 os.truncate(self.path, recs.valid_bytes)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        fsync_dir(self.path.parent)
+        fsync_path(self.path.parent)
 
     def append(self, step: int, version: int, tokens: np.ndarray, loss_sum: np.ndarray) -> None:
         tokens = np.asarray(tokens)

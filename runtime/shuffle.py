@@ -47,9 +47,13 @@ _S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
 
 
 def _mix_into(
-    target: np.ndarray, source: np.ndarray, key: np.uint64, mask: np.uint64, z: np.ndarray, t: np.ndarray
+    target: np.ndarray, source: np.ndarray, key: np.uint64 | np.ndarray, mask: np.uint64 | np.ndarray,
+    z: np.ndarray, t: np.ndarray,
 ) -> None:
-    """``target ^= splitmix64(source ^ key) & mask``, in place, with scratch arrays ``z`` and ``t``."""
+    """``target ^= splitmix64(source ^ key) & mask``, in place, with scratch arrays ``z`` and ``t``.
+
+    ``key`` and ``mask`` may be scalars or per-element arrays (runtime.stream_rows passes arrays).
+    """
     np.bitwise_xor(source, key, out=z)
     np.add(z, _GOLDEN, out=z)
     np.right_shift(z, _S30, out=t)

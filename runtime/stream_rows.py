@@ -13,27 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.shuffle import _GOLDEN, _M1, _M2, _ROUNDS, _round_keys, epoch_key
+from runtime.shuffle import _ROUNDS, _mix_into, _round_keys, epoch_key
 
 _CHUNK = 1 << 15  # entries per pass: a round's working set stays in the CPU cache
-_S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
-
-
-def _mix_into(target: np.ndarray, source: np.ndarray, key: np.ndarray, mask: np.ndarray, z: np.ndarray,
-              t: np.ndarray) -> None:
-    """``target ^= splitmix64(source ^ key) & mask`` elementwise, as runtime.shuffle._mix_into."""
-    np.bitwise_xor(source, key, out=z)
-    np.add(z, _GOLDEN, out=z)
-    np.right_shift(z, _S30, out=t)
-    np.bitwise_xor(z, t, out=z)
-    np.multiply(z, _M1, out=z)
-    np.right_shift(z, _S27, out=t)
-    np.bitwise_xor(z, t, out=z)
-    np.multiply(z, _M2, out=z)
-    np.right_shift(z, _S31, out=t)
-    np.bitwise_xor(z, t, out=z)
-    np.bitwise_and(z, mask, out=z)
-    np.bitwise_xor(target, z, out=target)
 
 
 def _feistel(x: np.ndarray, group: np.ndarray, keys: np.ndarray, bits: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import fsync_dir, temp_file
+from runtime.atomic import fsync_path, temp_file
 from runtime.errors import PlanError
 
 MAGIC = b"MXTOK\0\0\0"
@@ -77,7 +77,7 @@ class TokenFileWriter:
         os.fsync(f.fileno())
         f.close()
         os.replace(self._tmp, self.path)
-        fsync_dir(self.path.parent)
+        fsync_path(self.path.parent)
 
     def abort(self) -> None:
         self._file.close()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.atomic import fsync_dir, temp_dir, write_atomic
+from runtime.atomic import fsync_path, temp_dir, write_atomic
 from runtime.errors import PlanError
 
 VERSIONS_DIR = "versions"
@@ -143,14 +143,14 @@ def publish_version(plan_dir: Path | str, version: int, build: Callable[[Path], 
     stage = temp_dir(root, prefix=f".{final.name}.")
     try:
         build(stage)
-        fsync_dir(stage)
+        fsync_path(stage)
         try:
             os.rename(stage, final)
         except OSError as exc:
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 return False
             raise
-        fsync_dir(root)
+        fsync_path(root)
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):

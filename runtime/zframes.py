@@ -21,11 +21,9 @@ Layout of a ``.mxz`` file (little-endian)::
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import gzip
 import mmap
-import os
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,7 +33,7 @@ from typing import BinaryIO
 import numpy as np
 import zstandard
 
-from runtime.atomic import fsync_dir, temp_file
+from runtime.atomic import atomic_file
 from runtime.errors import CorpusError, PlanError
 from runtime.fingerprint import cache_name, content_digest
 
@@ -96,33 +94,19 @@ def build_frame_cache(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if dest.exists():
             return  # another worker or rank built it while we waited
-        fd, tmp = temp_file(dest.parent, prefix=f".{dest.name}.")  # 0o666 & ~umask: a shared cache
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(b"\0" * _HEADER.size)
-                try:
-                    with _open_source(path, codec) as source:
-                        total, offsets = _write_frames(source, out, frame_bytes)
-                except (OSError, EOFError, zstandard.ZstdError) as exc:
-                    raise CorpusError(
-                        f"{path}: cannot decompress ({exc})",
-                        "the file is corrupt or truncated; restore it, re-index and recompile",
-                    ) from exc
-                out.write(np.asarray(offsets, dtype="<u8").tobytes())
-                out.seek(0)
-                out.write(
-                    _HEADER.pack(
-                        MAGIC, VERSION, 0, frame_bytes, digest, total, len(offsets) - 1
-                    )
-                )
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(dest.parent)
+        with atomic_file(dest) as out:  # 0o666 & ~umask: a shared cache
+            out.write(b"\0" * _HEADER.size)
+            try:
+                with _open_source(path, codec) as source:
+                    total, offsets = _write_frames(source, out, frame_bytes)
+            except (OSError, EOFError, zstandard.ZstdError) as exc:
+                raise CorpusError(
+                    f"{path}: cannot decompress ({exc})",
+                    "the file is corrupt or truncated; restore it, re-index and recompile",
+                ) from exc
+            out.write(np.asarray(offsets, dtype="<u8").tobytes())
+            out.seek(0)
+            out.write(_HEADER.pack(MAGIC, VERSION, 0, frame_bytes, digest, total, len(offsets) - 1))
 
 
 class FramedFile:
