@@ -12,7 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mixtera_cli.console import err, out, print_json, user_errors
-from mixtera_cli.inspect_plan import wide
 from runtime.errors import ConfigError
 
 
@@ -89,4 +88,4 @@ def _render(s: dict[str, Any]) -> None:
     for c in s["components"]:
         table.add_row(str(c["id"]), escape(c["name"]), f"{c['weight']:.4f}", f"{c['rows']:,}",
                       f"{c['used']:,}", f"{c['epochs']:.3f}")
-    wide().print(table)
+    out.print(table)

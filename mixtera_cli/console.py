@@ -17,7 +17,7 @@ from runtime.errors import MixteraUserError
 
 _NO_COLOR = bool(os.environ.get("NO_COLOR"))
 # Piped output (make demo, CI logs) would otherwise be cut at rich's 80-column default.
-_PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140
+_PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
 
 out = Console(no_color=_NO_COLOR, soft_wrap=True, width=_PIPE_WIDTH)
 err = Console(stderr=True, no_color=_NO_COLOR, soft_wrap=True, width=_PIPE_WIDTH)

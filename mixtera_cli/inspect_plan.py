@@ -11,77 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from mixtera_cli.console import out, print_json
-from mixtera_cli.inspect_feedback import (
-    QUOTAS,
-    Replayed,
-    feedback_report,
-    mark_decisions,
-    render_feedback,
-    replayed,
-)
-from runtime.errors import MixteraUserError, PlanError
-from runtime.plan import Plan, rank_file_name
-from runtime.plan_format import RankFileReader
-from runtime.versions import version_path
-
-WIDE = 160  # width of tables written to a file or a pipe (a terminal keeps its own width)
-
-
-def wide() -> Console:
-    """``out``, or on a non-terminal stdout a console that does not squeeze tables to 80 columns."""
-    if out.is_terminal:
-        return out
-    return Console(file=out.file, width=WIDE, no_color=out.no_color, soft_wrap=True)
-
-
-def plan_report(path: Path | str) -> dict[str, Any]:
-    """Everything `inspect` shows about a plan except entries, as JSON-ready data."""
-    plan = Plan.open(path)
-    m = plan.manifest
-    files = [p for p in plan.path.rglob("*") if p.is_file()]
-    rank_bytes = sum(p.stat().st_size for p in plan.path.glob("rank-*.bin"))
-    entries = int(m.get("entries") or sum(s.get("entries", 0) for s in m["segments"]))
-    rep = replayed(plan.path)
-    undecided = [k for k, ok in enumerate(rep.decided) if not ok]
-    return {"path": str(plan.path), "fingerprint": plan.fingerprint, "created_by": m.get("created_by"),
-            "unit": plan.unit, "steps": plan.steps, "segment_steps": plan.segment_steps,
-            "segments": plan.segment_count, "topology": m["topology"], "seed": plan.seed,
-            "entries": entries, "replayed_entries": rep.entries,
-            "bytes_on_disk": sum(p.stat().st_size for p in files),
-            "rank_bytes": rank_bytes, "bytes_per_entry": rank_bytes / max(entries, 1),
-            "components": component_report(m["components"], rep, np.load(plan.path / QUOTAS)),
-            "rewritten_from_step": next((k * plan.segment_steps for k, v in enumerate(rep.versions) if v),
-                                        None),
-            "undecided_from_step": undecided[0] * plan.segment_steps if undecided else None,
-            "schedule": m.get("schedule", []), "dynamic": m.get("dynamic"),
-            "elastic": m.get("elastic"), "index": m.get("index"), "feedback": feedback_report(path)}
-
-
-def component_report(components: list[dict[str, Any]], rep: Replayed, compiled: np.ndarray
-                     ) -> list[dict[str, Any]]:
-    """Per component: targets, and the realized share and deviation of what the runtime replays now.
-
-    ``realized_share`` and ``max_step_deviation`` use the replayed versions' quotas and per-step
-    targets (feedback rewrites included); ``compiled_*`` are the compiled plan's, before feedback.
-    """
-    quotas, weights = rep.quotas, rep.weights
-    share = quotas / np.maximum(quotas.sum(axis=1, keepdims=True), 1)
-    used, compiled_used = quotas.sum(axis=0), compiled.sum(axis=0)
-    out = []
-    for c in components:
-        k = c["id"]
-        dev = np.abs(share[:, k] - weights[:, k]) if quotas.size else np.zeros(1)
-        size = max(int(c["size"]), 1)
-        out.append({**c, "target_weight": c["weight"], "initial_target": c["weight"],
-                    "mean_target": float(weights[:, k].mean()) if weights.size else c["weight"],
-                    "realized_share": float(used[k] / max(used.sum(), 1)),
-                    "max_step_deviation": float(dev.max()), "max_deviation_step": int(dev.argmax()),
-                    "used": int(used[k]), "epochs": float(used[k] / size),
-                    "epochs_started": -(-int(used[k]) // size),
-                    "compiled_realized_share": float(compiled_used[k] / max(compiled_used.sum(), 1)),
-                    "compiled_used": int(compiled_used[k]),
-                    "compiled_epochs": float(compiled_used[k] / size)})
-    return out
+from mixtera_cli.inspect_feedback import mark_decisions, render_feedback
+from planner.plan_report import plan_report, rank_entries, replayed
+from runtime.errors import MixteraUserError
+from runtime.plan import Plan
 
 
 def parse_steps(text: str | None, steps: int) -> range:
@@ -97,37 +30,6 @@ def parse_steps(text: str | None, steps: int) -> range:
         raise MixteraUserError(f"--steps {text!r} is outside the plan's steps 0..{steps}",
                                f"use a range inside 0:{steps}")
     return range(lo, hi)
-
-
-def rank_entries(path: Path | str, rank: int, steps: range) -> list[dict[str, Any]]:
-    """Rank ``rank``'s entries in ``steps`` as the runtime replays them now (never waits, never writes).
-
-    A segment whose feedback decision is not published yet is read from the version that holds it
-    now (``decided`` false): what the rank replays if that decision ends as "keep".
-    """
-    plan = Plan.open(path)
-    if not 0 <= rank < plan.world_size:
-        raise PlanError(f"--rank {rank}: the plan has ranks 0..{plan.world_size - 1}",
-                        f"use a rank in 0..{plan.world_size - 1}")
-    rep = replayed(plan.path)
-    names = [c.name for c in plan.components]
-    rows: list[dict[str, Any]] = []
-    with plan:
-        for k in sorted({plan.segment_of_step(s) for s in steps}):
-            version = rep.versions[k]
-            folder = plan.path if version == 0 else version_path(plan.path, version)
-            with RankFileReader(folder / rank_file_name(rank)) as reader:
-                seg = reader.segment(k)
-            bounds = seg.step_slices()
-            e = plan.resolve(seg)
-            for step in range(max(steps.start, seg.first_step), min(steps.stop, seg.first_step + seg.steps)):
-                i = step - seg.first_step
-                for j in range(int(bounds[i]), int(bounds[i + 1])):
-                    rows.append({"rank": rank, "step": step, "sample_id": plan.sample_id(int(e.row[j])),
-                                 "component": names[int(e.component[j])], "position": int(e.position[j]),
-                                 "token_start": int(e.token_start[j]), "token_end": int(e.token_end[j]),
-                                 "version": version, "decided": rep.decided[k]})
-    return rows
 
 
 def inspect_plan(path: Path, rank: int | None = None, steps: str | None = None, as_json: bool = False,
@@ -173,7 +75,7 @@ def render(r: dict[str, Any]) -> None:
         head.add_row("elastic", f"from {e['from_plan']} ({e['old_world_size']} ranks), resume at step "
                      f"{e['from_step']}")
     out.print(head)
-    wide().print(_components_table(r))
+    out.print(_components_table(r))
     if r["schedule"]:
         sched = Table(title="schedule", title_justify="left")
         for col in ("from step", "ramp steps", "weights"):
@@ -181,8 +83,8 @@ def render(r: dict[str, Any]) -> None:
         for s in r["schedule"]:
             sched.add_row(str(s["from_step"]), str(s["ramp_steps"]),
                           escape(", ".join(f"{k}={v}" for k, v in s["weights"].items())))
-        wide().print(sched)
-    render_feedback(r.get("feedback"), [c["name"] for c in r["components"]], wide())
+        out.print(sched)
+    render_feedback(r.get("feedback"), [c["name"] for c in r["components"]], out)
 
 
 def _components_table(r: dict[str, Any]) -> Table:
@@ -218,7 +120,7 @@ def _render_entries(rank: int, span: range, entries: list[dict[str, Any]]) -> No
         table.add_row(str(e["step"]), escape(e["sample_id"]), f"[{e['token_start']}, {e['token_end']})",
                       escape(e["component"]), version)
     longest = max((len(e["sample_id"]) + len(e["component"]) for e in entries), default=0)
-    console = out if out.is_terminal else Console(file=out.file, width=max(WIDE, longest + 60),
+    console = out if out.is_terminal else Console(file=out.file, width=max(out.width, longest + 60),
                                                   no_color=out.no_color, soft_wrap=True)
     console.print(table)
 

@@ -24,7 +24,7 @@ from planner.algorithms import Algorithm, History, algorithms, consume
 from planner.block_frames import BlockEncoder
 from planner.dynamic import DynamicSpec, parse_dynamic, resolve_prior
 from planner.packing import PlanState, Streams, compact_lengths, plan_steps
-from planner.plan_writer import npy_bytes
+from planner.plan_writer import QUOTAS, WEIGHTS, npy_bytes
 from planner.quotas import largest_remainder
 from runtime.atomic import FILE_MODE, write_atomic
 from runtime.errors import PlanError
@@ -39,9 +39,6 @@ from runtime.versions import (
     publish_version,
     version_path,
 )
-
-QUOTAS = "quotas.npy"
-WEIGHTS = "weights.npy"
 
 
 @dataclass(slots=True)
