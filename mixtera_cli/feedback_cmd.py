@@ -22,8 +22,8 @@ def feedback(
                                            "per line with --follow).")] = False,
 ) -> None:
     """Run the mixture's dynamic algorithm (ADO, ...) on the job's losses and publish new plan versions."""
+    from planner.feedback import feedback_status, job_finished, run_pending
     from planner.feedback import follow as follow_plan
-    from planner.feedback import run_pending
     from planner.rewrite import PlanContext
 
     ctx = PlanContext.open(plan)
@@ -32,36 +32,15 @@ def feedback(
               f"steps, {len(ctx.schedule.versions())} in the plan", highlight=False)
     if follow:
         outcomes = follow_plan(plan, poll_s=poll, on_outcome=lambda o: _live(o, json_out, names),
-                               stop=lambda: _job_finished(ctx))
+                               stop=lambda: job_finished(ctx))
     else:
         outcomes, _ = run_pending(plan)
-    status = _status(plan)
+    status = feedback_status(plan)
     if json_out:
         if not follow:
             print_json({"decisions": [o.to_json() for o in outcomes], **status})
     else:
         _render(outcomes, status, names)
-
-
-def _job_finished(ctx: Any) -> bool:
-    from planner.feedback import read_history
-
-    hist = read_history(ctx, ctx.schedule.steps)
-    return bool(hist.present[-1])
-
-
-def _status(plan: Path) -> dict[str, Any]:
-    from planner.feedback import pending, read_history
-    from planner.rewrite import PlanContext
-
-    ctx = PlanContext.open(plan)
-    hist = read_history(ctx, ctx.schedule.steps)
-    left = pending(ctx)
-    nxt = left[0] if left else None
-    return {"log_steps": int(hist.present.sum()),
-            "last_step": int(hist.present.nonzero()[0].max()) if hist.present.any() else None,
-            "pending": len(left),
-            "next_refit_step": ctx.schedule.refit_step(nxt) if nxt else None}
 
 
 def _live(o: Any, json_out: bool, names: list[str]) -> None:

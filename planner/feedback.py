@@ -145,3 +145,19 @@ def inprocess_rewriter(plan_dir: Path | str) -> Callable[[int], list[Outcome]]:
         return outcomes
 
     return on_refit
+
+
+def job_finished(ctx: PlanContext) -> bool:
+    """True once the job reported the plan's last step (``--follow`` stops then)."""
+    return bool(read_history(ctx, ctx.schedule.steps).present[-1])
+
+
+def feedback_status(plan_dir: Path | str) -> dict[str, Any]:
+    """How far the job's feedback log got and which decisions are still pending."""
+    ctx = PlanContext.open(plan_dir)
+    hist = read_history(ctx, ctx.schedule.steps)
+    left = pending(ctx)
+    return {"log_steps": int(hist.present.sum()),
+            "last_step": int(hist.present.nonzero()[0].max()) if hist.present.any() else None,
+            "pending": len(left),
+            "next_refit_step": ctx.schedule.refit_step(left[0]) if left else None}
