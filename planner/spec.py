@@ -8,17 +8,12 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from planner.toml_config import parse_toml, read_config_text
 from runtime.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 UNITS = ("tokens", "samples")
 ON_EXHAUSTED = ("repeat", "error", "redistribute")
@@ -288,25 +283,11 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 def load_spec(path: Path | str) -> MixtureSpec:
     """Read and validate a mixture TOML file; paths in it are relative to the file."""
     path = Path(path)
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: mixture file not found", "check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: cannot be read ({exc})") from None
-    return parse_spec(text, file=file, base=path.parent)
+    return parse_spec(read_config_text(path, "mixture file"), file=str(path), base=path.parent)
 
 
 def parse_spec(text: str, *, file: str = "<string>", base: Path | None = None) -> MixtureSpec:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-        where = f"line {m.group(1)}, column {m.group(2)}" if m else "somewhere"
-        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-        raise ConfigError(f"{file}: invalid TOML at {where}: {reason}",
-                          "check quotes, brackets and `key = value` syntax on that line") from None
+    doc = parse_toml(text, file)
     spec = _build(doc, _Reader(file), base or Path.cwd())
     spec.validate()
     return spec

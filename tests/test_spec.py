@@ -147,5 +147,5 @@ def test_schedule_out_of_order() -> None:
 
 
 def test_missing_file() -> None:
-    with pytest.raises(ConfigError, match="mixture file not found"):
+    with pytest.raises(ConfigError, match="mixture file does not exist"):
         load_spec("/nonexistent/mix.toml")

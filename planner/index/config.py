@@ -6,18 +6,13 @@ Every key is checked: an unknown key is an error naming it, so a typo never sile
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from planner.index.names import PROPERTY_TYPE_NAMES, RESERVED
+from planner.toml_config import parse_toml, read_config_text
 from runtime.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
 
 ON_ERROR = ("fail", "skip")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -111,12 +106,7 @@ _TOP_KEYS = {"index", "properties"}
 
 def parse_config(text: str, *, where: str = "index config", base_dir: Path | None = None) -> IndexConfig:
     """Parse and validate TOML ``text``; relative tokenizer paths resolve against ``base_dir``."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"{where}: invalid TOML: {exc}", "fix the TOML syntax at that line and column"
-        ) from None
+    doc = parse_toml(text, where)
     _check_keys(doc, _TOP_KEYS, where, "")
     index = _table(doc.get("index", {}), where, "[index]")
     _check_keys(index, _INDEX_KEYS, where, "[index] ")
@@ -142,12 +132,7 @@ def parse_config(text: str, *, where: str = "index config", base_dir: Path | Non
 def load_config(path: Path | str) -> IndexConfig:
     """Read and validate the index config file ``path``."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"index config {path} does not exist", "check the --config path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"index config {path} cannot be read: {exc}") from None
+    text = read_config_text(path, "index config")
     return parse_config(text, where=str(path), base_dir=path.resolve().parent)
 
 
