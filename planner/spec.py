@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from planner.query import parse
 from planner.toml_config import parse_toml, read_config_text
 from runtime.errors import ConfigError
 
@@ -68,6 +69,8 @@ class ComponentSpec:
 
     def validate(self, *, file: str = "<spec>") -> None:
         check_weight(self.weight, file, f"{self.key}.weight")
+        if self.where is not None:  # syntax only; properties are checked against the index later
+            parse(self.where, f"{file}: {self.key}.where")
         if self.on_exhausted not in ON_EXHAUSTED:
             raise fail(file, f"{self.key}.on_exhausted", f"unknown value {self.on_exhausted!r}",
                        f"use one of {', '.join(ON_EXHAUSTED)}")

@@ -121,6 +121,8 @@ def test_invalid_toml_names_line_and_column() -> None:
     ("algorithm = \"ado\"", "algorithm = \"magic\"", "dynamic.algorithm", "unknown algorithm 'magic'",
      "ado, loss_proportional, static"),
     ("steps = 2000", "", "mixture.steps", "is required", None),
+    ("where = \"language == 'de'\"", "where = \"language == 'de' and\"",
+     "components.other.components.de.where", "invalid where expression at column 21", None),
     ("[components.code]", "[components.'bad name']\nwhere = 'x == 1'\nweight = 0.1\n[components.code]",
      "components.bad name", "may only hold letters", None),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 40 else None)
