@@ -1,23 +1,24 @@
-"""Original Mixtera (github eth-easl/mixtera, local mode) against this runtime's documents path.
+"""Original Mixtera (github eth-easl/mixtera, local mode) against this runtime, on the same JSON lines.
 
-    .venv/bin/python bench/original_mixtera.py VENV [--mb 20] [--chunk-size 1024] [--doc-steps 300]
+    .venv/bin/python bench/original_mixtera.py VENV [--mb 20] [--chunk-size 1024] [--token-steps 20]
 
-VENV is a separate virtual environment in which the original's `mixtera` package imports (its import
-name clashes with ours, so it never goes into .venv). Both sides read the same JSON lines, the corpus
-that bench/runtime.py generates under bench/data/runtime/corpus-{mb}mb (built here if missing), and
-parse them with orjson, single-threaded. Ours: `output="documents"` replaying bench/runtime.py's plan.
-The original: MixteraClient.from_directory, a JSONLDataset per source with a `source` property, a 50/30/20
-StaticMixture over it, `stream_results` with chunk_reading_degree_of_parallelism=1. Its indexing
-(register_dataset) and query + chunking (execute_query) are timed apart from its streaming; the
-docs/s of both sides count streaming only, best of 3 runs, per second of process CPU time and of
-wall time.
+VENV: a separate virtual environment in which the original's `mixtera` imports (the import name clashes
+with ours). Corpus: bench/runtime.py's, bench/data/runtime/corpus-{mb}mb (built if missing), parsed
+with orjson on both sides, single-threaded. Ours: bench/runtime.py's plan, documents path and tokens
+path. The original: MixteraClient.from_directory, a JSONLDataset per source folder with a `source`
+property, a 50/30/20 StaticMixture, stream_results (chunk_reading_degree_of_parallelism=1; for
+tokens its "token" mode, same tokenizer and seq_len, no separate thread). Its register_dataset and
+execute_query (query + chunking) are timed apart: rates count streaming only, best of 3, per second
+of process CPU time and of wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,8 +34,8 @@ def rate(run) -> tuple[int, float, float]:  # noqa: ANN001 - (items, items/CPU s
     return n, n / (time.process_time() - c0), n / (time.perf_counter() - w0)
 
 
-def best(runs: list[tuple[int, float, float]]) -> dict:
-    return {"docs": runs[0][0], "cpu_docs_s": max(r[1] for r in runs), "wall_docs_s": max(r[2] for r in runs)}
+def best(runs: list[tuple[int, float, float]], unit: str = "docs") -> dict:
+    return {unit: runs[0][0], "cpu": max(r[1] for r in runs), "wall": max(r[2] for r in runs)}
 
 
 if "--child" in sys.argv:  # in VENV; its indexing pool pickles the parser, so it lives at module level
@@ -48,13 +49,14 @@ if "--child" in sys.argv:  # in VENV; its indexing pool pickles the parser, so i
             return [MetadataProperty("source", "ENUM", False, False, set(SOURCES))]
 
         def parse(self, line_number: int, payload, **kwargs) -> None:  # noqa: ANN001, ANN003
-            self.add_metadata(sample_id=line_number, source=list(SOURCES)[int(payload["id"].split("-")[0]) % 3])
+            part = int(payload["id"].split("-")[0])
+            self.add_metadata(sample_id=line_number, source=list(SOURCES)[part % 3])
 
     def text_of(line: str) -> str:
         return orjson.loads(line)["text"]
 
 
-def child(corpus: str, chunk_size: int) -> None:
+def child(corpus: str, chunk_size: int, tokenizer: str, seq_len: int, max_seqs: int) -> None:
     """Runs in VENV: the original Mixtera, local mode."""
     from loguru import logger
     from mixtera.core.client import MixteraClient
@@ -74,26 +76,53 @@ def child(corpus: str, chunk_size: int) -> None:
         for sub in sorted(Path(corpus).iterdir()):  # its JSONLDataset does not descend into folders
             assert client.register_dataset(sub.name, sub, JSONLDataset, text_of, "SOURCE")
         out["index_wall_s"] = time.perf_counter() - t
-        runs, query_s = [], []
-        for i in range(3):
+        query_s: list[float] = []
+
+        def stream(i: int, **kwargs):  # noqa: ANN003, ANN202 - a new job: query, chunking, then a stream
             job = f"bench-{os.getpid()}-{i}"
             mix = StaticMixture(chunk_size, {MixtureKey({"source": [s]}): w for s, w in SOURCES.items()})
             t = time.perf_counter()
             client.execute_query(Query.for_job(job).select(None), QueryExecutionArgs(mixture=mix))
             assert client.wait_for_execution(job)
             query_s.append(time.perf_counter() - t)
-            stream = client.stream_results(ResultStreamingArgs(job_id=job))
-            runs.append(rate(lambda s=stream: sum(1 for _ in s)))
-        out.update(best(runs), query_wall_s=min(query_s))
+            return client.stream_results(ResultStreamingArgs(job_id=job, **kwargs))
+
+        out["docs"] = best([rate(lambda s=stream(i): sum(1 for _ in s)) for i in range(3)])
+        if (
+            tokenizer
+        ):  # its "token" mode: AutoTokenizer from a folder; yields seq_len + 1 tokens, advances seq_len
+            hf = Path(db) / "tokenizer"
+            hf.mkdir()
+            shutil.copy(tokenizer, hf / "tokenizer.json")
+            (hf / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}')
+            kw = dict(chunk_reading_mixture_type="token", chunk_reading_tokenizer=str(hf))
+            kw["chunk_reading_token_separate_thread"] = False  # its thread would tokenize on past our stop
+            runs = [
+                rate(
+                    lambda s=stream(3 + i, chunk_reading_sequence_len=seq_len, **kw): (
+                        seq_len * sum(1 for _ in itertools.islice(s, max_seqs))
+                    )
+                )
+                for i in range(3)
+            ]
+            out["tokens"] = best(runs, "tokens")
+        out.update(query_wall_s=query_s[0], cached_query_wall_s=min(query_s[1:]))
     print(json.dumps(out))
 
 
-def ours(mb: int, steps: int) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import runtime as rt  # bench/runtime.py
+def ours(mb: int, steps: int, token_steps: int) -> tuple[dict, dict, Path]:
+    import importlib.util
 
-    plan = rt.compile_plan(rt.prepare(mb, rt.tokenizer_path(None)), f"plan-{mb}mb", steps + 2, rt.TOPOLOGY)
-    return best([rate(rt.fresh_loader(plan, steps, output="documents")) for _ in range(3)])
+    spec = importlib.util.spec_from_file_location("bench_runtime", Path(__file__).with_name("runtime.py"))
+    rt = importlib.util.module_from_spec(spec)  # bench/runtime.py (its name clashes with the package)
+    spec.loader.exec_module(rt)  # also sets TOKENIZERS_PARALLELISM=false, inherited by the original
+    tok = rt.tokenizer_path(None)
+    index = rt.prepare(mb, tok)
+    # max(.., 400) + 2: the plan bench/runtime.py compiles with its defaults, reused
+    plan = rt.compile_plan(index, f"plan-{mb}mb", max(steps, token_steps * 20, 400) + 2, rt.TOPOLOGY)
+    docs = best([rate(rt.fresh_loader(plan, steps, output="documents")) for _ in range(3)])
+    runs = [rate(rt.fresh_loader(plan, token_steps, tokenizer=tok, pretokenized=False)) for _ in range(3)]
+    return docs, best(runs, "tokens"), tok
 
 
 def main() -> None:
@@ -102,25 +131,38 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=20)
     ap.add_argument("--chunk-size", type=int, default=1024, help="the original's chunk size (samples)")
     ap.add_argument("--doc-steps", type=int, default=300, help="steps of our plan to replay per run")
+    ap.add_argument("--token-steps", type=int, default=20, help="0: no tokens/s comparison")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--tokenizer", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    batch, seq_len = 16, 2048  # bench/runtime.py's TOPOLOGY
     if args.child:
-        return child(args.child, args.chunk_size)
-    mine = ours(args.mb, args.doc_steps)  # also generates and indexes the corpus if missing
+        max_seqs = args.token_steps * batch  # as many tokens as our tokens path replays
+        return child(args.child, args.chunk_size, args.tokenizer, seq_len, max_seqs)
+    docs, toks, tok = ours(args.mb, args.doc_steps, args.token_steps)  # generates the corpus if missing
     corpus = Path(__file__).resolve().parent / "data" / "runtime" / f"corpus-{args.mb}mb"
     cmd = [str(Path(args.venv) / "bin" / "python"), __file__, args.venv, "--child", str(corpus)]
-    run = subprocess.run([*cmd, "--chunk-size", str(args.chunk_size)], capture_output=True, text=True)
+    cmd += ["--chunk-size", str(args.chunk_size), "--token-steps", str(args.token_steps)]
+    run = subprocess.run(
+        [*cmd, "--tokenizer", str(tok) if args.token_steps else ""], capture_output=True, text=True
+    )
     if run.returncode:
         sys.exit(f"original mixtera failed:\n{run.stderr[-3000:]}")
     orig = json.loads(run.stdout.strip().splitlines()[-1])
     print(f"corpus: {args.mb} MB of JSON lines ({corpus}), best of 3, single-threaded, orjson both sides")
-    print(f"original: register_dataset {orig['index_wall_s']:.1f} s, query+chunking {orig['query_wall_s']:.2f} s")
-    for name, r in (("ours (documents path)", mine), (f"original (chunk {args.chunk_size})", orig)):
-        print(f"{name:28s} {r['docs']:8,d} docs  {r['cpu_docs_s']:12,.0f} docs/CPU-s  {r['wall_docs_s']:12,.0f} docs/s")
     print(
-        f"ratio ours / original: {mine['cpu_docs_s'] / orig['cpu_docs_s']:.1f}x per CPU second, "
-        f"{mine['wall_docs_s'] / orig['wall_docs_s']:.1f}x per wall second"
+        f"original, untimed in its rates: register_dataset {orig['index_wall_s']:.1f} s, execute_query "
+        f"{orig['query_wall_s']:.2f} s (from its query cache {orig['cached_query_wall_s']:.2f} s)"
     )
+    for unit, mine in (("docs", docs), ("tokens", toks)):
+        if unit not in orig:
+            continue
+        for name, r in (("ours", mine), (f"original (chunk {args.chunk_size})", orig[unit])):
+            print(f"{unit:6s} {name:22s} {r[unit]:10,d} {r['cpu']:12,.0f} /CPU-s {r['wall']:12,.0f} /s")
+        print(
+            f"{unit:6s} ratio ours / original: {mine['cpu'] / orig[unit]['cpu']:.1f}x per CPU second, "
+            f"{mine['wall'] / orig[unit]['wall']:.1f}x per wall second"
+        )
 
 
 if __name__ == "__main__":
