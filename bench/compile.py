@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from synthetic_index import write_synthetic_index  # noqa: E402
+from synthetic_index import BENCH_SOURCES, bench_mixture, write_synthetic_index  # noqa: E402
 
 from planner.compile import CompiledPlan, compile_plan  # noqa: E402
 from planner.index import load_index  # noqa: E402
@@ -44,24 +44,7 @@ from runtime.errors import MixteraUserError  # noqa: E402
 from runtime.plan import Plan  # noqa: E402
 from runtime.shuffle import permute  # noqa: E402
 
-SOURCES = ("web", "code", "books", "wiki", "news", "papers", "forum", "legal")
 DATA = ROOT / "bench" / "data"
-
-
-def mixture(index: Path, steps: int) -> str:
-    comps = "\n".join(f"[components.{s}]\nwhere = \"source == '{s}'\"\nweight = {w}\n"
-                      for s, w in zip(SOURCES, (0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05), strict=True))
-    return f"""
-[mixture]
-index = "{index}"
-seed = 1
-steps = {steps}
-segment_steps = 100
-[topology]
-world_size = 256
-batch_size = 8
-seq_len = 2048
-{comps}"""
 
 
 def rss_mb() -> float:
@@ -80,10 +63,10 @@ def load(samples: int, steps: int) -> tuple[dict[str, Any], CompiledPlan, float]
         if attempt or not (index_dir / "manifest.json").exists():
             shutil.rmtree(index_dir, ignore_errors=True)  # missing, or written by an older mixtera
             t = time.perf_counter()
-            write_synthetic_index(index_dir, samples, files=64, tokens=(20, 900), sources=SOURCES)
+            write_synthetic_index(index_dir, samples, files=64, tokens=(20, 900), sources=BENCH_SOURCES)
             print(f"generated index of {samples:,} samples in {time.perf_counter() - t:.1f} s")
         try:
-            spec = parse_spec(mixture(index_dir, steps), file="bench.toml")
+            spec = parse_spec(bench_mixture(index_dir, steps, batch=8, seq_len=2048), file="bench.toml")
             index = load_index(index_dir, columns=needed_columns(spec))
             break
         except MixteraUserError:

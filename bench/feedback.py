@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from synthetic_index import write_synthetic_index  # noqa: E402
+from synthetic_index import BENCH_SOURCES, bench_mixture, write_synthetic_index  # noqa: E402
 
 from planner.block_frames import BlockEncoder  # noqa: E402
 from planner.feedback import read_history  # noqa: E402
@@ -39,28 +39,12 @@ from runtime.feedback_log import LogWriter, log_path  # noqa: E402
 from runtime.plan_format import encode_rank_segment  # noqa: E402
 from runtime.versions import VersionResolver, read_decision  # noqa: E402
 
-SOURCES = ("web", "code", "books", "wiki", "news", "papers", "forum", "legal")
 DATA = ROOT / "bench" / "data" / "feedback"
 
 
 def mixture(steps: int, refit: int, batch: int, seq_len: int) -> str:
-    comps = "\n".join(f"[components.{s}]\nwhere = \"source == '{s}'\"\nweight = {w}\n"
-                      for s, w in zip(SOURCES, (0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05), strict=True))
-    return f"""
-[mixture]
-index = "index"
-seed = 1
-steps = {steps}
-segment_steps = 100
-[topology]
-world_size = 256
-batch_size = {batch}
-seq_len = {seq_len}
-[dynamic]
-algorithm = "ado"
-refit_every = {refit}
-ignore_steps = {refit // 5}
-{comps}"""
+    dynamic = f'[dynamic]\nalgorithm = "ado"\nrefit_every = {refit}\nignore_steps = {refit // 5}'
+    return bench_mixture("index", steps, batch=batch, seq_len=seq_len, extra=dynamic)
 
 
 def write_log(ctx: PlanContext, steps: int) -> None:
@@ -98,7 +82,7 @@ def compile_plan(work: Path, args: argparse.Namespace, steps: int, *,
     if rebuild:
         shutil.rmtree(index, ignore_errors=True)
     if not index.exists():
-        write_synthetic_index(index, args.samples, seed=1, files=16, sources=SOURCES)
+        write_synthetic_index(index, args.samples, seed=1, files=16, sources=BENCH_SOURCES)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     (work / "index").symlink_to(index.resolve())

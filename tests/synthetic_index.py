@@ -80,3 +80,26 @@ def _tags(n: int) -> pa.Array:
     flat = np.concatenate([values[first[per > 0]], values[first[per == 2] + 1]])
     order = np.argsort(np.concatenate([offsets[:-1][per > 0], offsets[:-1][per == 2] + 1]), kind="stable")
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat[order]))
+
+
+# The benchmarks' mixture: 8 sources with fixed weights, 256 ranks (bench/compile.py, bench/feedback.py).
+BENCH_SOURCES = ("web", "code", "books", "wiki", "news", "papers", "forum", "legal")
+BENCH_WEIGHTS = (0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05)
+
+
+def bench_mixture(index: Path | str, steps: int, *, batch: int, seq_len: int, extra: str = "") -> str:
+    """Mixture TOML over BENCH_SOURCES with 256 ranks; ``extra`` is appended before the components."""
+    comps = "\n".join(f"[components.{s}]\nwhere = \"source == '{s}'\"\nweight = {w}\n"
+                      for s, w in zip(BENCH_SOURCES, BENCH_WEIGHTS, strict=True))
+    return f"""
+[mixture]
+index = "{index}"
+seed = 1
+steps = {steps}
+segment_steps = 100
+[topology]
+world_size = 256
+batch_size = {batch}
+seq_len = {seq_len}
+{extra}
+{comps}"""
