@@ -87,6 +87,10 @@ def _files(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.jsonl"))
 
 
+def _total_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in _files(folder))
+
+
 def parse_file(path: Path) -> tuple[int, int]:
     """Read one file in 1 MB blocks, split on b"\\n", orjson.loads every line. (records, bytes)"""
     records = size = 0
@@ -157,7 +161,7 @@ def hash_files(folder: Path) -> Run:
     def work() -> tuple[int, int]:
         for path in _files(folder):
             file_content_hash(path)
-        return 0, sum(p.stat().st_size for p in _files(folder))
+        return 0, _total_bytes(folder)
 
     return timed(work)
 
@@ -170,7 +174,7 @@ def tokenizer_alone(folder: Path, tokenizer: Path) -> Run:
     texts = [
         orjson.loads(line)["text"] for p in _files(folder) for line in p.read_bytes().split(b"\n") if line
     ]
-    size = sum(p.stat().st_size for p in _files(folder))
+    size = _total_bytes(folder)
 
     def work() -> tuple[int, int]:
         for i in range(0, len(texts), 5000):
@@ -184,7 +188,7 @@ def index_run(folder: Path, processes: int, tokenizer: Path | None) -> Run:
     from planner.index import build_index, parse_config
 
     out = Path(tempfile.mkdtemp(prefix="mixtera-bench-index-"))
-    size = sum(p.stat().st_size for p in _files(folder))
+    size = _total_bytes(folder)
 
     def work() -> tuple[int, int]:
         cfg = parse_config(CONFIG)

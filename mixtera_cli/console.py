@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from runtime.errors import MixteraUserError
 
@@ -27,6 +28,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    """A headerless what/value table titled ``title`` (values already escaped for rich markup)."""
+    table = Table(title=escape(title), show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for what, value in rows:
+        table.add_row(what, value)
+    return table
+
+
+def count(n: int | None) -> str:
+    """``n`` with thousands separators; "-" for an unknown count (no tokenizer)."""
+    return "-" if n is None else f"{n:,}"
 
 
 def user_errors(func: F) -> F:

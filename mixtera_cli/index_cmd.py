@@ -8,11 +8,10 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from mixtera_cli.console import err, out, print_json, user_errors
+from mixtera_cli.console import count, err, out, print_json, summary_table, user_errors
 
-SHOWN_SKIPPED = 20
+SHOWN = 20  # changed, removed and skipped entries listed at most (all of them in --json)
 
 
 @user_errors
@@ -122,22 +121,17 @@ class _ProgressBar:
 
 def render_report(rep: dict[str, Any]) -> None:
     counts = rep["counts"]
-    table = Table(title=f"index {escape(rep['out'])}", show_header=False, title_justify="left")
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    table.add_row("corpus root", escape(rep["corpus_root"]))
-    for key in ("files", "samples", "bytes"):
-        table.add_row(key, f"{counts[key]:,}")
-    table.add_row("tokens", "-" if counts["tokens"] is None else f"{counts['tokens']:,}")
-    for key in ("added", "changed", "removed", "unchanged"):
-        table.add_row(f"files {key}", str(len(rep[key])))
-    table.add_row("records skipped", str(len(rep["skipped"])))
-    table.add_row("properties", escape(", ".join(f"{n}: {t}" for n, t in rep["properties"].items())))
-    mb = rep["bytes_read"] / 1e6
-    table.add_row("read", f"{mb:,.1f} MB in {rep['seconds']:.2f} s")
-    out.print(table)
+    rows = [("corpus root", escape(rep["corpus_root"]))]
+    rows += [(key, count(counts[key])) for key in ("files", "samples", "bytes", "tokens")]
+    rows += [(f"files {key}", str(len(rep[key]))) for key in ("added", "changed", "removed", "unchanged")]
+    rows += [
+        ("records skipped", str(len(rep["skipped"]))),
+        ("properties", escape(", ".join(f"{n}: {t}" for n, t in rep["properties"].items()))),
+        ("read", f"{rep['bytes_read'] / 1e6:,.1f} MB in {rep['seconds']:.2f} s"),
+    ]
+    out.print(summary_table(f"index {rep['out']}", rows))
     for key in ("changed", "removed"):
-        for path in rep[key][:SHOWN_SKIPPED]:
+        for path in rep[key][:SHOWN]:
             out.print(f"{key}: {escape(path)}", highlight=False)
     _render_skipped(rep["skipped"])
     if rep["ignored"]:
@@ -149,9 +143,7 @@ def render_report(rep: dict[str, Any]) -> None:
 
 
 def _render_skipped(skipped: list[dict[str, Any]]) -> None:
-    for item in skipped[:SHOWN_SKIPPED]:
+    for item in skipped[:SHOWN]:
         out.print(f"skipped {escape(item['file'])}:{item['line']}: {escape(item['error'])}", highlight=False)
-    if len(skipped) > SHOWN_SKIPPED:
-        out.print(
-            f"... and {len(skipped) - SHOWN_SKIPPED} more skipped records (see --json)", highlight=False
-        )
+    if len(skipped) > SHOWN:
+        out.print(f"... and {len(skipped) - SHOWN} more skipped records (see --json)", highlight=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mixtera_cli.console import out, print_json, user_errors
+from mixtera_cli.console import count, out, print_json, summary_table, user_errors
 from runtime.errors import MixteraUserError
 
 
@@ -57,42 +56,31 @@ def inspect(
 
 
 def _kind(path: Path) -> Any:
-    manifest = path / "manifest.json"
+    from planner.index import manifest_json
+
     hint = "pass a folder written by `mixtera index` or `mixtera compile`"
-    if not path.exists():
-        raise MixteraUserError(f"{path} does not exist", hint)
-    if not manifest.is_file():
-        raise MixteraUserError(f"{path} is neither an index nor a plan: it has no manifest.json", hint)
-    try:
-        doc = json.loads(manifest.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MixteraUserError(f"{manifest} is not valid JSON: {exc}", hint) from None
-    return doc.get("kind") if isinstance(doc, dict) else None
+    return manifest_json(path, what="is neither an index nor a plan", hint=hint).get("kind")
 
 
 def render_index(stats: dict[str, Any]) -> None:
-    counts = stats["counts"]
-    head = Table(title=f"index {escape(stats['path'])}", show_header=False, title_justify="left")
-    head.add_column("what", style="bold")
-    head.add_column("value")
-    head.add_row("corpus root", escape(stats["corpus_root"]))
-    head.add_row(
-        "files", f"{counts['files']:,}  ({', '.join(f'{k}: {v}' for k, v in stats['formats'].items())})"
-    )
-    head.add_row("samples", f"{counts['samples']:,}  ({stats['skipped']:,} bad records skipped)")
-    head.add_row("bytes", f"{counts['bytes']:,}")
-    head.add_row("tokens", "-" if counts["tokens"] is None else f"{counts['tokens']:,}")
-    tok = stats["tokenizer"]
-    head.add_row(
-        "tokenizer",
-        "-"
-        if tok is None
-        else escape(f"{tok['name']} (vocab {tok['vocab_size']:,}, eos id {tok['eos_id']}, eos={tok['eos']})"),
-    )
-    head.add_row("stored tokens", "yes" if stats["store_tokens"] else "no")
-    out.print(head)
+    counts, tok = stats["counts"], stats["tokenizer"]
+    formats = ", ".join(f"{k}: {v}" for k, v in stats["formats"].items())
+    rows = [
+        ("corpus root", escape(stats["corpus_root"])),
+        ("files", f"{count(counts['files'])}  ({formats})"),
+        ("samples", f"{count(counts['samples'])}  ({count(stats['skipped'])} bad records skipped)"),
+        ("bytes", count(counts["bytes"])),
+        ("tokens", count(counts["tokens"])),
+        ("tokenizer", "-" if tok is None else escape(_tokenizer_text(tok))),
+        ("stored tokens", "yes" if stats["store_tokens"] else "no"),
+    ]
+    out.print(summary_table(f"index {stats['path']}", rows))
     for name, prop in stats["properties"].items():
         out.print(_property_table(name, prop))
+
+
+def _tokenizer_text(tok: dict[str, Any]) -> str:
+    return f"{tok['name']} (vocab {tok['vocab_size']:,}, eos id {tok['eos_id']}, eos={tok['eos']})"
 
 
 def _property_table(name: str, prop: dict[str, Any]) -> Table:
@@ -107,6 +95,6 @@ def _property_table(name: str, prop: dict[str, Any]) -> Table:
     )
     table.add_column("value")
     table.add_column("samples", justify="right")
-    for value, count in prop["top"]:
-        table.add_row(escape(str(value)), f"{count:,}")
+    for value, samples in prop["top"]:
+        table.add_row(escape(str(value)), count(samples))
     return table

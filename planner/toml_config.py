@@ -34,5 +34,7 @@ def parse_toml(text: str, where: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         m = _POSITION.search(str(exc))
         at = f"line {m.group(1)}, column {m.group(2)}" if m else "an unknown position"
-        raise ConfigError(f"{where}: invalid TOML at {at}: {_POSITION.sub('', str(exc))}",
-                          "check quotes, brackets and `key = value` syntax on that line") from None
+        raise ConfigError(
+            f"{where}: invalid TOML at {at}: {_POSITION.sub('', str(exc))}",
+            "check quotes, brackets and `key = value` syntax on that line",
+        ) from None

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from planner.index import build_index, load_index, parse_config
+from planner.index import IndexReport, build_index, load_index, parse_config
 from runtime.token_files import TokenFile
 from tests.index_helpers import CONFIG, docs, jsonl, make_corpus, write
 
@@ -146,14 +146,14 @@ def test_tokens_counted_and_stored(corpus: Path, tmp_path: Path, tiny_tokenizer:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tiny_tokenizer))
-    report = build_index(
-        [corpus],
-        tmp_path / "idx",
-        parse_config(CONFIG),
-        tokenizer=tiny_tokenizer,
-        processes=1,
-        store_tokens=True,
-    )
+
+    def index() -> IndexReport:
+        cfg = parse_config(CONFIG)
+        return build_index(
+            [corpus], tmp_path / "idx", cfg, tokenizer=tiny_tokenizer, processes=1, store_tokens=True
+        )
+
+    report = index()
     t = load_index(tmp_path / "idx")
     assert t.manifest["tokenizer"]["eos_id"] == tok.token_to_id("<|endoftext|>")
     assert t.manifest["tokenizer"]["vocab_size"] == tok.get_vocab_size()
@@ -167,14 +167,7 @@ def test_tokens_counted_and_stored(corpus: Path, tmp_path: Path, tiny_tokenizer:
     assert report.tokens == sum(r["tokens"] for r in rows)
     # incremental: a new file shifts file ids; the reused token files move with their rows
     write(corpus / "aaa" / "first.jsonl", jsonl(docs("first", 2)))
-    build_index(
-        [corpus],
-        tmp_path / "idx",
-        parse_config(CONFIG),
-        tokenizer=tiny_tokenizer,
-        processes=1,
-        store_tokens=True,
-    )
+    index()
     moved = next(
         r for r in load_index(tmp_path / "idx").samples.to_pylist() if r["sample_id"] == "code/src.parquet#6"
     )

@@ -21,6 +21,7 @@ _EXPORTS = {
     "index_stats": "planner.index.stats",
     "load_config": "planner.index.config",
     "load_index": "planner.index.schema",
+    "manifest_json": "planner.index.schema",
     "parse_config": "planner.index.config",
     "read_manifest": "planner.index.schema",
 }

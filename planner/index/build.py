@@ -7,7 +7,6 @@ rows are computed (config, tokenizer, --store-tokens, corpus root) re-indexes ev
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -22,10 +21,11 @@ from planner.index.config import IndexConfig, load_config
 from planner.index.parallel import Progress, run_tasks
 from planner.index.properties import check_pattern, declared_specs, widen
 from planner.index.scan import CorpusFile, corpus_root, discover
-from planner.index.schema import INDEX_KIND, MANIFEST, TOKENS_DIR, IndexTables
+from planner.index.schema import INDEX_KIND, TOKENS_DIR, IndexTables, manifest_json
 from planner.index.tables import file_table
 from planner.index.tokenizer_info import tokenizer_identity
-from planner.index.writer import conform, previous_index, staging, token_code_for, write_index
+from planner.index.writer import conform, previous_index, token_code_for, write_index
+from runtime.atomic import staging_dir
 from runtime.errors import ConfigError, CorpusError, MixteraUserError
 from runtime.fingerprint import file_content_hash
 
@@ -121,11 +121,12 @@ def build_index(
         **plan.changes(),
     )
     code = token_code_for(tok) if store_tokens else 0
-    with staging(out) as stage:
-        if store_tokens:
-            (stage / TOKENS_DIR).mkdir()
-        results = _run(plan.todo, root, stage if store_tokens else None, cfg, tok, code, processes, progress)
-        tables = _gather(files, plan, results, prev, stage if store_tokens else None)
+    with staging_dir(out) as stage:  # swapped in whole on success; the old index stays on failure
+        token_stage = stage if store_tokens else None
+        if token_stage is not None:
+            (token_stage / TOKENS_DIR).mkdir()
+        results = _run(_tasks(files, plan.todo, root, token_stage), cfg, tok, code, processes, progress)
+        tables = _gather(files, plan, results, prev, token_stage)
         props = _property_types(cfg, results, prev, [tables[i] for i in sorted(plan.reuse)])
         samples = pa.concat_tables([conform(t, props) for t in tables])
         if samples.num_rows == 0:
@@ -164,10 +165,9 @@ def _check_out(out: Path) -> None:
     entries = [p.name for p in out.iterdir()]
     if not entries:
         return
-    mpath = out / MANIFEST
     try:
-        kind = json.loads(mpath.read_bytes()).get("kind") if mpath.is_file() else None
-    except (ValueError, AttributeError, UnicodeDecodeError):
+        kind = manifest_json(out, what="is not a mixtera index", hint=hint).get("kind")
+    except MixteraUserError:  # no manifest, or not JSON
         kind = None
     if kind != INDEX_KIND:
         shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
@@ -180,7 +180,7 @@ def _check_out(out: Path) -> None:
 class _Plan:
     """Which files keep their previous rows (new file_id -> old file_id) and which are (re)indexed."""
 
-    todo: list[indexer.FileTask] = field(default_factory=list)
+    todo: list[int] = field(default_factory=list)  # file_ids to (re)index
     reuse: dict[int, int] = field(default_factory=dict)
     fresh_hash: dict[int, str] = field(default_factory=dict)
     prev_files: list[dict[str, Any]] = field(default_factory=list)
@@ -208,41 +208,43 @@ def _plan(files: list[CorpusFile], prev: IndexTables | None) -> _Plan:
             plan.unchanged.append(f.relpath)
             continue
         (plan.changed if entry is not None else plan.added).append(f.relpath)
-        plan.todo.append(indexer.FileTask(file_id=file_id, root="", file=f, token_path=None))
+        plan.todo.append(file_id)
     plan.removed = sorted(old)
     return plan
 
 
-def _unchanged(f: CorpusFile, entry: dict[str, Any], plan: _Plan, file_id: int, prev: Any) -> bool:
+def _unchanged(f: CorpusFile, entry: dict[str, Any], plan: _Plan, file_id: int, prev: IndexTables) -> bool:
     if f.size != entry["size"]:
         return False
     if f.mtime_ns == entry["mtime_ns"]:
         return True
-    digest = file_content_hash(Path(prev.manifest["corpus_root"]) / f.relpath)
+    digest = file_content_hash(prev.corpus_root / f.relpath)
     plan.fresh_hash[file_id] = digest
     return digest == entry["content_hash"]
 
 
+def _tasks(files: list[CorpusFile], ids: list[int], root: Path, stage: Path | None) -> list[indexer.FileTask]:
+    """The files to index, largest first (balanced workers); token files go to ``stage`` if given."""
+    return [
+        indexer.FileTask(
+            file_id=i,
+            root=str(root),
+            file=files[i],
+            token_path=str(stage / TOKENS_DIR / f"{i}.bin") if stage else None,
+        )
+        for i in sorted(ids, key=lambda i: (-files[i].size, i))
+    ]
+
+
 def _run(
-    todo: list[indexer.FileTask],
-    root: Path,
-    stage: Path | None,
+    tasks: list[indexer.FileTask],
     cfg: IndexConfig,
     tok: dict[str, Any] | None,
     code: int,
     processes: int | None,
     progress: Progress | None,
 ) -> dict[int, indexer.FileResult]:
-    """Index the files of ``todo`` on ``processes`` processes (this one included)."""
-    tasks = [
-        indexer.FileTask(
-            file_id=t.file_id,
-            root=str(root),
-            file=t.file,
-            token_path=str(stage / TOKENS_DIR / f"{t.file_id}.bin") if stage else None,
-        )
-        for t in sorted(todo, key=lambda t: (-t.file.size, t.file_id))  # largest first: balanced workers
-    ]
+    """Index ``tasks`` on ``processes`` processes (this one included)."""
     tok_key = (tok["path"], tok["blake2b"]) if tok else None
     workers = max(1, min(processes or default_processes(tok is not None), len(tasks)))
     return run_tasks(tasks, workers, (cfg, tok_key, code), progress)

@@ -223,7 +223,7 @@ def _index_chunk(
             bad.append(i)
             continue
         values.append(vals)
-        # isascii() is O(1) in CPython: ASCII text needs no encoding to know its UTF-8 size
+        # `_utf8_size`, inlined: this loop runs per record in the default (automatic) mode
         text_bytes.append(len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass")))
         texts.append(text)
     if values:
@@ -251,15 +251,15 @@ def _clean_chunk(chunk: Chunk, first: int, ex: Extractor, rows: _Rows) -> list[s
         return None
     for column, values in zip(rows.columns, columns, strict=True):
         column.extend(values)
-    # isascii() is O(1) in CPython: ASCII text needs no encoding to know its UTF-8 size
-    if all(map(str.isascii, texts)):
-        rows.text_bytes.extend(map(len, texts))
-    else:
-        rows.text_bytes.extend(
-            [len(t) if t.isascii() else len(t.encode("utf-8", "surrogatepass")) for t in texts]
-        )
+    # all ASCII (the common case): the sizes are the lengths, with no Python call per record
+    rows.text_bytes.extend(map(len if all(map(str.isascii, texts)) else _utf8_size, texts))
     _locations(chunk, first, [], rows)
     return texts
+
+
+def _utf8_size(text: str) -> int:
+    # isascii() is O(1) in CPython: ASCII text needs no encoding to know its UTF-8 size
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _locations(chunk: Chunk, first: int, bad: list[int], rows: _Rows) -> None:
@@ -278,12 +278,14 @@ def _locations(chunk: Chunk, first: int, bad: list[int], rows: _Rows) -> None:
 
 
 def _extras(ex: Extractor, record: dict[str, Any], vals: tuple, rows: _Rows, n: int) -> tuple:
-    """Hook and automatic properties of record ``n``: declared ones replace `vals`, others go sparse."""
-    extra = ex.automatic_fields(record) if ex.automatic else {}
+    """Hook or automatic properties of record ``n`` (never both: a hook makes the config explicit):
+    the hook's declared ones replace `vals`, the others go sparse."""
     if ex.hook is not None:
         declared = dict(zip(ex.names, vals, strict=True))
         extra = _hooked(ex.hook, record, ex, declared)
         vals = tuple(declared[name] for name in ex.names)
+    else:
+        extra = ex.automatic_fields(record)
     for k, v in extra.items():
         col = rows.auto.get(k)
         if col is None:
@@ -378,7 +380,7 @@ def _file_rows(rows: _Rows, ex: Extractor, tokenizing: bool) -> FileRows:
         tokens=array("q", rows.tokens) if tokenizing else None,
         token_file=rows.writer is not None,
         declared=dict(zip(ex.names, rows.columns, strict=True)),
-        declared_types={name: ex.types[name] for name in ex.names},
+        declared_types=dict(ex.types),
         auto=auto,
         auto_types=auto_types,
     )

@@ -103,8 +103,13 @@ def run_tasks(
                 busy = _receive(shared.results.get(), busy, results, state, progress)
 
 
-def _receive(item: Any, busy: int, results: dict[int, indexer.FileResult], state: dict[str, Any],
-             progress: Progress | None) -> int:
+def _receive(
+    item: Any,
+    busy: int,
+    results: dict[int, indexer.FileResult],
+    state: dict[str, Any],
+    progress: Progress | None,
+) -> int:
     """Account for one message of the result thread; returns the number of busy workers."""
     if item is _FED:
         return busy

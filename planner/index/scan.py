@@ -272,12 +272,13 @@ def discover(
     for path in paths:
         path = path.resolve()
         if path.is_file():
-            if format_of(path) is None:
+            fmt = format_of(path)
+            if fmt is None:
                 raise CorpusError(
                     f"{path}: no reader for this file type",
                     f"mixtera indexes {', '.join(sorted(READERS))} files",
                 )
-            found[_rel(path, root)] = _describe(path, root)
+            found[_rel(path, root)] = _describe(path, root, fmt)
             continue
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames[:] = sorted(
@@ -287,10 +288,11 @@ def discover(
                 full = Path(dirpath) / name
                 if name.startswith(".") or not full.is_file():
                     continue
-                if format_of(name) is None:
+                fmt = format_of(name)
+                if fmt is None:
                     ignored.add(_rel(full, root))
                 else:
-                    found[_rel(full, root)] = _describe(full, root)
+                    found[_rel(full, root)] = _describe(full, root, fmt)
     return [found[k] for k in sorted(found)], sorted(ignored)
 
 
@@ -298,8 +300,6 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _describe(path: Path, root: Path) -> CorpusFile:
+def _describe(path: Path, root: Path, fmt: str) -> CorpusFile:
     st = path.stat()
-    return CorpusFile(
-        relpath=_rel(path, root), format=format_of(path) or "", size=st.st_size, mtime_ns=st.st_mtime_ns
-    )
+    return CorpusFile(relpath=_rel(path, root), format=fmt, size=st.st_size, mtime_ns=st.st_mtime_ns)

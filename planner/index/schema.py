@@ -88,22 +88,31 @@ class IndexTables:
         return self.corpus_root / self.manifest["files"][file_id]["path"]
 
 
-def read_manifest(path: Path | str) -> dict[str, Any]:
-    """The manifest of index directory ``path``; PlanError when ``path`` is not a readable index."""
-    path = Path(path)
-    hint = f"build one with `mixtera index CORPUS --out {path}`"
+def manifest_json(path: Path, *, what: str, hint: str) -> dict[str, Any]:
+    """The manifest of folder ``path``, an index or a plan ({} when it is not a JSON object).
+
+    PlanError when the folder or its manifest is missing or not JSON; ``what`` completes the message
+    for a folder without a manifest ("is not a mixtera index").
+    """
     mpath = path / MANIFEST
     if not path.is_dir():
-        raise PlanError(f"index {path} does not exist or is not a directory", hint)
+        raise PlanError(f"{path} does not exist or is not a directory", hint)
     if not mpath.is_file():
-        raise PlanError(f"{path} is not a mixtera index: it has no {MANIFEST}", hint)
+        raise PlanError(f"{path} {what}: it has no {MANIFEST}", hint)
     try:
         manifest = json.loads(mpath.read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
         raise PlanError(f"{mpath} is not valid JSON: {exc}", hint) from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != INDEX_KIND:
-        kind = manifest.get("kind") if isinstance(manifest, dict) else None
-        raise PlanError(f"{path} is not a mixtera index (manifest kind is {kind!r})", hint)
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """The manifest of index directory ``path``; PlanError when ``path`` is not a readable index."""
+    path = Path(path)
+    hint = f"build one with `mixtera index CORPUS --out {path}`"
+    manifest = manifest_json(path, what="is not a mixtera index", hint=hint)
+    if manifest.get("kind") != INDEX_KIND:
+        raise PlanError(f"{path} is not a mixtera index (manifest kind is {manifest.get('kind')!r})", hint)
     major = str(manifest.get("format_version", "")).split(".")[0]
     if major != FORMAT_VERSION.split(".")[0]:
         raise PlanError(

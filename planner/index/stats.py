@@ -55,7 +55,7 @@ def _value_counts(values: pa.ChunkedArray) -> list[list[Any]]:
     """``[[value, count], ...]`` by count descending, then value (deterministic)."""
     if len(values) == 0 or values.null_count == len(values):
         return []
-    vc = pc.value_counts(values.drop_null() if hasattr(values, "drop_null") else pc.drop_null(values))
+    vc = pc.value_counts(pc.drop_null(values))
     pairs = [
         [v, c] for v, c in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True)
     ]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from planner.index.schema import (
     read_manifest,
     samples_schema,
 )
-from runtime.atomic import staging_dir, write_atomic
+from runtime.atomic import write_atomic
 from runtime.errors import MixteraUserError
 from runtime.token_files import dtype_code_for_vocab
 
@@ -39,13 +37,6 @@ def created_by() -> str:
         return f"mixtera {version('mixtera')}"
     except Exception:  # noqa: BLE001 - running from a source tree without installed metadata
         return "mixtera 0.1.0"
-
-
-@contextlib.contextmanager
-def staging(out: Path) -> Iterator[Path]:
-    """A fresh folder that replaces ``out`` in one swap on success (the old index stays on failure)."""
-    with staging_dir(out) as stage:
-        yield stage
 
 
 def previous_index(out: Path, identity: dict[str, Any]) -> IndexTables | None:
