@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +26,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime import PlanDataset  # noqa: E402 - after the path set-up, so the example runs from a checkout
+from runtime.atomic import atomic_file, write_atomic  # noqa: E402
+from runtime.packing import IGNORE_INDEX  # noqa: E402
 
 DomainHook = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step, tokens[D], loss_sum[D]) of this rank
 
@@ -65,16 +66,13 @@ def domain_losses(
     logits: torch.Tensor, labels: torch.Tensor, domain_ids: torch.Tensor, domains: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean loss for backward, and per-domain (tokens, loss sums) over the counted labels."""
-    per_token = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none")
-    counted = labels.flatten() != -100
-    dom = domain_ids.flatten()[counted]
-    tokens = torch.zeros(domains, dtype=torch.float64).index_add_(
-        0, dom, torch.ones_like(dom, dtype=torch.float64)
-    )
-    loss_sum = torch.zeros(domains, dtype=torch.float64).index_add_(
-        0, dom, per_token[counted].detach().double()
-    )
-    return per_token[counted].mean(), tokens, loss_sum
+    flat = labels.flatten()
+    per_token = F.cross_entropy(logits.flatten(0, 1), flat, ignore_index=IGNORE_INDEX, reduction="none")
+    counted = flat != IGNORE_INDEX
+    dom, losses = domain_ids.flatten()[counted], per_token[counted]
+    tokens = torch.bincount(dom, minlength=domains).double()
+    loss_sum = torch.zeros(domains, dtype=torch.float64).index_add_(0, dom, losses.detach().double())
+    return losses.mean(), tokens, loss_sum
 
 
 def save_checkpoint(
@@ -87,16 +85,13 @@ def save_checkpoint(
     dist.barrier()
     if rank == 0:
         _save(target / "model.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step})
-        tmp = folder / "latest.json.tmp"
-        tmp.write_text(json.dumps({"step": step, "dir": target.name}))
-        os.replace(tmp, folder / "latest.json")
+        write_atomic(folder / "latest.json", json.dumps({"step": step, "dir": target.name}).encode())
     dist.barrier()
 
 
 def _save(path: Path, obj: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(

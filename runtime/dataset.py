@@ -22,7 +22,7 @@ from runtime.errors import PlanError
 from runtime.plan import Plan
 from runtime.replay import Replay
 from runtime.state import ElasticOrigin, RuntimeState
-from runtime.tokenizer import load_tokenizer
+from runtime.tokenizer import check_tokenizer
 
 OUTPUTS = ("tokens", "documents")
 
@@ -110,8 +110,8 @@ class PlanDataset(IterableDataset):
             )
 
     def _check_tokenizer(self) -> str | None:
-        if self.tokenizer_path is not None:
-            return load_tokenizer(self.tokenizer_path, self.tokenizer_info)[1]
+        if self.tokenizer_path is not None:  # checked here, parsed only where Replay runs
+            return check_tokenizer(self.tokenizer_path, self.tokenizer_info)
         return (self.tokenizer_info or {}).get("blake2b")
 
     def _choose_pretokenized(self, plan: Plan, wanted: bool | None) -> bool:
@@ -190,16 +190,13 @@ class PlanDataset(IterableDataset):
                 self._advance(step, workers)
                 yield docs
             else:
-                items = runtime.sequences(step)
-                for i, item in enumerate(items):
-                    if i == len(items) - 1:
-                        self._advance(step, workers)  # before the yield: the batch is complete
-                    yield item
+                *head, last = runtime.sequences(step)
+                yield from head
+                self._advance(step, workers)  # before the last yield: the batch is complete
+                yield last
 
     def _advance(self, step: int, workers: int) -> None:
         self._next_step, self._stride = step + workers, workers
-        if workers == 1:
-            self._stride = 1
 
     def _open_runtime(self) -> Replay:
         if self._runtime is None:

@@ -19,7 +19,6 @@ training step does not wait for the fit).
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable
@@ -28,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import PlanError
 from runtime.feedback_log import UNKNOWN_VERSION, LogWriter, log_path
+from runtime.plan import read_manifest
 from runtime.versions import VersionResolver
 
 
@@ -54,7 +53,7 @@ class FeedbackReporter:
                  on_refit: Callable[[int], Any] | None = None, background: bool = False,
                  fsync: bool = True) -> None:
         self.plan_dir = Path(plan_dir)
-        manifest = _read_manifest(self.plan_dir)
+        manifest = read_manifest(self.plan_dir)
         self.domains = len(manifest["components"])
         self.segment_steps = int(manifest["segment_steps"])
         self._dist = _distributed()
@@ -122,14 +121,3 @@ class FeedbackReporter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _read_manifest(plan_dir: Path) -> dict[str, Any]:
-    path = plan_dir / "manifest.json"
-    try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise PlanError(f"{plan_dir} is not a mixtera plan: it has no manifest.json",
-                        "pass the plan directory that the job replays") from None
-    except ValueError as exc:
-        raise PlanError(f"{path}: not valid JSON ({exc})", "recompile the plan") from None

@@ -38,11 +38,11 @@ class ContentHasher:
 
 def file_content_hash(path: Path | str) -> str:
     """``"xxh3_128:<hex>"`` of the file's bytes, as the index and the plan record it."""
-    h = xxhash.xxh3_128()
+    h = ContentHasher()
     with open(path, "rb") as f:
         while block := f.read(READ_BYTES):
             h.update(block)
-    return _PREFIX + h.hexdigest()
+    return h.hexdigest()
 
 
 def content_digest(content_hash: str) -> bytes | None:

@@ -19,7 +19,7 @@ from runtime.errors import PlanError
 from runtime.plan_format import RankFileReader, Segment
 from runtime.shuffle import stream_samples
 from runtime.stream_rows import stream_rows
-from runtime.versions import segment_version
+from runtime.versions import VERSIONS_DIR, segment_version, version_name
 
 PLAN_KIND = "mixtera-plan"
 PLAN_FORMAT_VERSION = "1.0"
@@ -36,7 +36,7 @@ def rank_file_name(rank: int) -> str:
 
 def version_dir(version: int) -> str:
     """Folder (relative to the plan) holding the rank files of rewritten segments of ``version``."""
-    return f"versions/v{version:06d}"
+    return f"{VERSIONS_DIR}/{version_name(version)}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +65,7 @@ class ResolvedEntries:
     record: np.ndarray  # uint64
     offset: np.ndarray  # uint64
     length: np.ndarray  # uint64
+    token_offset: np.ndarray  # uint64, first id of the document in its token file (NO_TOKEN_OFFSET: none)
     doc_tokens: np.ndarray  # int64
     token_start: np.ndarray  # int64
     token_end: np.ndarray  # int64
@@ -107,16 +108,7 @@ class Plan:
     @classmethod
     def open(cls, path: Path | str) -> Plan:
         path = Path(path)
-        mpath = path / MANIFEST
-        if not mpath.is_file():
-            raise PlanError(f"{path} is not a mixtera plan: it has no {MANIFEST}",
-                            "compile one with `mixtera compile MIXTURE.toml --out PLAN`")
-        try:
-            manifest = json.loads(mpath.read_bytes())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise PlanError(f"{mpath} is not valid JSON ({exc})", "recompile the plan") from None
-        check_manifest(manifest, mpath)
-        return cls(path, manifest)
+        return cls(path, read_manifest(path))
 
     @property
     def fingerprint(self) -> str:
@@ -198,7 +190,8 @@ class Plan:
                                                segment.step_counts.astype(np.int64))
         return ResolvedEntries(step=steps, component=segment.component, position=segment.position,
                                row=rows, file=meta["file"], record=meta["record"],
-                               offset=meta["offset"], length=meta["length"], doc_tokens=doc,
+                               offset=meta["offset"], length=meta["length"],
+                               token_offset=meta["token_offset"], doc_tokens=doc,
                                token_start=start, token_end=end)
 
     def step_entries(self, rank: int, step: int) -> ResolvedEntries:
@@ -214,9 +207,6 @@ class Plan:
         rec = self.samples[int(row)]
         return f"{self.files[int(rec['file'])]['path']}#{int(rec['record'])}"
 
-    def file_path(self, file_id: int) -> Path:
-        return self.corpus_root / self.files[int(file_id)]["path"]
-
     def close(self) -> None:
         for reader in self._readers.values():
             reader.close()
@@ -227,6 +217,20 @@ class Plan:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_manifest(plan_dir: Path) -> dict[str, Any]:
+    """The checked manifest of the plan directory ``plan_dir``."""
+    mpath = plan_dir / MANIFEST
+    if not mpath.is_file():
+        raise PlanError(f"{plan_dir} is not a mixtera plan: it has no {MANIFEST}",
+                        "compile one with `mixtera compile MIXTURE.toml --out PLAN`")
+    try:
+        manifest = json.loads(mpath.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{mpath} is not valid JSON ({exc})", "recompile the plan") from None
+    check_manifest(manifest, mpath)
+    return manifest
 
 
 def check_manifest(manifest: Any, where: Path) -> None:

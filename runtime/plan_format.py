@@ -171,10 +171,6 @@ def _segment_bytes(seg: Segment) -> bytes:
     return bytes(codes).ljust(8, b"\0") + b"".join(parts)
 
 
-def encode_segment(seg: Segment, level: int = 3) -> bytes:
-    return zstandard.ZstdCompressor(level=level).compress(_segment_bytes(seg))
-
-
 def decode_segment(frame: bytes, seek: SeekEntry, where: str) -> Segment:
     try:
         raw = zstandard.ZstdDecompressor().decompress(frame)
@@ -190,13 +186,13 @@ def decode_segment(frame: bytes, seek: SeekEntry, where: str) -> Segment:
         if at + size > len(raw):
             raise PlanError(f"{where}: segment holds {len(raw)} bytes, too few for its columns",
                             "recompile the plan")
-        arrays[name] = _unplanes(raw, at, codes[i], n).astype(dt)
+        arrays[name] = _unplanes(raw, at, codes[i], n).astype(dt, copy=False)
         at += size
     if at != len(raw):
         raise PlanError(f"{where}: segment holds {len(raw)} bytes, expected {at}", "recompile the plan")
     component = arrays["component"]
     return Segment(seek.first_step, arrays["step_counts"], component,
-                   _delta_decode(component.astype(np.int64), arrays["position_delta"].astype(np.int64)),
+                   _delta_decode(component, arrays["position_delta"]),
                    arrays["token_start"], arrays["token_end"], seek.version)
 
 
@@ -213,7 +209,7 @@ class EncodedSegment:
 
 def encode_rank_segment(seg: Segment, compressor: zstandard.ZstdCompressor | None = None) -> EncodedSegment:
     """Compress ``seg``; pass a reused ``compressor`` (level 3) to save its set-up per segment."""
-    frame = encode_segment(seg) if compressor is None else compressor.compress(_segment_bytes(seg))
+    frame = (compressor or zstandard.ZstdCompressor(level=3)).compress(_segment_bytes(seg))
     return EncodedSegment(frame, seg.first_step, seg.steps, int(seg.component.size), seg.version)
 
 
@@ -293,11 +289,6 @@ class RankFileReader:
         if len(frame) != seek.length or zlib.crc32(frame) != seek.crc32:
             raise self._fail(f"checksum mismatch in segment {index}")
         return decode_segment(frame, seek, f"{self.path} segment {index}")
-
-    def segment_index_of_step(self, step: int) -> int:
-        if not 0 <= step < self.header.steps:
-            raise PlanError(f"step {step} is outside the plan's {self.header.steps} steps")
-        return step // self.header.segment_steps
 
     def close(self) -> None:
         self._file.close()

@@ -259,7 +259,7 @@ class ReaderPool:
         self._files = files
         self._text_field = text_field
         self._cache_dir = cache_dir
-        self._capacity = capacity
+        self.capacity = capacity
         self._open: OrderedDict[int, Any] = OrderedDict()
 
     def get(self, file_id: int) -> Any:
@@ -272,7 +272,7 @@ class ReaderPool:
             raise PlanError(f"the plan has no corpus file with id {file_id}", "recompile the plan")
         reader = open_reader(entry, self._text_field, self._cache_dir)
         self._open[file_id] = reader
-        if len(self._open) > self._capacity:
+        if len(self._open) > self.capacity:
             self._open.popitem(last=False)[1].close()
         return reader
 

@@ -84,7 +84,7 @@ class Replay:
             "offset": ent.offset,
             "length": ent.length,
             "tokens": ent.doc_tokens - (1 if self.eos_id is not None else 0),
-            "token_offset": self.plan.samples["token_offset"][ent.row],
+            "token_offset": ent.token_offset,
         }
         flat = self.tokens.flat(ent.row, cols, ent.token_start, ent.token_end)
         packed = pack_step(

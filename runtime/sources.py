@@ -35,15 +35,17 @@ class TextSource:
         files, offsets, lengths = (
             x.tolist() if isinstance(x, np.ndarray) else x for x in (file, offset, length)
         )
-        readers = {f: self.pool.get(f) for f in set(files)}
-        if all(type(r) is JsonLinesReader for r in readers.values()):
-            return _plain_texts(readers, files, offsets, lengths)
+        unique = set(files)
+        if len(unique) <= self.pool.capacity:  # else opening the last would close the first ones
+            readers = {f: self.pool.get(f) for f in unique}
+            if all(type(r) is JsonLinesReader for r in readers.values()):
+                return _plain_texts(readers, files, offsets, lengths)
         groups: dict[int, list[int]] = {}
         for i, f in enumerate(files):
             groups.setdefault(f, []).append(i)
         out: list[Any] = [None] * len(files)
-        for f, where in groups.items():
-            got = readers[f].texts([offsets[i] for i in where], [lengths[i] for i in where])
+        for f, where in groups.items():  # each reader is used right after it is (re)opened
+            got = self.pool.get(f).texts([offsets[i] for i in where], [lengths[i] for i in where])
             for i, text in zip(where, got, strict=True):
                 out[i] = text
         return out
@@ -134,7 +136,8 @@ class TokenizingSource:
         """The ids of ranges ``[start, end)`` of every row's document, concatenated."""
         doc = cols["tokens"].astype(np.int64) + (self.eos_id is not None)
         docs = self.documents(rows, cols, keep=end < doc)
-        pieces = take_ranges(docs, start, end)
+        _check_ranges(start, end, doc)  # documents() checked every length against ``doc``
+        pieces = [d[s:e] for d, s, e in zip(docs, start.tolist(), end.tolist(), strict=True)]
         return np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
 
     def close(self) -> None:
@@ -181,12 +184,18 @@ class PretokenizedSource:
 
     def _file(self, file_id: int) -> TokenFile:
         tf = self._open.get(file_id)
-        if tf is None:
+        if tf is not None:
+            self._open.move_to_end(file_id)
+        else:
             tf = TokenFile(self.token_dir / f"{file_id}.bin")
             self._open[file_id] = tf
-            if len(self._open) > _OPEN_TOKEN_FILES:
-                self._open.popitem(last=False)[1].close()
         return tf
+
+    def _trim(self) -> None:
+        """Close the least recently used files beyond the limit; called before a step opens its files,
+        so that no file of the step is closed while the step slices it."""
+        while len(self._open) > _OPEN_TOKEN_FILES:
+            self._open.popitem(last=False)[1].close()
 
     def flat(
         self, rows: np.ndarray, cols: dict[str, np.ndarray], start: np.ndarray, end: np.ndarray
@@ -199,6 +208,7 @@ class PretokenizedSource:
         stored = cols["tokens"].astype(np.int64)
         _check_ranges(start, end, stored + (self.eos_id is not None))
         files = cols["file"].tolist()
+        self._trim()
         maps = {f: self._file(f) for f in set(files)}
         first = cols["token_offset"].astype(np.int64)
         lo, hi = first + start, first + np.minimum(end, stored)
@@ -236,16 +246,3 @@ def _check_ranges(start: np.ndarray, end: np.ndarray, doc: np.ndarray) -> None:
             "the plan does not match the index; recompile the plan",
         )
 
-
-def take_ranges(docs: Sequence[np.ndarray], start: np.ndarray, end: np.ndarray) -> list[np.ndarray]:
-    """``docs[i][start[i]:end[i]]`` with ``end == 0`` meaning to the end; checks every range."""
-    out = []
-    for i, doc in enumerate(docs):
-        s, e = int(start[i]), int(end[i]) or doc.size
-        if not 0 <= s < e <= doc.size:
-            raise PlanError(
-                f"plan entry token range [{s}, {e}) is outside its document of {doc.size} tokens",
-                "the plan does not match the index; recompile the plan",
-            )
-        out.append(doc[s:e])
-    return out

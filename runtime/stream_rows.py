@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.shuffle import _ROUNDS, _mix_into, _round_keys, epoch_key
-
-_CHUNK = 1 << 15  # entries per pass: a round's working set stays in the CPU cache
+from runtime.shuffle import _CHUNK, _ROUNDS, _mix_into, _round_keys, epoch_key
 
 
 def _feistel(x: np.ndarray, group: np.ndarray, keys: np.ndarray, bits: np.ndarray) -> np.ndarray:

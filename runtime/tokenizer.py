@@ -14,10 +14,8 @@ def tokenizer_blake2b(path: Path | str) -> str:
     return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
 
 
-def load_tokenizer(path: Path | str, expected: dict[str, Any] | None) -> tuple[Any, str]:
-    """Load a HF ``tokenizer.json`` and check it against the plan's tokenizer record."""
-    from tokenizers import Tokenizer
-
+def check_tokenizer(path: Path | str, expected: dict[str, Any] | None) -> str:
+    """The blake2b of a HF ``tokenizer.json`` after checking it against the plan's tokenizer record."""
     path = Path(path)
     if not path.is_file():
         raise PlanError(
@@ -36,4 +34,12 @@ def load_tokenizer(path: Path | str, expected: dict[str, Any] | None) -> tuple[A
             f"({expected.get('path')}, blake2b {expected['blake2b']})",
             "pass the tokenizer the index was built with, or re-index and recompile",
         )
+    return digest
+
+
+def load_tokenizer(path: Path | str, expected: dict[str, Any] | None) -> tuple[Any, str]:
+    """Load a HF ``tokenizer.json`` and check it against the plan's tokenizer record."""
+    from tokenizers import Tokenizer
+
+    digest = check_tokenizer(path, expected)
     return Tokenizer.from_file(str(path)), digest

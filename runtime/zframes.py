@@ -150,13 +150,11 @@ class FramedFile:
                 "the plan does not match this corpus file; re-index and recompile",
             )
         fb = self.frame_bytes
-        first, last = offset // fb, (offset + length - 1) // fb if length else offset // fb
-        if first == last:
-            start = offset - first * fb
-            return self._frame(first)[start : start + length]
-        parts = [self._frame(i) for i in range(first, last + 1)]
+        first, last = offset // fb, (offset + max(length, 1) - 1) // fb
         start = offset - first * fb
-        return b"".join(parts)[start : start + length]
+        if first == last:
+            return self._frame(first)[start : start + length]
+        return b"".join([self._frame(i) for i in range(first, last + 1)])[start : start + length]
 
     def close(self) -> None:
         self._offsets = None
