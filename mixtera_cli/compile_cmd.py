@@ -61,7 +61,7 @@ def compile_mixture(
 
 
 def _summary(path: Path, seconds: float) -> dict[str, Any]:
-    from mixtera_cli.inspect_plan import plan_report
+    from planner.plan_report import plan_report
 
     report = plan_report(path)
     report["seconds"] = round(seconds, 3)

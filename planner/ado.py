@@ -195,9 +195,3 @@ def refit(p: AdoParams, st: AdoState, losses: np.ndarray, step_tokens: np.ndarra
             "objective": [float(v) if np.isfinite(v) else None for v in res.objective],
             "theta": None if st.theta is None else [[float(v) for v in row] for row in st.theta]}
 
-
-def predicted(theta: np.ndarray, n: float) -> dict[str, list[float]]:
-    """The fitted curves in natural units, for humans: beta, eps, alpha and L_hat at ``n``."""
-    beta, eps, alpha = np.exp(theta[:, 0]), np.exp(theta[:, 1]), theta[:, 2]
-    return {"beta": beta.tolist(), "eps": eps.tolist(), "alpha": alpha.tolist(),
-            "loss_at_n": (eps + beta * max(n, 1.0) ** (-alpha)).tolist()}

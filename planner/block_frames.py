@@ -114,7 +114,8 @@ def block_payloads(block: BlockEntries) -> list[bytes]:
     return [head[r].tobytes() + b"".join(parts[r]) for r in range(world)]
 
 
-def _compress(payloads: list[bytes]) -> list[bytes]:
+def compress_frames(payloads: list[bytes]) -> list[bytes]:
+    """zstd level 3 on one compressor per thread (the same bytes whichever thread runs it)."""
     if not hasattr(_LOCAL, "compressor"):  # a compressor is not shared between threads
         _LOCAL.compressor = zstandard.ZstdCompressor(level=3)
     return [_LOCAL.compressor.compress(p) for p in payloads]
@@ -133,7 +134,7 @@ class BlockEncoder:
     def submit(self, block: BlockEntries) -> None:
         payloads = block_payloads(block)
         chunk = -(-self.world // (4 * self.workers))  # a few tasks per thread: even load, little overhead
-        futures = [self._pool.submit(_compress, payloads[lo: lo + chunk])
+        futures = [self._pool.submit(compress_frames, payloads[lo: lo + chunk])
                    for lo in range(0, self.world, chunk)]
         self._jobs.append((block, np.diff(block.rank_bounds()), futures))
 

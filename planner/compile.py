@@ -135,10 +135,7 @@ def _stages(spec: MixtureSpec, sizes: np.ndarray) -> list[tuple[int, int, np.nda
 
 
 def _combined_where(spec: MixtureSpec, name: str) -> str | None:
-    nodes = spec.nodes()
-    parts = name.split(".")
-    wheres = [nodes[".".join(parts[: i + 1])].where for i in range(len(parts))]
-    wheres = [w for w in wheres if w]
+    wheres = [node.where for node in spec.path_nodes(name) if node.where]
     if not wheres:
         return None
     return wheres[0] if len(wheres) == 1 else " and ".join(f"({w})" for w in wheres)

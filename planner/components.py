@@ -79,12 +79,9 @@ def _token_spans(spec: MixtureSpec, index: IndexTables) -> np.ndarray | None:
 
 def _filter_of(spec: MixtureSpec, leaf: ComponentSpec,
                index: IndexTables) -> tuple[pc.Expression | None, list[str]]:
-    nodes = spec.nodes()
-    parts = leaf.name.split(".")
     expr, columns = None, []
     schema = schema_of(index)
-    for i in range(len(parts)):
-        node = nodes[".".join(parts[: i + 1])]
+    for node in spec.path_nodes(leaf.name):
         if node.where is None:
             continue
         e = compile_where(node.where, schema, f"{spec.source}: {node.key}.where")

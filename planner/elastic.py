@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from planner.compile import fingerprint
-from planner.packing import BlockEntries, PlanState, rank_major_order
+from planner.packing import BlockEntries, PlanState, rank_major_gather, rank_major_order
 from planner.plan_writer import QUOTAS, WEIGHTS, WrittenPlan, write_plan
 from planner.spec import MixtureSpec, Topology
 from runtime.errors import ConfigError
@@ -50,22 +50,16 @@ def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
 
 def step_major(segs: list[Segment]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Concatenate the ranks' entries of a segment in global order (step, then rank)."""
-    world = len(segs)
     steps = segs[0].steps
     counts = np.stack([s.step_counts.astype(np.int64) for s in segs], axis=1)  # (steps, world)
-    cell = np.concatenate([np.repeat(np.arange(steps) * world + r, counts[:, r]) for r in range(world)])
-    by_cell = counts.ravel()
-    cell_start = np.cumsum(by_cell) - by_cell
-    rank_major_start = (np.cumsum(counts.T.ravel()) - counts.T.ravel()).reshape(world, steps).T.ravel()
-    dest = cell_start[cell] + (np.arange(cell.size) - rank_major_start[cell])
+    # The ranks' files list the entries rank-major: rank-major entry i is step-major entry dest[i].
+    dest = rank_major_gather(counts, steps, len(segs))
     out = {}
     for name in ("component", "position", "token_start", "token_end"):
         src = np.concatenate([getattr(s, name) for s in segs]).astype(np.int64)
         out[name] = np.empty_like(src)
         out[name][dest] = src
-    step = np.empty(cell.size, np.int64)
-    step[dest] = cell // world
-    return out, step
+    return out, np.repeat(np.arange(steps), counts.sum(axis=1))
 
 
 def _repartition_segment(old: Plan, k: int, topo: Topology) -> BlockEntries:

@@ -97,7 +97,7 @@ def _run(ctx: PlanContext) -> tuple[list[Outcome], bool]:
         if existing is not None:
             continue
         t_i = ctx.schedule.refit_step(v)
-        if hist is None or hist.steps < t_i:
+        if hist is None:  # the whole log, once per pass: it covers every refit step
             hist = read_history(ctx, ctx.schedule.steps)
         if not hist.present[:t_i].all():
             return outcomes, True

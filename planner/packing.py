@@ -101,10 +101,6 @@ class BlockEntries:
         return Segment(self.first_step, np.ascontiguousarray(self.counts[:, rank]), self.component[lo:hi],
                        self.position[lo:hi], self.token_start[lo:hi], self.token_end[lo:hi], version)
 
-    def rank_segments(self, version: int = 0) -> list[Segment]:
-        """Every rank's entries as a runtime Segment (views of the block's arrays)."""
-        return [self.rank_segment(r, version) for r in range(self.counts.shape[1])]
-
 
 @dataclass(slots=True)
 class _Pieces:
@@ -184,7 +180,7 @@ def _to_block(parts: list[_StepMajor], steps: int, world_size: int, first_step: 
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
     counts = cat("counts")
-    order = _rank_major(counts, steps, world_size)
+    order = rank_major_gather(counts, steps, world_size)
     return BlockEntries(first_step=first_step, counts=counts.astype(np.uint32),
                         component=cat("component")[order], position=cat("position")[order],
                         token_start=cat("token_start")[order], token_end=cat("token_end")[order])
@@ -370,7 +366,7 @@ def _sample_cells(pieces: list[_Pieces], perm: np.ndarray, steps: int, world_siz
                       token_start=zeros, token_end=zeros)
 
 
-def _rank_major(counts: np.ndarray, steps: int, world_size: int) -> np.ndarray:
+def rank_major_gather(counts: np.ndarray, steps: int, world_size: int) -> np.ndarray:
     """For entries sorted by cell ``step * world_size + rank`` with ``counts`` (steps, world_size),
     the gather that lists them rank-major (rank 0's steps, then rank 1's ...)."""
     by_cell = counts.ravel()
@@ -386,4 +382,4 @@ def rank_major_order(cell: np.ndarray, steps: int, world_size: int) -> tuple[np.
     rank-major (rank 0's steps, then rank 1's ...), keeping the order inside every cell; and the
     (steps, world_size) entry counts."""
     counts = np.bincount(cell, minlength=steps * world_size).reshape(steps, world_size)
-    return _rank_major(counts, steps, world_size), counts
+    return rank_major_gather(counts, steps, world_size), counts

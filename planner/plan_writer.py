@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zstandard
 
-from planner.block_frames import block_payloads
+from planner.block_frames import block_payloads, compress_frames
 from planner.packing import BlockEntries, PlanState
 from runtime.atomic import fsync_path, staging_dir, write_atomic
 from runtime.errors import PlanError
@@ -77,6 +75,11 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def json_file_bytes(obj: dict[str, Any]) -> bytes:
+    """A plan's JSON file (manifest, decision): sorted keys, one space indent, final newline."""
+    return json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"
+
+
 def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray, quotas: np.ndarray,
                weights: np.ndarray, blocks: Iterable[tuple[PlanState, BlockEntries]]) -> WrittenPlan:
     """Write samples, quotas, one rank file per rank from ``blocks`` and, last, the manifest.
@@ -111,8 +114,7 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
         _fsync_files(paths, pool)  # all at once: the first flush carries the others' data along
         full = {"kind": PLAN_KIND, "format_version": PLAN_FORMAT_VERSION, "created_by": created_by(),
                 **manifest, "segments": segments, "entries": entries}
-        manifest_bytes = json.dumps(full, indent=1, sort_keys=True).encode() + b"\n"
-        write_atomic(stage / MANIFEST, manifest_bytes)
+        write_atomic(stage / MANIFEST, json_file_bytes(full))
         total = sum(p.stat().st_size for p in stage.iterdir() if p.is_file())
     return WrittenPlan(path=out, fingerprint=manifest["fingerprint"], entries=entries,
                        bytes_on_disk=total, rank_bytes=rank_bytes)
@@ -154,18 +156,12 @@ def _fsync_files(paths: list[Path], pool: ThreadPoolExecutor) -> None:
         fsync_path(paths[0].parent)
 
 
-_LOCAL = threading.local()
-
-
 def _encode_block(block: BlockEntries) -> list[EncodedSegment]:
     """Every rank's frame of ``block``: columns encoded for all ranks at once, then compressed."""
-    if not hasattr(_LOCAL, "compressor"):  # a compressor is not shared between threads
-        _LOCAL.compressor = zstandard.ZstdCompressor(level=3)
-    compress = _LOCAL.compressor.compress
     steps = int(block.counts.shape[0])
     per_rank = block.counts.sum(axis=0, dtype=np.int64).tolist()
-    return [EncodedSegment(compress(data), block.first_step, steps, n)
-            for data, n in zip(block_payloads(block), per_rank, strict=True)]
+    return [EncodedSegment(frame, block.first_step, steps, n)
+            for frame, n in zip(compress_frames(block_payloads(block)), per_rank, strict=True)]
 
 
 _IN_FLIGHT = 2  # blocks that may still be encoding: bounds the memory they hold

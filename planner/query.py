@@ -244,7 +244,6 @@ def parse(source: str, where: str = "") -> Node:
 
 
 # -- compilation --------------------------------------------------------------------------------------
-_NUMERIC = ("int", "float")
 _CMP = {"==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal", ">": "greater",
         ">=": "greater_equal"}
 _LIST_CONTAINS = "mixtera_list_contains"

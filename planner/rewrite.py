@@ -24,7 +24,7 @@ from planner.algorithms import Algorithm, History, algorithms, consume
 from planner.block_frames import BlockEncoder
 from planner.dynamic import DynamicSpec, parse_dynamic, resolve_prior
 from planner.packing import PlanState, Streams, compact_lengths, plan_steps
-from planner.plan_writer import QUOTAS, WEIGHTS, npy_bytes
+from planner.plan_writer import QUOTAS, WEIGHTS, json_file_bytes, npy_bytes
 from planner.quotas import largest_remainder
 from runtime.atomic import FILE_MODE, write_atomic
 from runtime.errors import PlanError
@@ -86,10 +86,19 @@ class PlanContext:
     def domains(self) -> int:
         return len(self.manifest["components"])
 
+    @property
+    def eos(self) -> int:
+        """Tokens a document's end-of-text adds to its span (1 when the tokenizer has one)."""
+        return 1 if (self.manifest.get("tokenizer") or {}).get("eos") else 0
+
+    def samples(self) -> np.ndarray:
+        if self._samples is None:
+            self._samples = np.load(self.path / SAMPLES, mmap_mode="r")
+        return self._samples
+
     def streams(self) -> Streams:
         if self._streams is None:
-            samples = np.load(self.path / SAMPLES, mmap_mode="r")
-            eos = 1 if (self.manifest.get("tokenizer") or {}).get("eos") else 0
+            samples, eos = self.samples(), self.eos
             lengths = []
             for c in self.manifest["components"]:
                 rows = slice(int(c["first_row"]), int(c["first_row"]) + int(c["rows"]))
@@ -157,21 +166,21 @@ class PlanContext:
         if self.manifest["unit"] == "tokens":
             return quotas
         seg, out = self.schedule.segment_steps, np.zeros_like(quotas)
+        st = None
         for s in range(lo, hi):
-            k = s // seg
-            st = self.start_state(k, self.resolver.data_version(k, wait=False))
-            st.position = st.position + self.scheduled_quotas(k * seg, s).sum(axis=0)
+            if st is None or s % seg == 0:  # stream positions restart from each segment's start state
+                k = s // seg
+                st = self.start_state(k, self.resolver.data_version(k, wait=False))
+                st.position = st.position + self.scheduled_quotas(k * seg, s).sum(axis=0)
             out[s - lo] = self.step_tokens(st, quotas[s - lo])
+            st.position = st.position + quotas[s - lo]
         return out
 
     def step_tokens(self, state: PlanState, quota: np.ndarray) -> np.ndarray:
         """Tokens of one step's quota (= the quota with unit = tokens; the documents' tokens otherwise)."""
         if self.manifest["unit"] == "tokens":
             return quota
-        if self._samples is None:
-            self._samples = np.load(self.path / SAMPLES, mmap_mode="r")
-        samples = self._samples
-        eos = 1 if (self.manifest.get("tokenizer") or {}).get("eos") else 0
+        samples, eos = self.samples(), self.eos
         out = np.zeros_like(quota)
         for k, c in enumerate(self.manifest["components"]):
             if quota[k]:
@@ -295,7 +304,7 @@ def write_version(ctx: PlanContext, decision: Decision) -> bool:
                                 first_segment=f, segment_count=len(segments), fingerprint=fp)
             files[stage / rank_file_name(rank)] = rank_file_bytes(header, frames[rank])
         write_durably(files)
-        write_atomic(stage / DECISION, json.dumps(body, indent=1, sort_keys=True).encode() + b"\n")
+        write_atomic(stage / DECISION, json_file_bytes(body))
 
     return publish_version(ctx.path, decision.version, build)
 

@@ -184,6 +184,11 @@ class MixtureSpec:
             stack.extend(node.children)
         return out
 
+    def path_nodes(self, name: str) -> list[ComponentSpec]:
+        """The nodes from the top level down to ``name`` (a dotted component path)."""
+        nodes, parts = self.nodes(), name.split(".")
+        return [nodes[".".join(parts[: i + 1])] for i in range(len(parts))]
+
     def leaves(self) -> list[ComponentSpec]:
         """Leaf components in spec order: their position is the component id of the plan."""
         return [leaf for c in self.components for leaf in c.leaves()]
