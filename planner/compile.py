@@ -8,8 +8,6 @@ step's quotas and returns a :class:`CompiledPlan`; its ``blocks()`` packs one se
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +20,7 @@ from planner.index import IndexTables
 from planner.packing import BlockEntries, PlanState, Streams, compact_lengths, plan_steps
 from planner.quotas import QuotaPlan, plan_quotas, weight_matrix
 from planner.spec import MixtureSpec, Topology
+from runtime.fingerprint import json_digest
 from runtime.plan import NO_TOKEN_OFFSET, SAMPLE_DTYPE
 
 
@@ -89,21 +88,17 @@ def step_total(unit: str, topology: Topology) -> int:
     return topology.global_batch * (topology.seq_len if unit == "tokens" else 1)
 
 
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def fingerprint(spec_dict: dict[str, Any], index_hash: str, topology: Topology, seed: int,
                 extra: dict[str, Any] | None = None) -> str:
     spec_dict = {k: v for k, v in spec_dict.items() if k != "index"}  # the index counts by content
     obj = {"spec": spec_dict, "index": index_hash, "topology": topology.to_dict(), "seed": seed}
     if extra:
         obj["extra"] = extra
-    return hashlib.blake2b(canonical_json(obj), digest_size=16).hexdigest()
+    return json_digest(obj)
 
 
 def index_manifest_hash(index: IndexTables) -> str:
-    return hashlib.blake2b(canonical_json(index.manifest), digest_size=16).hexdigest()
+    return json_digest(index.manifest)
 
 
 def compile_plan(spec: MixtureSpec, index: IndexTables) -> CompiledPlan:

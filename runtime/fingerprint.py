@@ -3,7 +3,8 @@
 Corpus files are hashed whole when indexed and again when a size-equal file has a new mtime, so the
 hash must cost far less than parsing: xxh3_128 runs at memory speed (~20 GB/s, blake2b ~1 GB/s). It
 detects changed files, it does not defend against forgery, so a non-cryptographic hash is enough.
-Small identities (tokenizer.json, manifests, specs) keep blake2b: their cost does not matter.
+Small identities (tokenizer.json, manifests, specs) keep blake2b (``json_digest`` below): their
+cost does not matter.
 
 The hash is written self-describing, ``"xxh3_128:<32 hex digits>"``, so a later change of algorithm
 is a visible mismatch, never a silent one.
@@ -11,7 +12,10 @@ is a visible mismatch, never a silent one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -61,3 +65,13 @@ def content_digest(content_hash: str) -> bytes | None:
 def cache_name(content_hash: str) -> str:
     """A file-name-safe form of a content hash (``xxh3_128-<hex>``), for caches keyed by content."""
     return content_hash.replace(":", "-")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """JSON with sorted keys and no spaces: the same bytes for the same data, whatever the dict order."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_digest(obj: Any) -> str:
+    """The blake2b-128 hex digest of ``canonical_json(obj)`` (plan fingerprints, index manifest hashes)."""
+    return hashlib.blake2b(canonical_json(obj), digest_size=16).hexdigest()

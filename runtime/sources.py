@@ -6,7 +6,6 @@ All sources take the columns of the plan's ``samples.npy`` rows of the step (``f
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ import numpy as np
 import orjson
 
 from runtime.errors import PlanError
+from runtime.fingerprint import json_digest
 from runtime.readers import FileEntry, JsonLinesReader, ReaderPool
 from runtime.token_files import TokenFile
 
@@ -162,10 +162,7 @@ def check_index_unchanged(plan_manifest: dict[str, Any], index_dir: Path) -> Non
     path = index_dir / "manifest.json"
     if not expected or not path.is_file():
         return
-    canonical = json.dumps(
-        json.loads(path.read_bytes()), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode()
-    digest = hashlib.blake2b(canonical, digest_size=16).hexdigest()
+    digest = json_digest(json.loads(path.read_bytes()))
     if digest != expected:
         raise PlanError(
             f"{index_dir}: the index changed since the plan was compiled (manifest blake2b "
