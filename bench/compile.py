@@ -30,19 +30,17 @@ import numpy as np
 import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # tests.helpers: the builders the tests use too
 
-from synthetic_index import BENCH_SOURCES, bench_mixture, write_synthetic_index  # noqa: E402
-
-from planner.compile import CompiledPlan, compile_plan  # noqa: E402
-from planner.index import load_index  # noqa: E402
-from planner.plan_manifest import manifest_of, needed_columns  # noqa: E402
-from planner.plan_writer import WrittenPlan, write_plan  # noqa: E402
-from planner.spec import parse_spec  # noqa: E402
-from runtime.errors import MixteraUserError  # noqa: E402
-from runtime.plan import Plan  # noqa: E402
-from runtime.shuffle import permute  # noqa: E402
+from mixtera.planner.compile.pipeline import manifest_of, needed_columns  # noqa: E402
+from mixtera.planner.compile.plan_arrays import CompiledPlan, compile_plan  # noqa: E402
+from mixtera.planner.compile.writer import WrittenPlan, write_plan  # noqa: E402
+from mixtera.planner.index import load_index  # noqa: E402
+from mixtera.planner.mixture.spec import parse_spec  # noqa: E402
+from mixtera.runtime.errors import MixteraUserError  # noqa: E402
+from mixtera.runtime.plan import Plan  # noqa: E402
+from mixtera.runtime.shuffle import permute  # noqa: E402
+from tests.helpers.synthetic_index import BENCH_SOURCES, bench_mixture, write_synthetic_index  # noqa: E402
 
 DATA = ROOT / "bench" / "data"
 

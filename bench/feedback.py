@@ -23,21 +23,19 @@ import numpy as np
 import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # tests.helpers: the builders the tests use too
 
-from synthetic_index import BENCH_SOURCES, bench_mixture, write_synthetic_index  # noqa: E402
-
-from planner.block_frames import BlockEncoder  # noqa: E402
-from planner.feedback import read_history  # noqa: E402
-from planner.packing import plan_steps  # noqa: E402
-from planner.plan_manifest import compile_file  # noqa: E402
-from planner.plan_writer import WrittenPlan  # noqa: E402
-from planner.rewrite import Decision, PlanContext, decide, write_version  # noqa: E402
-from runtime.errors import MixteraUserError  # noqa: E402
-from runtime.feedback_log import LogWriter, log_path  # noqa: E402
-from runtime.plan_format import encode_rank_segment  # noqa: E402
-from runtime.versions import VersionResolver, read_decision  # noqa: E402
+from mixtera.planner.compile.block_frames import BlockEncoder  # noqa: E402
+from mixtera.planner.compile.packing import plan_steps  # noqa: E402
+from mixtera.planner.compile.pipeline import compile_file  # noqa: E402
+from mixtera.planner.compile.writer import WrittenPlan  # noqa: E402
+from mixtera.planner.feedback.orchestrate import read_history  # noqa: E402
+from mixtera.planner.feedback.rewrite import Decision, PlanContext, decide, write_version  # noqa: E402
+from mixtera.runtime.errors import MixteraUserError  # noqa: E402
+from mixtera.runtime.format.feedback_log import LogWriter, log_path  # noqa: E402
+from mixtera.runtime.format.rank_file import encode_rank_segment  # noqa: E402
+from mixtera.runtime.versions import VersionResolver, read_decision  # noqa: E402
+from tests.helpers.synthetic_index import BENCH_SOURCES, bench_mixture, write_synthetic_index  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "feedback"
 
@@ -61,8 +59,8 @@ def write_log(ctx: PlanContext, steps: int) -> None:
 
 def fit_scaling(points: list[int]) -> None:
     """Fit time of 8 domains x 512 starts against the number of fit points (noiseless curves)."""
-    from planner.ado import AdoParams
-    from planner.ado_fit import fit
+    from mixtera.planner.feedback.ado import AdoParams
+    from mixtera.planner.feedback.ado_fit import fit
 
     settings = AdoParams().resolved().fit_settings()
     for p in points:

@@ -33,7 +33,7 @@ from pathlib import Path
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # tests.helpers: the builders the tests use too
 
 DATA = ROOT / "bench" / "data"
 NEOX = ROOT.parent / "shared" / "tokenizers" / "gpt-neox-olmo-dolma-v1_5.json"
@@ -156,7 +156,7 @@ def interleaved(runs: int, measures: dict[str, Callable[[], Run]]) -> dict[str, 
 
 def hash_files(folder: Path) -> Run:
     """Context: the content hash of every file, which the index must record."""
-    from runtime.fingerprint import file_content_hash
+    from mixtera.runtime.fingerprint import file_content_hash
 
     def work() -> tuple[int, int]:
         for path in _files(folder):
@@ -185,7 +185,7 @@ def tokenizer_alone(folder: Path, tokenizer: Path) -> Run:
 
 
 def index_run(folder: Path, processes: int, tokenizer: Path | None) -> Run:
-    from planner.index import build_index, parse_config
+    from mixtera.planner.index import build_index, parse_config
 
     out = Path(tempfile.mkdtemp(prefix="mixtera-bench-index-"))
     size = _total_bytes(folder)

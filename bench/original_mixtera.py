@@ -40,6 +40,7 @@ def best(runs: list[tuple[int, float, float]], unit: str = "docs") -> dict:
 
 if "--child" in sys.argv:  # in VENV; its indexing pool pickles the parser, so it lives at module level
     import orjson
+
     from mixtera.core.datacollection.index.parser import MetadataParser
     from mixtera.core.datacollection.index.parser.metadata_parser import MetadataProperty
 
@@ -59,6 +60,7 @@ if "--child" in sys.argv:  # in VENV; its indexing pool pickles the parser, so i
 def child(corpus: str, chunk_size: int, tokenizer: str, seq_len: int, max_seqs: int) -> None:
     """Runs in VENV: the original Mixtera, local mode."""
     from loguru import logger
+
     from mixtera.core.client import MixteraClient
     from mixtera.core.client.mixtera_client import QueryExecutionArgs, ResultStreamingArgs
     from mixtera.core.datacollection.datasets import JSONLDataset

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # tests.helpers: the builders the tests use too
 DATA = ROOT / "bench" / "data" / "runtime"
 BIN = Path(sys.executable).parent
 SOURCES = {"web": 0.5, "code": 0.3, "books": 0.2}
@@ -105,7 +105,7 @@ def prepare(mb: int, tok: Path) -> Path:
         shutil.rmtree(index)  # written by an older mixtera: re-index
     if not (index / "manifest.json").exists():
         print("indexing (with tokenizer, --store-tokens) ...", file=sys.stderr)
-        from planner.index.build import build_index
+        from mixtera.planner.index.build import build_index
 
         build_index([corpus], index, tokenizer=tok, store_tokens=True)
     return index
@@ -113,15 +113,15 @@ def prepare(mb: int, tok: Path) -> Path:
 
 def current_index(index: Path) -> bool:
     """Whether the index records what this mixtera's runtime checks (every file's content hash)."""
-    from runtime.fingerprint import content_digest
+    from mixtera.runtime.fingerprint import content_digest
 
     files = json.loads((index / "manifest.json").read_bytes()).get("files") or []
     return all(content_digest(f.get("content_hash")) is not None for f in files)
 
 
 def plan_is_current(plan: Path, index: Path) -> bool:
-    from runtime.errors import PlanError
-    from runtime.sources import check_index_unchanged
+    from mixtera.runtime.errors import PlanError
+    from mixtera.runtime.sources import check_index_unchanged
 
     try:
         check_index_unchanged(json.loads((plan / "manifest.json").read_bytes()), index)
@@ -132,7 +132,7 @@ def plan_is_current(plan: Path, index: Path) -> bool:
 
 def compile_plan(index: Path, name: str, steps: int, topology: tuple[int, int]) -> Path:
     """Compile the three-source mixture for one rank; reused while the spec is unchanged."""
-    from planner.plan_manifest import compile_file
+    from mixtera.planner.compile.pipeline import compile_file
 
     steps = -(-steps // 100) * 100
     comps = "\n".join(
@@ -191,7 +191,7 @@ def best_rates(*make_runs) -> list[tuple[int, float]]:  # noqa: ANN002 - each re
 
 def fresh_loader(plan: Path, steps: int, **kwargs) -> object:  # noqa: ANN003
     """A callable that replays steps 1..steps of a new PlanDataset (step 0 opens files untimed)."""
-    from runtime import PlanDataset
+    from mixtera.runtime import PlanDataset
 
     it = iter(PlanDataset(plan, rank=0, world_size=1, **kwargs).loader(num_workers=0))
     next(it)
@@ -200,7 +200,7 @@ def fresh_loader(plan: Path, steps: int, **kwargs) -> object:  # noqa: ANN003
 
 
 def bench_documents(plan: Path, steps: int) -> dict:
-    from runtime.plan import Plan
+    from mixtera.runtime.plan import Plan
 
     with Plan.open(plan) as p:
         ents = [p.step_entries(0, s) for s in range(1, steps + 1)]
@@ -233,7 +233,7 @@ def bench_documents(plan: Path, steps: int) -> dict:
 
 def step_texts(plan: Path, steps: int) -> list[list[str]]:
     """Texts of steps 1..steps, each document once (the tokens path caches split documents)."""
-    from runtime import PlanDataset
+    from mixtera.runtime import PlanDataset
 
     dit = iter(PlanDataset(plan, rank=0, world_size=1, output="documents").loader(num_workers=0))
     seen = {d["sample_id"] for d in next(dit)}  # step 0 warmed the tokens path's cache too

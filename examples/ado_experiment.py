@@ -24,18 +24,17 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "examples"))  # the sibling example modules
 
 from demo_tokenizer import train_tokenizer  # noqa: E402
 from make_demo_corpus import build_demo_corpus  # noqa: E402
 from train_tiny_gpt import TinyGPT, domain_losses  # noqa: E402
 
-from planner.feedback import inprocess_rewriter  # noqa: E402
-from planner.index.build import build_index  # noqa: E402
-from planner.plan_manifest import compile_file  # noqa: E402
-from runtime import FeedbackReporter, PlanDataset  # noqa: E402
-from runtime.versions import read_decision  # noqa: E402
+from mixtera.planner.compile.pipeline import compile_file  # noqa: E402
+from mixtera.planner.feedback.orchestrate import inprocess_rewriter  # noqa: E402
+from mixtera.planner.index.build import build_index  # noqa: E402
+from mixtera.runtime import FeedbackReporter, PlanDataset  # noqa: E402
+from mixtera.runtime.versions import read_decision  # noqa: E402
 
 DOMAINS = ("code", "docs", "notes", "licenses")
 SPLIT_HOOK = '''import hashlib

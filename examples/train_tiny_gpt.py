@@ -24,10 +24,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime import PlanDataset  # noqa: E402 - after the path set-up, so the example runs from a checkout
-from runtime.atomic import atomic_file, write_atomic  # noqa: E402
-from runtime.packing import IGNORE_INDEX  # noqa: E402
+from mixtera.runtime import PlanDataset
+from mixtera.runtime.atomic import atomic_file, write_atomic
+from mixtera.runtime.packing import IGNORE_INDEX
 
 DomainHook = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step, tokens[D], loss_sum[D]) of this rank
 
@@ -114,14 +113,14 @@ def load_checkpoint(
 def feedback_hooks(args: argparse.Namespace) -> list[DomainHook]:
     if not args.feedback:
         return []
-    import runtime
+    from mixtera.runtime import FeedbackReporter
 
     on_refit = None
     if args.feedback == "inprocess":  # no side `mixtera feedback --follow`: rank 0 rewrites the plan itself
-        from planner.feedback import inprocess_rewriter
+        from mixtera.planner.feedback.orchestrate import inprocess_rewriter
 
         on_refit = inprocess_rewriter(args.plan)
-    reporter = runtime.FeedbackReporter(args.plan, on_refit=on_refit)
+    reporter = FeedbackReporter(args.plan, on_refit=on_refit)
     return [
         lambda step, tokens, loss_sum: reporter.report(
             step, tokens=tokens.tolist(), loss_sum=loss_sum.tolist()

@@ -1,1 +1,2 @@
-"""The `mixtera` command line: parses arguments, calls planner/ and runtime/, renders with rich."""
+"""The `mixtera` command line (installed as `mixtera.cli`): parses arguments, calls the planner and the
+runtime, renders with rich."""

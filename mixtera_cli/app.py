@@ -7,7 +7,7 @@ import traceback
 
 import typer
 
-from mixtera_cli import compile_cmd, feedback_cmd, index_cmd, inspect_cmd
+from mixtera.cli import compile_cmd, feedback_cmd, index_cmd, inspect_cmd
 
 app = typer.Typer(
     no_args_is_help=True,

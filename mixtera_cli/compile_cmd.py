@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mixtera_cli.console import err, out, print_json, user_errors
-from runtime.errors import ConfigError
+from mixtera.cli.console import err, out, print_json, user_errors
+from mixtera.runtime.errors import ConfigError
 
 
 @user_errors
@@ -30,7 +30,7 @@ def compile_mixture(
                                            "stdout.")] = False,
 ) -> None:
     """Compile a mixture into a plan: exact per-step quotas, one binary plan file per rank."""
-    from planner.spec import load_spec
+    from mixtera.planner.mixture.spec import load_spec
 
     started = time.perf_counter()
     elastic = [from_plan is not None, from_step is not None, world_size is not None]
@@ -38,13 +38,13 @@ def compile_mixture(
         raise ConfigError("--from-plan, --from-step and --world-size go together",
                           "pass all three to re-partition a plan, or none to compile from scratch")
     if all(elastic):
-        from planner.elastic import repartition
+        from mixtera.planner.compile.elastic import repartition
 
         err.print(f"re-partitioning {escape(str(from_plan))} over {world_size} ranks", highlight=False)
         written = repartition(from_plan, load_spec(mixture), out_dir, world_size=int(world_size or 0),
                               from_step=int(from_step or 0))
     else:
-        from planner.plan_manifest import compile_file
+        from mixtera.planner.compile.pipeline import compile_file
 
         with Progress(TextColumn(f"compiling {escape(str(mixture))}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("segments"), TimeElapsedColumn(), console=err, transient=True) as bar:
@@ -61,7 +61,7 @@ def compile_mixture(
 
 
 def _summary(path: Path, seconds: float) -> dict[str, Any]:
-    from planner.plan_report import plan_report
+    from mixtera.planner.report import plan_report
 
     report = plan_report(path)
     report["seconds"] = round(seconds, 3)

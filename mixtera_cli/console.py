@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from runtime.errors import MixteraUserError
+from mixtera.runtime.errors import MixteraUserError
 
 _NO_COLOR = bool(os.environ.get("NO_COLOR"))
 # Piped output (make demo, CI logs) would otherwise be cut at rich's 80-column default.

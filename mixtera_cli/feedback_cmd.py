@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from mixtera_cli.console import err, out, print_json, user_errors
+from mixtera.cli.console import err, out, print_json, user_errors
 
 
 @user_errors
@@ -22,9 +22,9 @@ def feedback(
                                            "per line with --follow).")] = False,
 ) -> None:
     """Run the mixture's dynamic algorithm (ADO, ...) on the job's losses and publish new plan versions."""
-    from planner.feedback import feedback_status, job_finished, run_pending
-    from planner.feedback import follow as follow_plan
-    from planner.rewrite import PlanContext
+    from mixtera.planner.feedback.orchestrate import feedback_status, job_finished, run_pending
+    from mixtera.planner.feedback.orchestrate import follow as follow_plan
+    from mixtera.planner.feedback.rewrite import PlanContext
 
     ctx = PlanContext.open(plan)
     names = [c["name"] for c in ctx.manifest["components"]]
@@ -49,7 +49,7 @@ def _live(o: Any, json_out: bool, names: list[str]) -> None:
 
         print(json.dumps(o.to_json(), sort_keys=True), flush=True)
         return
-    from mixtera_cli.inspect_feedback import fit_status
+    from mixtera.cli.inspect_feedback import fit_status
 
     what = {"rewrite": f"rewrote the plan from step {o.first_step}",
             "keep": f"a rank timed out and published keep (steps from {o.first_step} keep the weights)",
@@ -65,7 +65,7 @@ ACTIONS = {"rewrite": "rewrite", "keep": "keep (by a rank)", "lost": "taken by a
 
 
 def _render(outcomes: list[Any], status: dict[str, Any], names: list[str]) -> None:
-    from mixtera_cli.inspect_feedback import decision_cells, decision_table, fit_status
+    from mixtera.cli.inspect_feedback import decision_cells, decision_table, fit_status
 
     if outcomes:
         table = decision_table("decisions published by this run", names, timed=True)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from mixtera_cli.console import count, err, out, print_json, summary_table, user_errors
+from mixtera.cli.console import count, err, out, print_json, summary_table, user_errors
 
 SHOWN = 20  # changed, removed and skipped entries listed at most (all of them in --json)
 
@@ -60,7 +60,7 @@ def index(
     ] = False,
 ) -> None:
     """Index corpora: one row per sample with its location, size, token count and properties."""
-    from planner.index import build_index
+    from mixtera.planner.index import build_index
 
     with _ProgressBar() as bar:
         report = build_index(

@@ -1,4 +1,4 @@
-"""`mixtera inspect PATH`: show an index (here) or a plan (`mixtera_cli.inspect_plan`)."""
+"""`mixtera inspect PATH`: show an index (here) or a plan (`mixtera.cli.inspect_plan`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mixtera_cli.console import count, out, print_json, summary_table, user_errors
-from runtime.errors import MixteraUserError
+from mixtera.cli.console import count, out, print_json, summary_table, user_errors
+from mixtera.runtime.errors import MixteraUserError
 
 
 @user_errors
@@ -29,7 +29,7 @@ def inspect(
     """Show what an index or a plan holds."""
     kind = _kind(path)
     if kind == "mixtera-plan":
-        from mixtera_cli.inspect_plan import inspect_plan
+        from mixtera.cli.inspect_plan import inspect_plan
 
         inspect_plan(path, rank=rank, steps=steps, as_json=json_out, plot=plot)
         return
@@ -46,7 +46,7 @@ def inspect(
             f"{', '.join(given)} only apply to plans; {path} is an index",
             f"run `mixtera inspect {path}` without {', '.join(given)}",
         )
-    from planner.index import index_stats, load_index
+    from mixtera.planner.index import index_stats, load_index
 
     stats = index_stats(load_index(path))
     if json_out:
@@ -56,7 +56,7 @@ def inspect(
 
 
 def _kind(path: Path) -> Any:
-    from planner.index import manifest_json
+    from mixtera.planner.index import manifest_json
 
     hint = "pass a folder written by `mixtera index` or `mixtera compile`"
     return manifest_json(path, what="is neither an index nor a plan", hint=hint).get("kind")

@@ -8,7 +8,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from planner.plan_report import decisions
+from mixtera.planner.report import decisions
 
 
 def fit_status(fit: dict[str, Any] | None, reason: str | None = None) -> str:

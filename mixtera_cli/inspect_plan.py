@@ -10,11 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mixtera_cli.console import out, print_json
-from mixtera_cli.inspect_feedback import mark_decisions, render_feedback
-from planner.plan_report import plan_report, rank_entries, replayed
-from runtime.errors import MixteraUserError
-from runtime.plan import Plan
+from mixtera.cli.console import out, print_json
+from mixtera.cli.inspect_feedback import mark_decisions, render_feedback
+from mixtera.planner.report import plan_report, rank_entries, replayed
+from mixtera.runtime.errors import MixteraUserError
+from mixtera.runtime.plan import Plan
 
 
 def parse_steps(text: str | None, steps: int) -> range:

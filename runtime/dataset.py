@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from runtime.errors import PlanError
-from runtime.plan import Plan
-from runtime.replay import Replay
-from runtime.state import ElasticOrigin, RuntimeState
-from runtime.tokenizer import check_tokenizer
+from mixtera.runtime.errors import PlanError
+from mixtera.runtime.plan import Plan
+from mixtera.runtime.replay import Replay
+from mixtera.runtime.state import ElasticOrigin, RuntimeState
+from mixtera.runtime.tokenizer import check_tokenizer
 
 OUTPUTS = ("tokens", "documents")
 

@@ -10,7 +10,7 @@ In-process rewrites: the runtime never imports the planner. A job without a side
 ``mixtera feedback --follow`` process passes ``on_refit``, a callable that rank 0 calls with the
 refit step ``t`` right after the record of step ``t - 1`` is written. The planner provides one::
 
-    from planner.feedback import inprocess_rewriter
+    from mixtera.planner.feedback.orchestrate import inprocess_rewriter
     fb = FeedbackReporter(plan_dir, on_refit=inprocess_rewriter(plan_dir))
 
 It runs the same locked, atomic rewrite as the CLI (``background=True`` runs it in a thread so the
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.feedback_log import UNKNOWN_VERSION, LogWriter, log_path
-from runtime.plan import read_manifest
-from runtime.versions import VersionResolver
+from mixtera.runtime.format.feedback_log import UNKNOWN_VERSION, LogWriter, log_path
+from mixtera.runtime.plan import read_manifest
+from mixtera.runtime.versions import VersionResolver
 
 
 def _distributed() -> Any:

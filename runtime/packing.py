@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.errors import PlanError
+from mixtera.runtime.errors import PlanError
 
 IGNORE_INDEX = -100
 

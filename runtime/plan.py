@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import PlanError
-from runtime.plan_format import RankFileReader, Segment
-from runtime.shuffle import stream_samples
-from runtime.stream_rows import stream_rows
-from runtime.versions import VERSIONS_DIR, segment_version, version_name
+from mixtera.runtime.errors import PlanError
+from mixtera.runtime.format.rank_file import RankFileReader, Segment
+from mixtera.runtime.shuffle import stream_samples
+from mixtera.runtime.stream_rows import stream_rows
+from mixtera.runtime.versions import VERSIONS_DIR, segment_version, version_name
 
 PLAN_KIND = "mixtera-plan"
 PLAN_FORMAT_VERSION = "1.0"

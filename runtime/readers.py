@@ -4,13 +4,13 @@ A reader returns the text of samples given the (offset, length) pair the index s
 
 - ``jsonl``: byte offset and length of the line in the file; parsed from a read-only mmap.
 - ``jsonl.gz`` / ``json.gz`` / ``jsonl.zst`` / ``json.zst``: offsets into the *uncompressed* stream;
-  read through the zstd-framed cache of :mod:`runtime.zframes`, built once per file.
+  read through the zstd-framed cache of :mod:`mixtera.runtime.format.frame_cache`, built once per file.
 - ``parquet``: row group and row; decoded row groups (text column, Arrow) sit in a byte-bounded LRU.
 
 Fingerprints: opening a file compares its size and mtime_ns with the plan. Equal size and mtime is
 accepted (the fast path); a different size is a changed file; equal size with a different mtime (a
 copy, a touch, a restore from backup) is settled by the content hash the plan records
-(:mod:`runtime.fingerprint`).
+(:mod:`mixtera.runtime.fingerprint`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any
 
 import orjson
 
-from runtime.errors import CorpusError, PlanError
-from runtime.fingerprint import content_digest, file_content_hash
-from runtime.zframes import FramedFile, open_framed
+from mixtera.runtime.errors import CorpusError, PlanError
+from mixtera.runtime.fingerprint import content_digest, file_content_hash
+from mixtera.runtime.format.frame_cache import FramedFile, open_framed
 
 _REINDEX = "re-run `mixtera index` on the corpus and `mixtera compile` the mixture again"
 _ROW_GROUP_BYTES = 256 << 20  # decoded Parquet text columns kept per process
@@ -44,7 +44,7 @@ class FileEntry:
     format: str
     size: int
     mtime_ns: int
-    content_hash: str  # runtime.fingerprint: "xxh3_128:<hex>"
+    content_hash: str  # mixtera.runtime.fingerprint: "xxh3_128:<hex>"
 
     @classmethod
     def from_manifest(cls, entry: dict, corpus_root: Path) -> FileEntry:

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from runtime.packing import pack_step
-from runtime.plan import Plan, ResolvedEntries
-from runtime.plan_format import Segment
-from runtime.readers import FileEntry
-from runtime.sources import PretokenizedSource, TextSource, TokenizingSource, check_index_unchanged
-from runtime.tokenizer import load_tokenizer
+from mixtera.runtime.format.rank_file import Segment
+from mixtera.runtime.packing import pack_step
+from mixtera.runtime.plan import Plan, ResolvedEntries
+from mixtera.runtime.readers import FileEntry
+from mixtera.runtime.sources import PretokenizedSource, TextSource, TokenizingSource, check_index_unchanged
+from mixtera.runtime.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
-    from runtime.dataset import PlanDataset
+    from mixtera.runtime.dataset import PlanDataset
 
 _LIST_COLUMNS = ("file", "offset", "length", "record", "component", "token_start", "token_end")
 

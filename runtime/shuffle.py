@@ -52,7 +52,7 @@ def _mix_into(
 ) -> None:
     """``target ^= splitmix64(source ^ key) & mask``, in place, with scratch arrays ``z`` and ``t``.
 
-    ``key`` and ``mask`` may be scalars or per-element arrays (runtime.stream_rows passes arrays).
+    ``key`` and ``mask`` may be scalars or per-element arrays (mixtera.runtime.stream_rows passes arrays).
     """
     np.bitwise_xor(source, key, out=z)
     np.add(z, _GOLDEN, out=z)

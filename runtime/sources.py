@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from runtime.errors import PlanError
-from runtime.fingerprint import json_digest
-from runtime.readers import FileEntry, JsonLinesReader, ReaderPool
-from runtime.token_files import TokenFile
+from mixtera.runtime.errors import PlanError
+from mixtera.runtime.fingerprint import json_digest
+from mixtera.runtime.format.token_file import TokenFile
+from mixtera.runtime.readers import FileEntry, JsonLinesReader, ReaderPool
 
 _DOC_CACHE_TOKENS = 1 << 21  # ids kept for documents that a later entry continues (~16 MB as int64)
 _OPEN_TOKEN_FILES = 64

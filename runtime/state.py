@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from runtime.errors import StateError
+from mixtera.runtime.errors import StateError
 
 STATE_KIND = "mixtera-runtime-state"
 STATE_VERSION = 1

@@ -1,7 +1,7 @@
 """``stream_samples`` of many streams in one vectorised pass (the runtime's hot path).
 
 A plan segment mixes entries of several components, and a component's entries may span epochs;
-each (component, epoch) is its own keyed permutation (:mod:`runtime.shuffle`). Permuting each
+each (component, epoch) is its own keyed permutation (:mod:`mixtera.runtime.shuffle`). Permuting each
 group separately costs ~80 small numpy calls per cycle-walking pass and group, and the walk's tail
 needs about ``log2(entries)`` passes, so on a segment of a few thousand entries per component the
 call overhead dominates. Here every entry carries its own round keys, bit width and masks, so one
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.shuffle import _CHUNK, _ROUNDS, _mix_into, _round_keys, epoch_key
+from mixtera.runtime.shuffle import _CHUNK, _ROUNDS, _mix_into, _round_keys, epoch_key
 
 
 def _feistel(x: np.ndarray, group: np.ndarray, keys: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """One pass of each entry's alternating Feistel network (runtime.shuffle._feistel, per entry)."""
+    """One pass of each entry's alternating Feistel network (mixtera.runtime.shuffle._feistel, per entry)."""
     low = bits[group] // np.uint64(2)
     left_mask = (np.uint64(1) << (bits[group] - low)) - np.uint64(1)
     right_mask = (np.uint64(1) << low) - np.uint64(1)

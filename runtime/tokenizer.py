@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import PlanError
+from mixtera.runtime.errors import PlanError
 
 
 def tokenizer_blake2b(path: Path | str) -> str:

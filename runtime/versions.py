@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.atomic import fsync_path, temp_dir, write_atomic
-from runtime.errors import PlanError
+from mixtera.runtime.atomic import fsync_path, temp_dir, write_atomic
+from mixtera.runtime.errors import PlanError
 
 VERSIONS_DIR = "versions"
 DECISION = "decision.json"

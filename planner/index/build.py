@@ -16,18 +16,18 @@ from typing import Any
 
 import pyarrow as pa
 
-from planner.index import indexer
-from planner.index.config import IndexConfig, load_config
-from planner.index.parallel import Progress, run_tasks
-from planner.index.properties import check_pattern, declared_specs, widen
-from planner.index.scan import CorpusFile, corpus_root, discover
-from planner.index.schema import INDEX_KIND, TOKENS_DIR, IndexTables, manifest_json
-from planner.index.tables import file_table
-from planner.index.tokenizer_info import tokenizer_identity
-from planner.index.writer import conform, previous_index, token_code_for, write_index
-from runtime.atomic import staging_dir
-from runtime.errors import ConfigError, CorpusError, MixteraUserError
-from runtime.fingerprint import file_content_hash
+from mixtera.planner.index import indexer
+from mixtera.planner.index.config import IndexConfig, load_config
+from mixtera.planner.index.corpus_files import CorpusFile, corpus_root, discover
+from mixtera.planner.index.parallel import Progress, run_tasks
+from mixtera.planner.index.properties import check_pattern, declared_specs, widen
+from mixtera.planner.index.schema import INDEX_KIND, TOKENS_DIR, IndexTables, manifest_json
+from mixtera.planner.index.tables import file_table
+from mixtera.planner.index.tokenizer_info import tokenizer_identity
+from mixtera.planner.index.writer import conform, previous_index, token_code_for, write_index
+from mixtera.runtime.atomic import staging_dir
+from mixtera.runtime.errors import ConfigError, CorpusError, MixteraUserError
+from mixtera.runtime.fingerprint import file_content_hash
 
 
 @dataclass(slots=True, kw_only=True)

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from planner.index.names import PROPERTY_TYPE_NAMES, RESERVED
-from planner.toml_config import parse_toml, read_config_text
-from runtime.errors import ConfigError
+from mixtera.planner.index.columns import PROPERTY_TYPE_NAMES, RESERVED
+from mixtera.planner.mixture.toml_reader import parse_toml, read_config_text
+from mixtera.runtime.errors import ConfigError
 
 ON_ERROR = ("fail", "skip")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

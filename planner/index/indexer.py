@@ -20,20 +20,13 @@ from typing import Any
 
 import orjson
 
-from planner.index.config import IndexConfig
-from planner.index.names import RESERVED
-from planner.index.properties import (
-    CONVERTERS,
-    Extractor,
-    ValueTypeError,
-    as_text,
-    compile_extractor,
-    infer_type,
-    load_hook,
-)
-from planner.index.scan import Chunk, CorpusFile, reader_for
-from planner.index.tokenizer_info import load_tokenizer
-from runtime.errors import CorpusError, MixteraUserError
+from mixtera.planner.index.columns import RESERVED
+from mixtera.planner.index.config import IndexConfig
+from mixtera.planner.index.corpus_files import Chunk, CorpusFile, reader_for
+from mixtera.planner.index.properties import Extractor, as_text, compile_extractor, infer_type, load_hook
+from mixtera.planner.index.tokenizer_info import load_tokenizer
+from mixtera.planner.index.values import CONVERTERS, ValueTypeError
+from mixtera.runtime.errors import CorpusError, MixteraUserError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,7 +57,7 @@ class FileRows:
 class FileResult:
     file_id: int
     file: CorpusFile
-    content_hash: str  # runtime.fingerprint: "xxh3_128:<hex>" of the file's bytes
+    content_hash: str  # mixtera.runtime.fingerprint: "xxh3_128:<hex>" of the file's bytes
     records: int  # all records, bad ones included
     rows: FileRows
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, message)
@@ -136,7 +129,7 @@ class _Rows:
         self.tokens: list[int] = []
         self.columns: list[list[Any]] = [[] for _ in names]  # declared properties, `Extractor.names` order
         self.auto: dict[str, tuple[list[int], list[Any]]] = {}  # sparse: (rows, values)
-        self.writer: Any = None  # runtime.token_files.TokenFileWriter with --store-tokens
+        self.writer: Any = None  # mixtera.runtime.format.token_file.TokenFileWriter with --store-tokens
 
 
 def index_file(task: FileTask, state: WorkerState) -> FileResult:
@@ -150,7 +143,7 @@ def index_file(task: FileTask, state: WorkerState) -> FileResult:
     record_no, bytes_read = 0, 0
     with contextlib.ExitStack() as stack:
         if task.token_path is not None:
-            from runtime.token_files import TokenFileWriter  # numpy: only with --store-tokens
+            from mixtera.runtime.format.token_file import TokenFileWriter  # numpy: only with --store-tokens
 
             rows.writer = stack.enter_context(TokenFileWriter(task.token_path, state.token_code))
         try:

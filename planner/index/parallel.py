@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from planner.index import indexer
+from mixtera.planner.index import indexer
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -127,7 +127,7 @@ def _bare_main() -> Iterator[None]:
 
     A spawned worker imports the parent's ``__main__`` (the `mixtera` CLI with typer, rich and every
     command, or a user's script) to find functions pickled by reference from it: about 0.2 s of
-    imports per worker. Tasks here reference only `planner.index.indexer`, so while the pool starts
+    imports per worker. Tasks here reference only `mixtera.planner.index.indexer`, so while the pool starts
     its processes ``__main__`` is a bare module, which spawn leaves alone.
     """
     main = sys.modules["__main__"]

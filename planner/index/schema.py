@@ -13,10 +13,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from planner.index.names import PROPERTY_TYPE_NAMES, SAMPLE_COLUMN_NAMES
-from runtime.errors import PlanError
-from runtime.fingerprint import ALGORITHM as CONTENT_HASH
-from runtime.fingerprint import content_digest
+from mixtera.planner.index.columns import PROPERTY_TYPE_NAMES, SAMPLE_COLUMN_NAMES
+from mixtera.runtime.errors import PlanError
+from mixtera.runtime.fingerprint import ALGORITHM as CONTENT_HASH
+from mixtera.runtime.fingerprint import content_digest
 
 INDEX_KIND = "mixtera-index"
 FORMAT_VERSION = "1.0"
@@ -125,7 +125,7 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
 
 
 def _check_content_hashes(manifest: dict[str, Any], path: Path) -> None:
-    """Refuse an index whose file fingerprints predate `runtime.fingerprint` (blake2b, unprefixed)."""
+    """Refuse an index whose file fingerprints predate `mixtera.runtime.fingerprint` (blake2b, unprefixed)."""
     files = manifest.get("files")
     if not isinstance(files, list) or all(
         isinstance(f, dict) and content_digest(f.get("content_hash")) is not None for f in files

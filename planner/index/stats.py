@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from planner.index.schema import IndexTables
+from mixtera.planner.index.schema import IndexTables
 
 TOP_VALUES = 10
 

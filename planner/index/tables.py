@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from planner.index.indexer import FileResult
-from planner.index.schema import PROPERTY_TYPES
+from mixtera.planner.index.indexer import FileResult
+from mixtera.planner.index.schema import PROPERTY_TYPES
 
 
 def file_table(res: FileResult) -> pa.Table:

@@ -6,9 +6,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from planner.index.config import IndexConfig
-from runtime.errors import ConfigError
-from runtime.tokenizer import tokenizer_blake2b
+from mixtera.planner.index.config import IndexConfig
+from mixtera.runtime.errors import ConfigError
+from mixtera.runtime.tokenizer import tokenizer_blake2b
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
 

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from planner.index.config import IndexConfig
-from planner.index.scan import CorpusFile
-from planner.index.schema import (
+from mixtera.planner.index.config import IndexConfig
+from mixtera.planner.index.corpus_files import CorpusFile
+from mixtera.planner.index.schema import (
     FILES,
     FORMAT_VERSION,
     INDEX_KIND,
@@ -25,9 +25,9 @@ from planner.index.schema import (
     read_manifest,
     samples_schema,
 )
-from runtime.atomic import write_atomic
-from runtime.errors import MixteraUserError
-from runtime.token_files import dtype_code_for_vocab
+from mixtera.runtime.atomic import write_atomic
+from mixtera.runtime.errors import MixteraUserError
+from mixtera.runtime.format.token_file import dtype_code_for_vocab
 
 
 def created_by() -> str:

@@ -1,0 +1,386 @@
+"""The resumable core of the compiler: turn per-step quotas into the entries every rank replays.
+
+``plan_steps(streams, state, quotas, topology)`` is pure: it continues every component's shuffled
+stream from ``state`` (next position, tokens already used of the current document, quota carry),
+packs the quotas of a block of steps, interleaves the components inside every step, cuts the step
+into sequences, hands sequences to ranks, and returns the entries with the state after the block.
+It leaves ``state.carry`` alone: quotas (and their rounding carry) are
+:mod:`mixtera.planner.compile.quotas`' job.
+
+Everything is vectorised (no per-entry Python): a component's stream is cut at step ends by
+inserting the few step ends into its document ends; the interleave is one stable sort of bucket
+keys that are already sorted runs (one per component); the step stream is cut at sequence ends by
+arithmetic on the running token offset (no search), and the hand-out to ranks is one gather per
+column per segment (sub-blocks are step-major, so they simply concatenate). Blocks are packed in
+cache-sized sub-blocks; the result does not depend on their size.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mixtera.runtime.format.rank_file import Segment
+from mixtera.runtime.shuffle import epoch_key, permute
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Streams:
+    """The components' members as the compiler sees them."""
+
+    names: tuple[str, ...]  # stream names (= component names)
+    doc_lengths: tuple[np.ndarray, ...]  # per component, per member: span in the plan's unit
+    seed: int
+    unit: str  # "tokens" | "samples"
+
+    def lengths(self, k: int, start: int, count: int) -> np.ndarray:
+        """Spans of the documents at stream positions ``[start, start + count)`` of component ``k``."""
+        members = self.doc_lengths[k]
+        n = members.size
+        out = np.empty(count, dtype=members.dtype)
+        at = start
+        while at < start + count:  # one contiguous range per epoch
+            epoch = at // n
+            stop = min(start + count, (epoch + 1) * n)
+            idx = permute(np.arange(at - epoch * n, stop - epoch * n, dtype=np.int64), n,
+                          epoch_key(self.seed, self.names[k], epoch))
+            out[at - start: stop - start] = members[idx]
+            at = stop
+        return out
+
+
+@dataclass(slots=True, kw_only=True)
+class PlanState:
+    """Where every component's stream stands at the start of ``step``."""
+
+    step: int
+    position: np.ndarray  # int64 per component: next stream position
+    consumed: np.ndarray  # int64 per component: tokens of that document already planned
+    carry: np.ndarray  # float64 per component: quota rounding carry (see mixtera.planner.compile.quotas)
+
+    @classmethod
+    def initial(cls, components: int) -> PlanState:
+        return cls(step=0, position=np.zeros(components, np.int64),
+                   consumed=np.zeros(components, np.int64), carry=np.zeros(components, np.float64))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "position": [int(x) for x in self.position],
+                "consumed": [int(x) for x in self.consumed], "carry": [float(x) for x in self.carry]}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> PlanState:
+        return cls(step=int(obj["step"]), position=np.asarray(obj["position"], np.int64),
+                   consumed=np.asarray(obj["consumed"], np.int64),
+                   carry=np.asarray(obj["carry"], np.float64))
+
+
+@dataclass(slots=True, kw_only=True)
+class BlockEntries:
+    """Entries of a block of steps for all ranks, grouped rank-major (rank 0's steps, rank 1's ...)."""
+
+    first_step: int
+    counts: np.ndarray  # (steps, world_size) uint32: entries of rank r in step s
+    component: np.ndarray  # uint16
+    position: np.ndarray  # int64
+    token_start: np.ndarray  # uint32
+    token_end: np.ndarray  # uint32 (0 = to the end of the document)
+
+    _bounds: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def rank_bounds(self) -> np.ndarray:
+        """Rank r's entries are ``[bounds[r], bounds[r + 1])``."""
+        if self._bounds is None:
+            self._bounds = np.concatenate([[0], np.cumsum(self.counts.sum(axis=0, dtype=np.int64))])
+        return self._bounds
+
+    def rank_segment(self, rank: int, version: int = 0) -> Segment:
+        lo, hi = int(self.rank_bounds()[rank]), int(self.rank_bounds()[rank + 1])
+        return Segment(self.first_step, np.ascontiguousarray(self.counts[:, rank]), self.component[lo:hi],
+                       self.position[lo:hi], self.token_start[lo:hi], self.token_end[lo:hi], version)
+
+
+@dataclass(slots=True)
+class _Pieces:
+    """Entries of one component in a block, in stream order, before the interleave.
+
+    A piece is the part of one document that falls into one step. ``counts[s]`` pieces belong to
+    step ``s``; ``offset`` is a piece's progress (in units) through its step's quota, whose
+    interleave bucket is ``floor(offset / quota * pieces_in_step)``.
+    """
+
+    counts: np.ndarray  # int64 per step
+    offset: np.ndarray  # int64 per piece: units of the step's quota before the piece
+    quota: np.ndarray  # int64 per step
+    position: np.ndarray  # int64 per piece: stream position
+    start: np.ndarray  # int64 per piece: first token inside the document
+    length: np.ndarray  # int64 per piece: tokens of the piece
+    doc_end: np.ndarray  # per piece: document span (to encode token_end = 0)
+
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                                        thread_name_prefix="mixtera-pack"))
+    return _POOL[0]
+
+
+SUB_BLOCK_ENTRIES = 1 << 18  # entries packed at once: bounds the working set of a pack
+
+
+def compact_lengths(lengths: np.ndarray) -> np.ndarray:
+    """``lengths`` in the narrowest unsigned type: the random gathers of the shuffle stay in cache."""
+    top = int(lengths.max(initial=0))
+    dtype = np.uint16 if top < 2**16 else np.uint32 if top < 2**32 else np.int64
+    return np.ascontiguousarray(lengths, dtype=dtype)
+
+
+def plan_steps(streams: Streams, state: PlanState, quotas: np.ndarray, *, world_size: int,
+               batch_size: int, seq_len: int) -> tuple[BlockEntries, PlanState]:
+    """Pack ``quotas`` (steps x components, each row summing to the global step size)."""
+    quotas = np.asarray(quotas, dtype=np.int64)
+    per_step = _entries_per_step(streams, quotas[0], world_size * batch_size) if len(quotas) else 1
+    sub = max(1, SUB_BLOCK_ENTRIES // per_step)
+    parts = []
+    first_step = state.step
+    for lo in range(0, quotas.shape[0], sub):
+        part, state = _pack(streams, state, quotas[lo: lo + sub], world_size, batch_size, seq_len)
+        parts.append(part)
+    return _to_block(parts, quotas.shape[0], world_size, first_step), state
+
+
+def _entries_per_step(streams: Streams, quota: np.ndarray, sequences: int) -> int:
+    if streams.unit == "samples":
+        return max(int(quota.sum()), 1)
+    docs = sum(int(q) / max(float(lens.mean()), 1.0) for q, lens in zip(quota, streams.doc_lengths,
+                                                                           strict=True))
+    return max(int(docs) + sequences + quota.size, 1)
+
+
+@dataclass(slots=True)
+class _StepMajor:
+    """Packed entries of consecutive steps in global order (step, then rank), with cell counts."""
+
+    counts: np.ndarray  # (steps, world_size) int64
+    component: np.ndarray
+    position: np.ndarray
+    token_start: np.ndarray
+    token_end: np.ndarray
+
+
+def _to_block(parts: list[_StepMajor], steps: int, world_size: int, first_step: int) -> BlockEntries:
+    """Sub-blocks are consecutive in step-major order: concatenate, then one rank-major gather."""
+    def cat(name: str) -> np.ndarray:
+        arrays = [getattr(p, name) for p in parts]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    counts = cat("counts")
+    order = rank_major_gather(counts, steps, world_size)
+    return BlockEntries(first_step=first_step, counts=counts.astype(np.uint32),
+                        component=cat("component")[order], position=cat("position")[order],
+                        token_start=cat("token_start")[order], token_end=cat("token_end")[order])
+
+
+def _pack(streams: Streams, state: PlanState, quotas: np.ndarray, world_size: int, batch_size: int,
+          seq_len: int) -> tuple[_StepMajor, PlanState]:
+    steps, k_count = quotas.shape
+    new = PlanState(step=state.step + steps, position=state.position.copy(),
+                    consumed=state.consumed.copy(), carry=state.carry.copy())
+    if streams.unit == "tokens":
+        # Components are independent: pack them on threads (numpy releases the GIL; same result).
+        results = list(_pool().map(lambda k: _token_pieces(streams, k, int(state.position[k]),
+                                                           int(state.consumed[k]), quotas[:, k]),
+                                    range(k_count)))
+        pieces = [r[0] for r in results]
+        new.position[:] = [r[1] for r in results]
+        new.consumed[:] = [r[2] for r in results]
+    else:
+        pieces = [_sample_pieces(int(state.position[k]), quotas[:, k]) for k in range(k_count)]
+        new.position += quotas.sum(axis=0)
+    perm = _interleave(pieces, steps)
+    if streams.unit == "tokens":
+        return _cut_sequences(pieces, perm, steps, world_size, batch_size, seq_len), new
+    return _sample_cells(pieces, perm, steps, world_size, batch_size), new
+
+
+def _token_pieces(streams: Streams, k: int, pos: int, consumed: int,
+                  quota: np.ndarray) -> tuple[_Pieces, int, int]:
+    """Cut component ``k``'s token stream at document ends and at step ends.
+
+    Local coordinates count tokens from the start of the document at ``pos``; the block takes
+    ``[consumed, need)``. Step ends are few (one per step), so they are inserted into the sorted
+    document ends in O(documents), with no search or sort over the documents.
+    """
+    need = consumed + int(quota.sum())
+    if need == consumed:
+        empty = np.zeros(0, np.int64)
+        return (_Pieces(np.zeros(quota.size, np.int64), empty, quota, empty, empty, empty, empty), pos,
+                consumed)
+    lens, ends = _doc_ends(streams, k, pos, need)
+    live = np.flatnonzero(quota)  # steps with a zero quota get no piece
+    bound = consumed + np.cumsum(quota[live])  # strictly increasing, last == need
+    at = np.searchsorted(ends, bound, side="left")  # the document each step ends in (or on)
+    off = ends[at] != bound  # a step end inside a document cuts it in two
+    last = at + np.cumsum(off) - off  # index of every step's last piece
+    pieces = int(last[-1]) + 1
+    doc = _insert_sorted(np.arange(ends.size, dtype=np.int64), at[off], at[off])[:pieces]
+    cuts = _insert_sorted(ends, at[off], bound[off])[:pieces]
+    start = np.empty(pieces, np.int64)
+    start[0] = consumed
+    start[1:] = cuts[:-1]
+    doc_len = lens[doc]
+    begins = cuts if pieces == ends.size and not off.any() else None
+    begin = (ends[doc] if begins is None else begins) - doc_len
+    counts = np.zeros(quota.size, np.int64)
+    counts[live] = np.diff(last, prepend=-1)
+    step_first = np.repeat(bound - quota[live], counts[live])  # the quota's first unit, per piece
+    if cuts[-1] == ends[doc[-1]]:
+        new_pos, new_consumed = pos + int(doc[-1]) + 1, 0
+    else:
+        new_pos, new_consumed = pos + int(doc[-1]), need - int(begin[-1])
+    return (_Pieces(counts, start - step_first, quota, pos + doc, start - begin, cuts - start, doc_len),
+            new_pos, new_consumed)
+
+
+def _insert_sorted(values: np.ndarray, at: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``np.insert(values, at, new)`` for sorted ``at``; a few inserts are slice copies."""
+    if at.size > 64:
+        return np.insert(values, at, new)
+    out = np.empty(values.size + at.size, values.dtype)
+    prev = 0
+    for j, (a, v) in enumerate(zip(at.tolist(), new.tolist(), strict=True)):
+        out[prev + j: a + j] = values[prev:a]
+        out[a + j] = v
+        prev = a
+    out[prev + at.size:] = values[prev:]
+    return out
+
+
+def _doc_ends(streams: Streams, k: int, pos: int, need: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spans and cumulative spans of documents from ``pos`` on, up to the first that reaches ``need``."""
+    mean = max(float(streams.doc_lengths[k].mean()), 1.0)
+    count = int(need / mean * 1.05) + 16
+    lens = streams.lengths(k, pos, count)
+    ends = np.cumsum(lens, dtype=np.int64)
+    while ends[-1] < need:
+        more = int((need - ends[-1]) / mean * 1.2) + 16
+        extra = streams.lengths(k, pos + ends.size, more)
+        lens = np.concatenate([lens, extra])
+        ends = np.concatenate([ends, ends[-1] + np.cumsum(extra, dtype=np.int64)])
+    stop = int(np.searchsorted(ends, need, side="left")) + 1
+    return lens[:stop], ends[:stop]
+
+
+def _sample_pieces(pos: int, quota: np.ndarray) -> _Pieces:
+    total = int(quota.sum())
+    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(quota) - quota, quota)
+    zeros = np.zeros(total, np.int64)
+    return _Pieces(quota.copy(), within, quota, pos + np.arange(total, dtype=np.int64), zeros, zeros, zeros)
+
+
+def _interleave(pieces: list[_Pieces], steps: int) -> np.ndarray:
+    """Merge the components' entries inside every step by their progress through their quota.
+
+    Step ``s`` with ``n_s`` entries gets ``n_s`` buckets; an entry lands in bucket
+    ``floor(frac * n_s)``, buckets keep component order, and a component keeps its stream order, so
+    any stretch of the step holds every component in proportion. A component's buckets never
+    decrease, so the stable sort of the concatenated buckets merges sorted runs. Returns ``perm``:
+    merged slot -> index in the concatenated (component-major) pieces.
+    """
+    per_step = np.zeros(steps, np.int64)
+    for p in pieces:
+        per_step += p.counts
+    step_off = np.cumsum(per_step) - per_step
+    buckets = []
+    for p in pieces:
+        n = np.repeat(per_step, p.counts)
+        frac = p.offset / np.repeat(p.quota, p.counts)
+        b = (frac * n).astype(np.int64)
+        np.minimum(b, n - 1, out=b)
+        b += np.repeat(step_off, p.counts)
+        buckets.append(b)
+    return np.argsort(np.concatenate(buckets), kind="stable")
+
+
+def _concat(pieces: list[_Pieces], name: str) -> np.ndarray:
+    return np.concatenate([getattr(p, name) for p in pieces])
+
+
+def _components(pieces: list[_Pieces]) -> np.ndarray:
+    dtype = np.uint16 if len(pieces) <= 2**16 else np.int64
+    return np.repeat(np.arange(len(pieces), dtype=dtype), [p.position.size for p in pieces])
+
+
+def _cut_sequences(pieces: list[_Pieces], perm: np.ndarray, steps: int, world_size: int, batch_size: int,
+                   seq_len: int) -> _StepMajor:
+    """Split the merged pieces at sequence boundaries; sequence ``j`` of a step goes to rank
+    ``j // batch_size``, so a (step, rank) cell is a contiguous stretch of the step."""
+    length = _concat(pieces, "length")[perm]
+    stop = np.cumsum(length)  # offsets in the block's token stream
+    total = int(stop[-1])
+    # Sequence boundaries are the multiples of seq_len: a piece ending at `stop` has crossed
+    # floor(stop / seq_len) of them (float division is exact here: stop < 2**50), and each one
+    # inside it (not on its end) cuts it. No search over the pieces is needed.
+    crossed = (stop / seq_len).astype(np.int64) if total < 2**50 else stop // seq_len
+    on = crossed * seq_len == stop
+    splits = np.diff(crossed, prepend=0) - on
+    n_split = int(splits.sum())
+    entry_piece = np.repeat(np.arange(perm.size), splits + 1) if n_split else None
+    end = stop[entry_piece] if n_split else stop.copy()
+    if n_split:
+        is_cut = np.ones(total // seq_len + 1, bool)  # boundary k * seq_len, k < total / seq_len
+        is_cut[crossed[on]] = False
+        is_cut[0] = False
+        cut_at_bound = np.flatnonzero(is_cut[:-1]) * seq_len
+        end[np.repeat(np.arange(perm.size), splits) + np.arange(n_split)] = cut_at_bound
+    begin = np.empty_like(end)
+    begin[0] = 0
+    begin[1:] = end[:-1]
+    cells = steps * world_size
+    cell_first = np.searchsorted(begin, np.arange(cells, dtype=np.int64) * (seq_len * batch_size), "left")
+    counts = np.diff(cell_first, append=begin.size).reshape(steps, world_size)
+    shift = _concat(pieces, "start")[perm] - (stop - length)  # token coordinate minus stream offset
+    src = perm if entry_piece is None else perm[entry_piece]
+    if entry_piece is not None:
+        shift = shift[entry_piece]
+    begin += shift
+    end += shift
+    doc_end = _concat(pieces, "doc_end")[src]
+    token_end = np.where(end == doc_end, 0, end)
+    return _StepMajor(counts=counts, component=_components(pieces)[src],
+                      position=_concat(pieces, "position")[src], token_start=begin.astype(np.uint32),
+                      token_end=token_end.astype(np.uint32))
+
+
+def _sample_cells(pieces: list[_Pieces], perm: np.ndarray, steps: int, world_size: int,
+                  batch_size: int) -> _StepMajor:
+    # Every step holds exactly world_size * batch_size samples: entry i is in cell i // batch_size.
+    zeros = np.zeros(perm.size, np.uint32)
+    return _StepMajor(counts=np.full((steps, world_size), batch_size, np.int64),
+                      component=_components(pieces)[perm], position=_concat(pieces, "position")[perm],
+                      token_start=zeros, token_end=zeros)
+
+
+def rank_major_gather(counts: np.ndarray, steps: int, world_size: int) -> np.ndarray:
+    """For entries sorted by cell ``step * world_size + rank`` with ``counts`` (steps, world_size),
+    the gather that lists them rank-major (rank 0's steps, then rank 1's ...)."""
+    by_cell = counts.ravel()
+    cell_start = np.cumsum(by_cell) - by_cell
+    rm_counts = counts.T.ravel()
+    rm_start = np.cumsum(rm_counts) - rm_counts
+    shift = cell_start.reshape(steps, world_size).T.ravel() - rm_start
+    return np.arange(rm_start[-1] + rm_counts[-1] if rm_counts.size else 0) + np.repeat(shift, rm_counts)
+
+
+def rank_major_order(cell: np.ndarray, steps: int, world_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Entries are sorted by ``cell = step * world_size + rank``: the permutation that lists them
+    rank-major (rank 0's steps, then rank 1's ...), keeping the order inside every cell; and the
+    (steps, world_size) entry counts."""
+    counts = np.bincount(cell, minlength=steps * world_size).reshape(steps, world_size)
+    return rank_major_gather(counts, steps, world_size), counts

@@ -1,0 +1,81 @@
+"""The plan manifest of a compiled plan, and the end-to-end `compile` (load, compile, write)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mixtera.planner.compile.packing import BlockEntries, PlanState
+from mixtera.planner.compile.plan_arrays import CompiledPlan, compile_plan
+from mixtera.planner.compile.writer import WrittenPlan, write_plan
+from mixtera.planner.index import IndexTables, load_index, read_manifest
+from mixtera.planner.mixture.spec import MixtureSpec, load_spec
+from mixtera.planner.mixture.where import parse, referenced
+
+LOCATION_COLUMNS = ("file_id", "record", "offset", "length", "text_bytes", "tokens", "token_offset")
+
+
+def manifest_of(plan: CompiledPlan, index: IndexTables) -> dict[str, Any]:
+    """Every manifest field except kind, version, created_by and segments (the writer adds those)."""
+    spec = plan.spec
+    initial = plan.weights[0] if len(plan.weights) else np.zeros(len(plan.components))
+    tokenizer = index.manifest.get("tokenizer")
+    token_files = {"dir": str((index.path / "tokens").resolve())} if index.manifest.get("store_tokens") \
+        else None
+    return {
+        "fingerprint": plan.fingerprint,
+        "seed": spec.seed,
+        "unit": spec.unit,
+        "steps": spec.steps,
+        "segment_steps": spec.segment_steps,
+        "topology": plan.topology.to_dict(),
+        "spec": spec.to_dict(),
+        "components": [c.to_json(float(w)) for c, w in zip(plan.components, initial, strict=True)],
+        "schedule": [s.to_dict() for s in spec.schedule],
+        "index": {"path": str(Path(index.path).resolve()), "manifest_blake2b": plan.index_hash},
+        "corpus_root": index.manifest["corpus_root"],
+        "text_field": index.manifest.get("text_field"),
+        "files": [{k: f[k] for k in ("file_id", "path", "format", "size", "mtime_ns", "content_hash")}
+                  for f in index.manifest["files"]],
+        "tokenizer": tokenizer,
+        "token_files": token_files,
+        "dynamic": spec.dynamic,
+        "elastic": None,
+    }
+
+
+def needed_columns(spec: MixtureSpec) -> list[str]:
+    """Samples columns the compiler reads: locations, sizes and the properties the spec filters on."""
+    properties = read_manifest(spec.index).get("properties", {})
+    names = [n for node in spec.nodes().values() if node.where for n in referenced(parse(node.where))]
+    return list(LOCATION_COLUMNS) + sorted({n for n in names if n in properties})
+
+
+def compile_file(mixture: Path | str, out: Path | str,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[CompiledPlan, WrittenPlan]:
+    """`mixtera compile MIXTURE --out PLAN`: read the spec and its index, compile, write.
+
+    ``progress(done, total)`` is called after every packed segment.
+    """
+    spec = load_spec(mixture)
+    index = load_index(spec.index, columns=needed_columns(spec))
+    plan = compile_plan(spec, index)
+    manifest = manifest_of(plan, index)
+    del index  # the plan holds all it needs: free the index tables before packing
+    pa.default_memory_pool().release_unused()  # and hand their memory back to the system
+    written = write_plan(out, manifest=manifest, samples=plan.samples, quotas=plan.quotas,
+                         weights=plan.weights, blocks=_reporting(plan, progress))
+    return plan, written
+
+
+def _reporting(plan: CompiledPlan,
+               progress: Callable[[int, int], None] | None) -> Iterator[tuple[PlanState, BlockEntries]]:
+    total = plan.spec.steps // plan.spec.segment_steps
+    for done, item in enumerate(plan.blocks(), start=1):
+        yield item
+        if progress is not None:
+            progress(done, total)

@@ -1,0 +1,163 @@
+"""Match the spec's leaf components against an index and resolve their weights.
+
+A leaf's filter is the `and` of the `where` of every node on its path. Leaves must be disjoint
+unless ``overlap = "first"`` (then a sample belongs to the first leaf, in spec order, that matches).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mixtera.planner.index import IndexTables
+from mixtera.planner.mixture.spec import NATURAL, ComponentSpec, MixtureSpec, Weight
+from mixtera.planner.mixture.where import compile_where, parse, referenced
+from mixtera.runtime.errors import ConfigError
+
+FILTER_COLUMNS = ("tokens", "text_bytes")  # reserved columns a `where` may also use
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Selection:
+    """The samples of every leaf (index rows, ascending) and their spans in the plan's unit."""
+
+    names: tuple[str, ...]
+    rows: tuple[np.ndarray, ...]
+    spans: tuple[np.ndarray, ...]  # tokens (+1 with eos) per member, or 1 per member for samples
+    dropped: tuple[int, ...]  # members left out because they hold no token
+
+    def sizes(self) -> np.ndarray:
+        return np.array([int(s.sum()) for s in self.spans], dtype=np.int64)
+
+
+def schema_of(index: IndexTables) -> dict[str, str]:
+    schema = dict(index.properties)
+    schema.update({c: "int" for c in FILTER_COLUMNS})
+    return schema
+
+
+def select(spec: MixtureSpec, index: IndexTables) -> Selection:
+    leaves = spec.leaves()
+    tokens = _token_spans(spec, index)
+    row_ids = pa.array(np.arange(index.samples.num_rows, dtype=np.int64))  # shared by every leaf
+    raw = [_match(spec, leaf, index, row_ids) for leaf in leaves]
+    matched = _resolve_overlap(spec, leaves, raw, index.samples.num_rows)
+    rows, spans, dropped = [], [], []
+    for leaf, m, r in zip(leaves, matched, raw, strict=True):
+        if r.size and not m.size:
+            raise ConfigError(f"{spec.source}: component {leaf.name!r} gets no sample: all {r.size} samples "
+                              "it matches belong to earlier components (overlap = \"first\")",
+                              "move it before the components that claim its samples, or narrow theirs")
+        span = tokens[m] if tokens is not None else np.ones(m.size, np.int64)
+        keep = span > 0
+        rows.append(m[keep])
+        spans.append(span[keep])
+        dropped.append(int((~keep).sum()))
+        if not keep.any():
+            raise _empty(spec, leaf, index, m.size)
+    return Selection(names=tuple(leaf.name for leaf in leaves), rows=tuple(rows), spans=tuple(spans),
+                     dropped=tuple(dropped))
+
+
+def _token_spans(spec: MixtureSpec, index: IndexTables) -> np.ndarray | None:
+    if spec.unit != "tokens":
+        return None
+    col = index.samples.column("tokens")
+    tokenizer = index.manifest.get("tokenizer")
+    if tokenizer is None or col.null_count == len(col):
+        raise ConfigError(f"{spec.source}: mixture.unit: unit = 'tokens' needs token counts, and the index "
+                          f"{index.path} has none (it was built without a tokenizer)",
+                          "re-index with a tokenizer (`tokenizer = \"tokenizer.json\"` under [index] in "
+                          "the index config), or use unit = \"samples\"")
+    eos = 1 if tokenizer.get("eos") else 0
+    return pc.fill_null(col, 0).to_numpy().astype(np.int64) + eos
+
+
+def _filter_of(spec: MixtureSpec, leaf: ComponentSpec,
+               index: IndexTables) -> tuple[pc.Expression | None, list[str]]:
+    expr, columns = None, []
+    schema = schema_of(index)
+    for node in spec.path_nodes(leaf.name):
+        if node.where is None:
+            continue
+        e = compile_where(node.where, schema, f"{spec.source}: {node.key}.where")
+        columns += referenced(parse(node.where))
+        expr = e if expr is None else expr & e
+    return expr, list(dict.fromkeys(columns))
+
+
+def _match(spec: MixtureSpec, leaf: ComponentSpec, index: IndexTables, row_ids: pa.Array) -> np.ndarray:
+    n = index.samples.num_rows
+    expr, columns = _filter_of(spec, leaf, index)
+    if expr is None:
+        return np.arange(n, dtype=np.int64)
+    table = index.samples.select(columns).append_column("__row", row_ids)
+    return table.filter(expr).column("__row").to_numpy().astype(np.int64)
+
+
+def _resolve_overlap(spec: MixtureSpec, leaves: list[ComponentSpec], matched: list[np.ndarray],
+                     n: int) -> list[np.ndarray]:
+    owner = np.full(n, -1, np.int64)
+    out = []
+    for k, m in enumerate(matched):
+        taken = owner[m] >= 0
+        if taken.any() and spec.overlap == "error":
+            other = leaves[int(owner[m[taken]][0])].name
+            raise ConfigError(f"{spec.source}: components {other!r} and {leaves[k].name!r} overlap: "
+                              f"{int(taken.sum())} samples match both "
+                              f"({int(np.count_nonzero(owner >= 0))} are claimed before {leaves[k].name!r})",
+                              "make the `where` expressions disjoint, or set overlap = \"first\" under "
+                              "[mixture] to give each sample to the first component that matches")
+        m = m[~taken]
+        owner[m] = k
+        out.append(m)
+    return out
+
+
+def _empty(spec: MixtureSpec, leaf: ComponentSpec, index: IndexTables, matched: int) -> ConfigError:
+    if matched:
+        return ConfigError(f"{spec.source}: component {leaf.name!r} matches {matched} samples, all with 0 "
+                           "tokens", "check its `where` expression")
+    hints = []
+    for node_where in (leaf.where,) if leaf.where else ():
+        for name in referenced(parse(node_where)):
+            if name in index.properties and index.properties[name] == "string":
+                top = Counter(v for v in index.samples.column(name).to_pylist() if v is not None)
+                values = ", ".join(repr(v) for v, _ in top.most_common(8))
+                hints.append(f"{name} takes values {values}")
+    hint = "; ".join(hints) if hints else "check its `where` expression with `mixtera inspect INDEX`"
+    return ConfigError(f"{spec.source}: component {leaf.name!r} matches no sample "
+                       f"(where {leaf.where!r})", f"the index has: {hint}" if hints else hint)
+
+
+def leaf_weights(spec: MixtureSpec, node_weights: dict[str, Weight], sizes: np.ndarray) -> np.ndarray:
+    """Leaf weights (summing to 1) from node weights; "natural" shares follow the data ``sizes``."""
+    leaves = spec.leaves()
+    size_of = {leaf.name: int(s) for leaf, s in zip(leaves, sizes, strict=True)}
+
+    def subtree_size(node: ComponentSpec) -> int:
+        return sum(size_of[leaf.name] for leaf in node.leaves())
+
+    def level(nodes: tuple[ComponentSpec, ...], scale: float, normalize: bool) -> dict[str, float]:
+        explicit = {n.name: float(node_weights[n.name]) for n in nodes if node_weights[n.name] != NATURAL}
+        naturals = [n for n in nodes if node_weights[n.name] == NATURAL]
+        total = sum(explicit.values())
+        if not naturals and normalize and total > 0:
+            explicit = {k: v / total for k, v in explicit.items()}
+        rest = max(0.0, 1.0 - sum(explicit.values()))
+        nat_total = sum(subtree_size(n) for n in naturals)
+        out: dict[str, float] = {}
+        for n in nodes:
+            share = explicit[n.name] if n.name in explicit else rest * subtree_size(n) / nat_total
+            if n.children:
+                out.update(level(n.children, scale * share, n.normalize))
+            else:
+                out[n.name] = scale * share
+        return out
+
+    weights = level(spec.components, 1.0, spec.normalize)
+    return np.array([weights[leaf.name] for leaf in leaves], dtype=np.float64)

@@ -1,0 +1,180 @@
+"""Random access to .gz / .zst corpus files through a zstd-framed cache built once per file.
+
+A gzip stream cannot be entered in the middle, and a corpus .zst usually holds one large frame, so
+reading a sample at uncompressed offset ``o`` would mean decompressing from the start of the file.
+Instead, the first reader of such a file recompresses its uncompressed stream into independent zstd
+frames of ``FRAME_BYTES`` uncompressed bytes each, plus a seek table, into a cache file
+``<cache dir>/xxh3_128-<hex content hash of the corpus file>.mxz`` (:mod:`mixtera.runtime.fingerprint`).
+A sample then costs the decompression of the one or two frames it lies in (a small LRU keeps recent
+frames). The cache is keyed by the content hash that
+the plan records, so a changed corpus file can never be served from a stale cache; it is built in a
+temporary file under an exclusive lock and published with one rename, so concurrent workers and ranks
+build it once and never see half a file.
+
+Layout of a ``.mxz`` file (little-endian)::
+
+    header   48 bytes: magic b"MXZFRAME", version u16, reserved u16, frame_bytes u32,
+             source content hash (xxh3_128, 16 bytes raw), uncompressed size u64, frame count u64
+    frames   one zstd frame per FRAME_BYTES of the uncompressed stream (the last may be shorter)
+    table    (frame count + 1) u64: byte offset of every frame, then the end of the last frame
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import mmap
+import struct
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import zstandard
+
+from mixtera.runtime.atomic import atomic_file
+from mixtera.runtime.errors import CorpusError, PlanError
+from mixtera.runtime.fingerprint import cache_name, content_digest
+
+MAGIC = b"MXZFRAME"
+VERSION = 2  # 2: the source fingerprint is the xxh3_128 content hash (1 held blake2b)
+FRAME_BYTES = 128 * 1024  # small frames keep one random sample cheap (~0.1 ms to decode a frame)
+_HEADER = struct.Struct("<8sHHI16sQQ")
+_DECODED_FRAMES = 8
+
+
+def _open_source(path: Path, codec: str) -> BinaryIO:
+    if codec == "gz":
+        return gzip.open(path, "rb")
+    raw = open(path, "rb")  # noqa: SIM115 - closed with the stream reader below
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+
+
+def _write_frames(source: BinaryIO, out: BinaryIO, frame_bytes: int) -> tuple[int, list[int]]:
+    cctx = zstandard.ZstdCompressor(level=3)
+    offsets, at, total = [], _HEADER.size, 0
+    while True:
+        chunk = source.read(frame_bytes)
+        # stream readers may return short reads; fill the frame so every frame but the last is full
+        while chunk and len(chunk) < frame_bytes:
+            more = source.read(frame_bytes - len(chunk))
+            if not more:
+                break
+            chunk += more
+        if not chunk:
+            break
+        frame = cctx.compress(chunk)
+        offsets.append(at)
+        out.write(frame)
+        at += len(frame)
+        total += len(chunk)
+    offsets.append(at)
+    return total, offsets
+
+
+def _digest(content_hash: str) -> bytes:
+    digest = content_digest(content_hash)
+    if digest is None:
+        raise PlanError(
+            f"{content_hash!r} is not a content hash this mixtera makes",
+            "re-run `mixtera index` on the corpus and `mixtera compile` the mixture again",
+        )
+    return digest
+
+
+def build_frame_cache(
+    path: Path, codec: str, content_hash: str, dest: Path, frame_bytes: int | None = None
+) -> None:
+    """Recompress ``path`` (codec ``gz`` or ``zst``) into ``dest``; atomic, safe to race."""
+    frame_bytes = frame_bytes or FRAME_BYTES
+    digest = _digest(content_hash)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / ".build.lock", "wb") as lock:  # one builder at a time per cache dir
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if dest.exists():
+            return  # another worker or rank built it while we waited
+        with atomic_file(dest) as out:  # 0o666 & ~umask: a shared cache
+            out.write(b"\0" * _HEADER.size)
+            try:
+                with _open_source(path, codec) as source:
+                    total, offsets = _write_frames(source, out, frame_bytes)
+            except (OSError, EOFError, zstandard.ZstdError) as exc:
+                raise CorpusError(
+                    f"{path}: cannot decompress ({exc})",
+                    "the file is corrupt or truncated; restore it, re-index and recompile",
+                ) from exc
+            out.write(np.asarray(offsets, dtype="<u8").tobytes())
+            out.seek(0)
+            out.write(_HEADER.pack(MAGIC, VERSION, 0, frame_bytes, digest, total, len(offsets) - 1))
+
+
+class FramedFile:
+    """Reads byte ranges of a corpus file's uncompressed stream from its ``.mxz`` cache."""
+
+    def __init__(self, cache_path: Path, content_hash: str) -> None:
+        self.path = cache_path
+        hint = f"delete {cache_path} so that it is rebuilt"
+        with open(cache_path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if len(self._map) < _HEADER.size:
+            raise PlanError(f"{cache_path}: truncated frame cache", hint)
+        magic, version, _, self.frame_bytes, digest, self.size, frames = _HEADER.unpack_from(self._map, 0)
+        if magic != MAGIC or version != VERSION or digest != _digest(content_hash):
+            raise PlanError(
+                f"{cache_path}: not a version {VERSION} frame cache of {content_hash}", hint
+            )
+        table_at = len(self._map) - (frames + 1) * 8
+        self._offsets = np.frombuffer(self._map, dtype="<u8", count=frames + 1, offset=table_at)
+        if table_at < _HEADER.size or int(self._offsets[-1]) != table_at:
+            raise PlanError(f"{cache_path}: seek table does not match the file size", hint)
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frames: OrderedDict[int, bytes] = OrderedDict()
+
+    def _frame(self, i: int) -> bytes:
+        data = self._frames.get(i)
+        if data is None:
+            start, end = int(self._offsets[i]), int(self._offsets[i + 1])
+            data = self._dctx.decompress(self._map[start:end])
+            self._frames[i] = data
+            if len(self._frames) > _DECODED_FRAMES:
+                self._frames.popitem(last=False)
+        else:
+            self._frames.move_to_end(i)
+        return data
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset + length > self.size:
+            raise PlanError(
+                f"{self.path}: bytes [{offset}, {offset + length}) beyond the stream's {self.size}",
+                "the plan does not match this corpus file; re-index and recompile",
+            )
+        fb = self.frame_bytes
+        first, last = offset // fb, (offset + max(length, 1) - 1) // fb
+        start = offset - first * fb
+        if first == last:
+            return self._frame(first)[start : start + length]
+        return b"".join([self._frame(i) for i in range(first, last + 1)])[start : start + length]
+
+    def close(self) -> None:
+        self._offsets = None
+        self._frames.clear()
+        self._map.close()
+
+
+def open_framed(
+    path: Path, codec: str, content_hash: str, cache_dir: Path, on_build: Callable[[Path], None] | None = None
+) -> FramedFile:
+    """The framed view of a compressed corpus file, building its cache on first use."""
+    dest = cache_dir / f"{cache_name(content_hash)}.mxz"
+    if not dest.exists():
+        if on_build:
+            on_build(path)
+        try:
+            build_frame_cache(path, codec, content_hash, dest)
+        except PermissionError as exc:
+            raise PlanError(
+                f"{cache_dir}: cannot write the frame cache of {path} ({exc})",
+                "point MIXTERA_CACHE (or cache_dir=) at a writable folder",
+            ) from exc
+    return FramedFile(dest, content_hash)

@@ -1,0 +1,105 @@
+"""Index directories written straight from man/mixtera-formats.md, for compiler tests and bench/.
+
+No corpus is read: samples get random properties and token counts, so any size is cheap to make.
+The layout is exactly what `mixtera index` writes (checked by loading it with ``load_index``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mixtera.planner.index.schema import FILES, MANIFEST, SAMPLES, files_schema, samples_schema
+
+LANGUAGES = ("en", "de", "fr", "es")
+SOURCES = ("web", "code", "books", "wiki")
+LICENSES = ("MIT", "Apache-2.0", "GPL-3.0", "CC-BY-4.0")
+
+
+def write_synthetic_index(out: Path, samples: int, *, seed: int = 0, files: int = 4,
+                          tokens: tuple[int, int] | None = (20, 400), eos: bool = True,
+                          sources: tuple[str, ...] = SOURCES) -> Path:
+    """Write an index of ``samples`` rows with properties language, source, license, quality, tags.
+
+    ``tokens=None`` makes an index without a tokenizer (null token counts).
+    """
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    file_id = np.sort(rng.integers(0, files, samples)).astype(np.int32)
+    record = np.arange(samples) - np.searchsorted(file_id, file_id, side="left")
+    n_tok = rng.integers(tokens[0], tokens[1], samples) if tokens else None
+    props = {"language": "string", "source": "string", "license": "string", "quality": "float",
+             "tags": "list[string]"}
+    cols = {
+        "sample_id": pc.binary_join_element_wise(
+            pc.binary_join_element_wise("f", pc.cast(pa.array(file_id), pa.string()), ".jsonl", ""),
+            pc.cast(pa.array(record), pa.string()), "#"),
+        "file_id": pa.array(file_id),
+        "record": pa.array(record.astype(np.int64)),
+        "offset": pa.array((record * 100).astype(np.int64)),
+        "length": pa.array(np.full(samples, 99, np.int64)),
+        "text_bytes": pa.array(np.full(samples, 99, np.int64)),
+        "tokens": pa.array(n_tok.astype(np.int64)) if tokens else pa.nulls(samples, pa.int64()),
+        "token_offset": pa.nulls(samples, pa.int64()),
+        "language": pa.array(np.array(LANGUAGES)[rng.integers(0, len(LANGUAGES), samples)]),
+        "license": pa.array(np.array(LICENSES)[rng.integers(0, len(LICENSES), samples)]),
+        "quality": pa.array(np.round(rng.random(samples), 3)),
+        "source": pa.array(np.array(sources)[rng.integers(0, len(sources), samples)]),
+        "tags": _tags(samples),
+    }
+    schema = samples_schema(props)
+    pq.write_table(pa.table([cols[f.name] for f in schema], schema=schema), out / SAMPLES)
+    file_rows = [{"file_id": i, "path": f"f{i}.jsonl", "format": "jsonl", "size": 1000, "mtime_ns": 0,
+                  "content_hash": f"xxh3_128:{i:032x}", "records": int((file_id == i).sum())}
+                 for i in range(files)]
+    pq.write_table(pa.Table.from_pylist(file_rows, schema=files_schema()), out / FILES)
+    tokenizer = {"path": "tok.json", "name": "synthetic", "blake2b": "0" * 32, "vocab_size": 1000,
+                 "eos_id": 0, "eos": eos} if tokens else None
+    manifest = {"kind": "mixtera-index", "format_version": "1.0", "created_by": "synthetic",
+                "corpus_root": str(out / "corpus"), "text_field": "text", "config": {},
+                "properties": {n: {"type": t, "sources": []} for n, t in props.items()},
+                "files": [{**f, "skipped": 0} for f in file_rows],
+                "counts": {"files": files, "samples": samples, "bytes": 99 * samples,
+                           "tokens": int(n_tok.sum()) if tokens else None},
+                "tokenizer": tokenizer, "store_tokens": False}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return out
+
+
+def _tags(n: int) -> pa.Array:
+    """Tags cycle through ["a"], ["b", "c"], [], ["a", "c"]."""
+    values = np.array(["a", "b", "c", "a", "c"])
+    per = np.array([1, 2, 0, 2])[np.arange(n) % 4]
+    offsets = np.concatenate([[0], np.cumsum(per)]).astype(np.int32)
+    first = np.array([0, 1, 3, 3])[np.arange(n) % 4]
+    flat = np.concatenate([values[first[per > 0]], values[first[per == 2] + 1]])
+    order = np.argsort(np.concatenate([offsets[:-1][per > 0], offsets[:-1][per == 2] + 1]), kind="stable")
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat[order]))
+
+
+# The benchmarks' mixture: 8 sources with fixed weights, 256 ranks (bench/compile.py, bench/feedback.py).
+BENCH_SOURCES = ("web", "code", "books", "wiki", "news", "papers", "forum", "legal")
+BENCH_WEIGHTS = (0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05)
+
+
+def bench_mixture(index: Path | str, steps: int, *, batch: int, seq_len: int, extra: str = "") -> str:
+    """Mixture TOML over BENCH_SOURCES with 256 ranks; ``extra`` is appended before the components."""
+    comps = "\n".join(f"[components.{s}]\nwhere = \"source == '{s}'\"\nweight = {w}\n"
+                      for s, w in zip(BENCH_SOURCES, BENCH_WEIGHTS, strict=True))
+    return f"""
+[mixture]
+index = "{index}"
+seed = 1
+steps = {steps}
+segment_steps = 100
+[topology]
+world_size = 256
+batch_size = {batch}
+seq_len = {seq_len}
+{extra}
+{comps}"""
