@@ -74,7 +74,7 @@ def compile_file(mixture: Path | str, out: Path | str,
 
 def _reporting(plan: CompiledPlan,
                progress: Callable[[int, int], None] | None) -> Iterator[tuple[PlanState, BlockEntries]]:
-    total = plan.spec.steps // plan.spec.segment_steps
+    total = -(-plan.spec.steps // plan.spec.segment_steps)  # the last segment may be shorter
     for done, item in enumerate(plan.blocks(), start=1):
         yield item
         if progress is not None:

@@ -129,10 +129,6 @@ class MixtureSpec:
         for name in ("steps", "segment_steps"):
             if getattr(self, name) < 1:
                 raise fail(f, f"mixture.{name}", f"must be >= 1, got {getattr(self, name)}")
-        if self.steps % self.segment_steps:
-            raise fail(f, "mixture.segment_steps",
-                       f"steps = {self.steps} is not a multiple of segment_steps = {self.segment_steps}",
-                       f"use a segment_steps that divides {self.steps}, or round steps to a multiple")
         if not 0 <= self.seed < 2**63:
             raise fail(f, "mixture.seed", f"must be in [0, 2**63), got {self.seed}")
         self.topology.validate(unit=self.unit, file=f)

@@ -111,7 +111,6 @@ def test_invalid_toml_names_line_and_column() -> None:
     ("web_en = 0.3, code = 0.5", "web_en = 0.4, code = 0.5", "schedule[0].weights", "sum to 1.1", None),
     ("from_step = 1000", "from_step = 2000", "schedule[0].from_step", "must be in [0, 2000)", None),
     ("ramp_steps = 200", "ramp_steps = 1200", "schedule[0].ramp_steps", "end by step 2000", None),
-    ("segment_steps = 100", "segment_steps = 300", "mixture.segment_steps", "not a multiple", None),
     ("unit = \"tokens\"", "unit = \"bytes\"", "mixture.unit", "unknown unit 'bytes'", "tokens, samples"),
     ("seq_len = 2048", "seq_len = 0", "topology.seq_len", "must be >= 1 with unit = 'tokens'", None),
     ("world_size = 8", "world_size = 0", "topology.world_size", "must be >= 1", None),
