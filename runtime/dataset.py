@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mixtera.runtime.data_parallel import data_parallel_rank
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.plan import Plan
 from mixtera.runtime.replay import Replay
@@ -25,13 +26,6 @@ from mixtera.runtime.state import ElasticOrigin, RuntimeState
 from mixtera.runtime.tokenizer import check_tokenizer
 
 OUTPUTS = ("tokens", "documents")
-
-
-def default_rank_world() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed when initialized, else RANK / WORLD_SIZE, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def plan_text_field(plan: Plan) -> str:
@@ -60,6 +54,8 @@ class PlanDataset(IterableDataset):
         with_provenance: bool = False,
         pretokenized: bool | None = None,
         cache_dir: Path | str | None = None,
+        device_mesh: Any | None = None,
+        process_group: Any | None = None,
     ) -> None:
         super().__init__()
         if output not in OUTPUTS:
@@ -67,9 +63,10 @@ class PlanDataset(IterableDataset):
         self.plan_path = Path(plan)
         self.output = output
         self.with_provenance = with_provenance
-        default_rank, default_world = default_rank_world()
-        self.rank = default_rank if rank is None else rank
-        self.world_size = default_world if world_size is None else world_size
+        dp = data_parallel_rank(device_mesh, process_group)
+        self.rank = dp.rank if rank is None else rank
+        self.world_size = dp.world_size if world_size is None else world_size
+        self._rank_source = dp.source if world_size is None else "the world_size argument"
         meta = Plan.open(self.plan_path)
         self._check_topology(meta)
         self.steps, self.batch_size, self.seq_len = meta.steps, meta.batch_size, meta.seq_len
@@ -93,7 +90,7 @@ class PlanDataset(IterableDataset):
         if self.world_size != plan.world_size:
             raise PlanError(
                 f"{self.plan_path}: the plan is compiled for world size {plan.world_size}, "
-                f"this job has world size {self.world_size}",
+                f"this job has world size {self.world_size} (data-parallel ranks, from {self._rank_source})",
                 "re-partition it with `mixtera compile MIXTURE.toml --out NEW --from-plan "
                 f"{self.plan_path} --from-step S --world-size {self.world_size}`",
             )

@@ -3,8 +3,10 @@
 Every rank calls :meth:`FeedbackReporter.report` once per optimizer step with its own per-domain
 token counts and loss sums (domain id = leaf component id of the plan). The values are summed over
 data-parallel ranks with ``torch.distributed.all_reduce`` when a process group is initialised
-(every rank must then call ``report`` for every step); rank 0 appends one record per step with the
-plan version that produced the step's batch.
+(every rank must then call ``report`` for every step); global rank 0 appends one record per step with
+the plan version that produced the step's batch. Under tensor or pipeline parallelism pass the same
+``device_mesh=`` or ``process_group=`` as to ``PlanDataset``: the sums then run over the data-parallel
+group only, so that replicas of one batch are counted once (see `mixtera.runtime.data_parallel`).
 
 In-process rewrites: the runtime never imports the planner. A job without a side
 ``mixtera feedback --follow`` process passes ``on_refit``, a callable that rank 0 calls with the
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from mixtera.runtime.data_parallel import mesh_data_dims, mesh_data_group_ranks
 from mixtera.runtime.format.feedback_log import UNKNOWN_VERSION, LogWriter, log_path
 from mixtera.runtime.plan import read_manifest
 from mixtera.runtime.versions import VersionResolver
@@ -40,6 +43,25 @@ def _distributed() -> Any:
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
+def _reduce_group(dist: Any, device_mesh: Any | None, process_group: Any | None) -> Any:
+    """The data-parallel group to sum over; None: the whole world."""
+    if device_mesh is None:
+        return process_group
+    dims = mesh_data_dims(device_mesh)
+    if len(dims) <= 1:
+        return device_mesh.get_group(dims[0] if dims else 0)
+    if dist is None:
+        return None
+    # Several data dimensions (torchtitan's dp_replicate x dp_shard): one group per replica coordinate.
+    # new_group is collective, so every rank creates every group in the same order and keeps its own.
+    mine = None
+    for ranks in mesh_data_group_ranks(device_mesh):
+        group = dist.new_group(ranks)
+        if dist.get_rank() in ranks:
+            mine = group
+    return mine
+
+
 def _as_numpy(values: Any, dtype: type) -> np.ndarray:
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
@@ -51,12 +73,14 @@ class FeedbackReporter:
 
     def __init__(self, plan_dir: Path | str, *, rank: int | None = None,
                  on_refit: Callable[[int], Any] | None = None, background: bool = False,
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, device_mesh: Any | None = None,
+                 process_group: Any | None = None) -> None:
         self.plan_dir = Path(plan_dir)
         manifest = read_manifest(self.plan_dir)
         self.domains = len(manifest["components"])
         self.segment_steps = int(manifest["segment_steps"])
         self._dist = _distributed()
+        self._group = _reduce_group(self._dist, device_mesh, process_group)
         self.rank = rank if rank is not None else (
             self._dist.get_rank() if self._dist else int(os.environ.get("RANK", "0")))
         self._resolver = VersionResolver(self.plan_dir, manifest, who=f"rank {self.rank}")
@@ -93,7 +117,7 @@ class FeedbackReporter:
         if self._dist.get_backend() == "nccl":
             device = torch.device("cuda", torch.cuda.current_device())
         t = torch.from_numpy(vec).to(device)
-        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM)
+        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._group)
         return t.cpu().numpy()
 
     def _run_refit(self, refit_step: int) -> None:
