@@ -141,6 +141,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--feedback", nargs="?", const="report", choices=["report", "inprocess"],
                    help="report per-domain losses to the plan; `inprocess`: rank 0 also runs the rewrite")
     p.add_argument("--json", action="store_true", help="log one JSON object per step on stdout")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="every N steps, the per-domain loss on the plan's [validation] split (0: never)")
     return p.parse_args()
 
 
@@ -157,7 +159,10 @@ def main() -> None:
     start = load_checkpoint(args.checkpoint_dir, model.module, opt, ds, rank) if args.resume else 0
     if rank == 0 and args.resume:
         print(f"resumed at step {start}", file=sys.stderr)
-    stats = train(args, model, opt, ds, start, feedback_hooks(args), rank)
+    hooks = feedback_hooks(args)
+    if args.eval_every:
+        hooks.append(evaluation_hook(args, model, rank))
+    stats = train(args, model, opt, ds, start, hooks, rank)
     if start < args.steps:
         save_checkpoint(args.checkpoint_dir, args.steps, model.module, opt, ds.state_dict(), rank)
     if rank == 0:
@@ -203,6 +208,35 @@ def train(
         if step > start:  # the first step includes starting the loader's workers
             wait, total = wait + t1 - t0, total + t2 - t0
     return wait, total
+
+
+def evaluation_hook(args: argparse.Namespace, model: nn.Module, rank: int) -> DomainHook:
+    """Every ``--eval-every`` steps: mean loss per domain over the whole validation split."""
+    val = PlanDataset(args.plan, tokenizer=args.tokenizer, split="validation")
+
+    def evaluate(step: int, _tokens: torch.Tensor, _loss_sum: torch.Tensor) -> None:
+        if (step + 1) % args.eval_every:
+            return
+        model.eval()
+        tokens = torch.zeros(len(val.domains), dtype=torch.float64)
+        loss_sum = torch.zeros_like(tokens)
+        with torch.no_grad():
+            for batch in val.loader(num_workers=0):  # the same batches at every evaluation
+                _, t, s = domain_losses(model(batch["input_ids"]), batch["labels"], batch["domain_ids"],
+                                        len(val.domains))
+                tokens, loss_sum = tokens + t, loss_sum + s
+        model.train()
+        both = torch.stack([tokens, loss_sum])
+        dist.all_reduce(both)
+        if rank == 0:
+            per = {n: float(both[1, i] / both[0, i]) for i, n in enumerate(val.domains) if both[0, i]}
+            if args.json:
+                print(json.dumps({"eval_after_step": step, "validation_loss": per}), flush=True)
+            else:
+                shown = "  ".join(f"{n} {v:.3f}" for n, v in per.items())
+                print(f"eval after step {step}: validation loss  {shown}", flush=True)
+
+    return evaluate
 
 
 def log_step(

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mixtera.runtime.data_parallel import data_parallel_rank
 from mixtera.runtime.errors import PlanError
-from mixtera.runtime.plan import Plan
+from mixtera.runtime.plan import MANIFEST, SPLITS, VALIDATION, Plan
 from mixtera.runtime.replay import Replay
 from mixtera.runtime.state import ElasticOrigin, RuntimeState
 from mixtera.runtime.tokenizer import check_tokenizer
@@ -41,6 +41,18 @@ def plan_text_field(plan: Plan) -> str:
     return "text"
 
 
+def split_path(plan: Path, split: str) -> Path:
+    """The plan directory of ``split``: the plan itself, or its ``validation/`` plan."""
+    if split not in SPLITS:
+        raise PlanError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+    if split == "train":
+        return plan
+    if not (plan / VALIDATION / MANIFEST).is_file():
+        raise PlanError(f"{plan}: the plan has no validation split ({plan / VALIDATION} is missing)",
+                        "add a [validation] table to the mixture and compile it again")
+    return plan / VALIDATION
+
+
 class PlanDataset(IterableDataset):
     """One rank's share of a compiled plan, step by step, resumable at any step."""
 
@@ -56,11 +68,13 @@ class PlanDataset(IterableDataset):
         cache_dir: Path | str | None = None,
         device_mesh: Any | None = None,
         process_group: Any | None = None,
+        split: str = "train",
     ) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise PlanError(f"output={output!r} is not one of {', '.join(OUTPUTS)}")
-        self.plan_path = Path(plan)
+        self.split = split
+        self.plan_path = split_path(Path(plan), split)
         self.output = output
         self.with_provenance = with_provenance
         dp = data_parallel_rank(device_mesh, process_group)
@@ -178,6 +192,8 @@ class PlanDataset(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if info is None:
+            self.rewind_finished_validation()
         first = self._first_step(worker, workers)
         runtime = self._open_runtime()
         runtime.workers = workers
@@ -191,6 +207,12 @@ class PlanDataset(IterableDataset):
                 yield from head
                 self._advance(step, workers)  # before the last yield: the batch is complete
                 yield last
+
+    def rewind_finished_validation(self) -> None:
+        """A validation split replays from its first step again after a complete pass: every
+        evaluation sees the same batches in the same order."""
+        if self.split == "validation" and self._next_step >= self.steps:
+            self._next_step, self._stride = 0, 1
 
     def _advance(self, step: int, workers: int) -> None:
         self._next_step, self._stride = step + workers, workers
@@ -235,6 +257,7 @@ class PlanLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         dataset: PlanDataset = self.dataset
+        dataset.rewind_finished_validation()  # before the workers get their copies
         for batch in super().__iter__():
             step = batch["step"][0] if isinstance(batch, dict) else batch[0]["step"] if batch else None
             if step is not None:

@@ -25,6 +25,8 @@ PLAN_KIND = "mixtera-plan"
 PLAN_FORMAT_VERSION = "1.0"
 MANIFEST = "manifest.json"
 SAMPLES = "samples.npy"
+VALIDATION = "validation"  # PLAN/validation/: the [validation] split, a plan of its own
+SPLITS = ("train", "validation")
 NO_TOKEN_OFFSET = np.uint64(2**64 - 1)
 SAMPLE_DTYPE = np.dtype([("file", "<u4"), ("record", "<u8"), ("offset", "<u8"), ("length", "<u8"),
                          ("tokens", "<u4"), ("token_offset", "<u8")])

@@ -17,11 +17,12 @@ import numpy as np
 
 from mixtera.planner.compile.packing import BlockEntries, PlanState, rank_major_gather, rank_major_order
 from mixtera.planner.compile.plan_arrays import fingerprint
+from mixtera.planner.compile.validation import validation_spec
 from mixtera.planner.compile.writer import QUOTAS, WEIGHTS, WrittenPlan, write_plan
 from mixtera.planner.mixture.spec import MixtureSpec, Topology
 from mixtera.runtime.errors import ConfigError
 from mixtera.runtime.format.rank_file import Segment
-from mixtera.runtime.plan import SAMPLES, Plan
+from mixtera.runtime.plan import MANIFEST, SAMPLES, VALIDATION, Plan
 
 
 def check_elastic(old: Plan, spec: MixtureSpec, world_size: int, from_step: int) -> Topology:
@@ -102,8 +103,17 @@ def repartition(old_path: Path | str, spec: MixtureSpec, out: Path | str, *, wor
         blocks: Iterator[tuple[PlanState, BlockEntries]] = (
             (states[k], _repartition_segment(old, k, topo)) for k in range(old.segment_count))
         samples = np.load(old.path / SAMPLES)
+        nested = None
+        if spec.validation is not None and (old.path / VALIDATION / MANIFEST).is_file():
+            manifest["validation"] = {**manifest["validation"], "batch_size": None}  # filled below
+
+            def nested(stage: Path) -> None:  # the validation split, re-partitioned the same way
+                written = repartition(old.path / VALIDATION, validation_spec(spec), stage / VALIDATION,
+                                      world_size=world_size, from_step=0)
+                with Plan.open(written.path) as val:
+                    manifest["validation"].update(fingerprint=val.fingerprint, batch_size=val.batch_size)
         return write_plan(out, manifest=manifest, samples=samples, quotas=np.load(old.path / QUOTAS),
-                          weights=np.load(old.path / WEIGHTS), blocks=blocks)
+                          weights=np.load(old.path / WEIGHTS), blocks=blocks, nested=nested)
     finally:
         old.close()
 

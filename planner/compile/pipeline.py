@@ -15,6 +15,7 @@ from mixtera.planner.compile.writer import WrittenPlan, write_plan
 from mixtera.planner.index import IndexTables, load_index, read_manifest
 from mixtera.planner.mixture.spec import MixtureSpec, load_spec
 from mixtera.planner.mixture.where import parse, referenced
+from mixtera.runtime.plan import VALIDATION
 
 LOCATION_COLUMNS = ("file_id", "record", "offset", "length", "text_bytes", "tokens", "token_offset")
 
@@ -65,11 +66,26 @@ def compile_file(mixture: Path | str, out: Path | str,
     index = load_index(spec.index, columns=needed_columns(spec))
     plan = compile_plan(spec, index)
     manifest = manifest_of(plan, index)
+    nested = None if plan.validation is None else _validation_writer(plan, manifest, index)
     del index  # the plan holds all it needs: free the index tables before packing
     pa.default_memory_pool().release_unused()  # and hand their memory back to the system
     written = write_plan(out, manifest=manifest, samples=plan.samples, quotas=plan.quotas,
-                         weights=plan.weights, blocks=_reporting(plan, progress))
+                         weights=plan.weights, blocks=_reporting(plan, progress), nested=nested)
     return plan, written
+
+
+def _validation_writer(plan: CompiledPlan, manifest: dict[str, Any],
+                       index: IndexTables) -> Callable[[Path], WrittenPlan]:
+    """Records the validation plan in ``manifest`` and returns what writes it into the staged plan."""
+    val = plan.validation
+    assert val is not None and plan.spec.validation is not None
+    vmanifest = {**manifest_of(val, index), "validation_of": plan.fingerprint}
+    manifest["validation"] = {"dir": VALIDATION, "fingerprint": val.fingerprint, "steps": val.spec.steps,
+                              "batch_size": val.topology.batch_size,
+                              "per_component": plan.spec.validation.per_component,
+                              "held_out": [int(q) for q in val.quotas.sum(axis=0)]}
+    return lambda stage: write_plan(stage / VALIDATION, manifest=vmanifest, samples=val.samples,
+                                    quotas=val.quotas, weights=val.weights, blocks=val.blocks())
 
 
 def _reporting(plan: CompiledPlan,

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from mixtera.planner.compile.packing import BlockEntries, PlanState, Streams, compact_lengths, plan_steps
 from mixtera.planner.compile.quotas import QuotaPlan, plan_quotas, weight_matrix
 from mixtera.planner.compile.selection import Selection, leaf_weights, select
+from mixtera.planner.compile.validation import hold_out
 from mixtera.planner.index import IndexTables
 from mixtera.planner.mixture.spec import MixtureSpec, Topology
 from mixtera.runtime.fingerprint import json_digest
@@ -60,6 +61,7 @@ class CompiledPlan:
     quotas: np.ndarray  # (steps, components) int64: units of each component in each step
     weights: np.ndarray  # (steps, components) float64: target weights in effect
     streams: Streams
+    validation: CompiledPlan | None = None  # the [validation] plan, over the held-out samples
 
     @property
     def step_total(self) -> int:
@@ -85,7 +87,7 @@ class CompiledPlan:
 
 def step_total(unit: str, topology: Topology) -> int:
     """Units (tokens or samples) in one global step."""
-    return topology.global_batch * (topology.seq_len if unit == "tokens" else 1)
+    return topology.step_units(unit)
 
 
 def fingerprint(spec_dict: dict[str, Any], index_hash: str, topology: Topology, seed: int,
@@ -105,6 +107,9 @@ def compile_plan(spec: MixtureSpec, index: IndexTables) -> CompiledPlan:
     """Everything about the plan except the packed entries (see ``CompiledPlan.blocks``)."""
     spec.validate()
     sel = select(spec, index)
+    held = None
+    if spec.validation is not None:  # held out first: training never sees those samples
+        sel, held = hold_out(spec, sel)
     sizes = sel.sizes()
     weights = weight_matrix(spec.steps, _stages(spec, sizes))
     leaves = spec.leaves()
@@ -112,13 +117,24 @@ def compile_plan(spec: MixtureSpec, index: IndexTables) -> CompiledPlan:
     qp = plan_quotas(weights, total, sizes, [leaf.on_exhausted for leaf in leaves], list(sel.names),
                      spec.unit, spec.source)
     index_hash = index_manifest_hash(index)
+    fp = fingerprint(spec.to_dict(), index_hash, spec.topology, spec.seed)
+    validation = None
+    if held is not None:
+        validation = _assemble(held.spec, index, held.selection, held.quotas, index_hash,
+                               fingerprint(held.spec.to_dict(), index_hash, held.spec.topology, spec.seed,
+                                           extra={"validation_of": fp}))
+    return _assemble(spec, index, sel, qp, index_hash, fp, validation)
+
+
+def _assemble(spec: MixtureSpec, index: IndexTables, sel: Selection, qp: QuotaPlan, index_hash: str,
+              fp: str, validation: CompiledPlan | None = None) -> CompiledPlan:
     return CompiledPlan(
-        spec=spec, topology=spec.topology, index_hash=index_hash,
-        fingerprint=fingerprint(spec.to_dict(), index_hash, spec.topology, spec.seed),
+        spec=spec, topology=spec.topology, index_hash=index_hash, fingerprint=fp,
         components=_infos(spec, sel, qp), samples=_sample_table(index, sel), quotas=qp.quotas,
         weights=qp.weights,
         streams=Streams(names=sel.names, doc_lengths=tuple(compact_lengths(s) for s in sel.spans),
-                        seed=spec.seed, unit=spec.unit))
+                        seed=spec.seed, unit=spec.unit),
+        validation=validation)
 
 
 def _stages(spec: MixtureSpec, sizes: np.ndarray) -> list[tuple[int, int, np.ndarray]]:

@@ -11,7 +11,7 @@ import io
 import json
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
@@ -81,11 +81,14 @@ def json_file_bytes(obj: dict[str, Any]) -> bytes:
 
 
 def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray, quotas: np.ndarray,
-               weights: np.ndarray, blocks: Iterable[tuple[PlanState, BlockEntries]]) -> WrittenPlan:
+               weights: np.ndarray, blocks: Iterable[tuple[PlanState, BlockEntries]],
+               nested: Callable[[Path], Any] | None = None) -> WrittenPlan:
     """Write samples, quotas, one rank file per rank from ``blocks`` and, last, the manifest.
 
     ``manifest`` holds everything but ``segments``, which is filled here (with each segment's
     ``start_state``). ``blocks`` may raise (e.g. exhaustion): nothing is left behind then.
+    ``nested(stage)`` writes plans inside this one (the validation plan) before the manifest, so
+    that they are published with it.
     """
     out = Path(out)
     check_output(out)
@@ -112,6 +115,8 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
                                   range(world)))
         paths += [f.result() for f in tables]
         _fsync_files(paths, pool)  # all at once: the first flush carries the others' data along
+        if nested is not None:
+            nested(stage)
         full = {"kind": PLAN_KIND, "format_version": PLAN_FORMAT_VERSION, "created_by": created_by(),
                 **manifest, "segments": segments, "entries": entries}
         write_atomic(stage / MANIFEST, json_file_bytes(full))

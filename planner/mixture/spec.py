@@ -47,6 +47,10 @@ class Topology:
     def global_batch(self) -> int:
         return self.world_size * self.batch_size
 
+    def step_units(self, unit: str) -> int:
+        """Units (tokens or samples) in one global step."""
+        return self.global_batch * (self.seq_len if unit == "tokens" else 1)
+
     def to_dict(self) -> dict[str, int]:
         return {"world_size": self.world_size, "batch_size": self.batch_size, "seq_len": self.seq_len}
 
@@ -105,6 +109,24 @@ class ScheduleStage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ValidationSpec:
+    """The ``[validation]`` table: a fixed held-out amount per component, replayed as its own plan."""
+
+    per_component: int  # tokens (unit = "tokens") or samples (unit = "samples") per leaf component
+    batch_size: int  # sequences (or samples) per rank and step
+    key: str = "validation"  # the TOML key of ``per_component``, for errors
+
+    def validate(self, file: str) -> None:
+        for name, value in (("per_component", self.per_component), ("batch_size", self.batch_size)):
+            if value < 1:
+                key = self.key if name == "per_component" else "validation.batch_size"
+                raise fail(file, key, f"must be >= 1, got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"per_component": self.per_component, "batch_size": self.batch_size}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MixtureSpec:
     index: Path
     seed: int
@@ -117,6 +139,7 @@ class MixtureSpec:
     dynamic: dict[str, Any] | None = None
     overlap: str = "error"
     normalize: bool = False
+    validation: ValidationSpec | None = None
     source: str = "<spec>"  # the TOML file, for errors
 
     def validate(self) -> None:
@@ -139,6 +162,8 @@ class MixtureSpec:
             c.validate(file=f)
         check_level({c.name: c.weight for c in self.components}, self.normalize, f, "components")
         self.validate_schedule()
+        if self.validation is not None:
+            self.validation.validate(f)
         if self.dynamic is not None:
             algo = self.dynamic.get("algorithm")
             if algo not in ALGORITHMS:
@@ -217,7 +242,9 @@ class MixtureSpec:
                 "segment_steps": self.segment_steps, "topology": self.topology.to_dict(),
                 "overlap": self.overlap, "normalize": self.normalize,
                 "components": [c.to_dict() for c in self.components],
-                "schedule": [s.to_dict() for s in self.schedule], "dynamic": self.dynamic}
+                "schedule": [s.to_dict() for s in self.schedule], "dynamic": self.dynamic,
+                # only when set, so that plans without [validation] keep their fingerprints
+                **({"validation": self.validation.to_dict()} if self.validation else {})}
 
 
 def check_weight(w: Any, file: str, key: str) -> None:
@@ -246,7 +273,8 @@ _MIXTURE_KEYS = {"index", "seed", "unit", "steps", "segment_steps", "overlap", "
 _TOPOLOGY_KEYS = {"world_size", "batch_size", "seq_len"}
 _COMPONENT_KEYS = {"where", "weight", "on_exhausted", "normalize", "components"}
 _SCHEDULE_KEYS = {"from_step", "ramp_steps", "weights"}
-_TOP_KEYS = {"mixture", "topology", "components", "schedule", "dynamic"}
+_TOP_KEYS = {"mixture", "topology", "components", "schedule", "dynamic", "validation"}
+_VALIDATION_KEYS = {"tokens_per_component", "samples_per_component", "batch_size"}
 
 
 class _Reader:
@@ -327,7 +355,23 @@ def _build(doc: dict[str, Any], r: _Reader, base: Path) -> MixtureSpec:
         components=_components(doc.get("components"), "components", "", default_exhausted,
                                r.get(mix, "mixture", "normalize", bool, False), r),
         schedule=tuple(_stage(s, f"schedule[{i}]", r) for i, s in enumerate(schedule_raw)),
-        dynamic=dynamic)
+        dynamic=dynamic,
+        validation=_validation(doc.get("validation"), unit, r))
+
+
+def _validation(raw: Any, unit: str, r: _Reader) -> ValidationSpec | None:
+    if raw is None:
+        return None
+    body = r.table(raw, "validation", _VALIDATION_KEYS)
+    wanted = "samples_per_component" if unit == "samples" else "tokens_per_component"
+    other = "tokens_per_component" if unit == "samples" else "samples_per_component"
+    if other in body:
+        raise fail(r.file, f"validation.{other}", f"does not fit unit = {unit!r}",
+                   f"hold out an amount in the plan's unit: {wanted} = N")
+    return ValidationSpec(
+        per_component=r.get(body, "validation", wanted, int, required_hint=f"{wanted} = N (per component)"),
+        batch_size=r.get(body, "validation", "batch_size", int, required_hint="batch_size = per rank"),
+        key=f"validation.{wanted}")
 
 
 def _components(raw: Any, key: str, prefix: str, inherited: str, normalize: bool,
