@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import traceback
+from importlib import metadata
+from typing import Annotated
 
 import typer
 
@@ -12,9 +14,27 @@ from mixtera.cli import compile_cmd, feedback_cmd, index_cmd, inspect_cmd
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
-    help="mixtera: declare a data mixture, compile it into per-rank plans, replay them in training.",
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        # pyproject.toml's version is the one source: the installed metadata (editable installs too).
+        print(f"mixtera {metadata.version('mixtera')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """mixtera: declare a data mixture, compile it into per-rank plans, replay them in training."""
+
+
 app.command("index")(index_cmd.index)
 app.command("compile")(compile_cmd.compile_mixture)
 app.command("inspect")(inspect_cmd.inspect)
