@@ -17,7 +17,8 @@ from mixtera.runtime.errors import ConfigError
 
 @user_errors
 def compile_mixture(
-    mixture: Annotated[Path, typer.Argument(help="Mixture TOML file.", show_default=False)],
+    mixture: Annotated[Path, typer.Argument(metavar="MIXTURE", help="Mixture TOML file.",
+                                                  show_default=False)],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Plan directory to write (replaced "
                                           "atomically if it holds a plan).", show_default=False)],
     from_plan: Annotated[Path | None, typer.Option("--from-plan", help="Elastic: re-partition this "

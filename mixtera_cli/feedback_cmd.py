@@ -13,7 +13,8 @@ from mixtera.cli.console import err, out, print_json, user_errors
 
 @user_errors
 def feedback(
-    plan: Annotated[Path, typer.Argument(help="The plan directory the job replays.", show_default=False)],
+    plan: Annotated[Path, typer.Argument(metavar="PLAN", help="The plan directory the job replays.",
+                                               show_default=False)],
     follow: Annotated[bool, typer.Option("--follow", help="Keep running beside the job and decide at each "
                                          "refit point until the plan's last decision.")] = False,
     poll: Annotated[float, typer.Option("--poll", min=0.01, help="--follow: seconds between looks at the "

@@ -19,6 +19,7 @@ def index(
     corpus: Annotated[
         list[Path],
         typer.Argument(
+            metavar="CORPUS",
             help="Corpus folders or files (.jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst, .parquet).",
             show_default=False,
         ),

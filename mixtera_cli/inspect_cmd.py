@@ -15,7 +15,8 @@ from mixtera.runtime.errors import MixteraUserError
 
 @user_errors
 def inspect(
-    path: Annotated[Path, typer.Argument(help="An index directory or a plan directory.", show_default=False)],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="An index directory or a plan directory.",
+                                               show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
     rank: Annotated[
         int | None, typer.Option("--rank", min=0, help="Plan only: show this rank's entries.")
