@@ -48,7 +48,8 @@ def compile_mixture(
         from mixtera.planner.compile.pipeline import compile_file
 
         with Progress(TextColumn(f"compiling {escape(str(mixture))}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("segments"), TimeElapsedColumn(), console=err, transient=True) as bar:
+                      TextColumn("segments"), TimeElapsedColumn(), console=err, transient=True,
+                      disable=not err.is_terminal) as bar:  # a log gets no bar, not even a blank line
             task = bar.add_task("compile", total=None)
             def advance(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
