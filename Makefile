@@ -16,14 +16,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check mixtera_cli planner runtime tests examples bench
+	$(BIN)/ruff check mixtera_cli planner runtime tests examples bench man
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
 	$(BIN)/python examples/run_demo.py --workdir $(DEMO)
 
 lint: $(STAMP)
-	$(BIN)/ruff check mixtera_cli planner runtime tests examples bench
+	$(BIN)/ruff check mixtera_cli planner runtime tests examples bench man
 
 clean:
 	rm -rf build $(VENV)

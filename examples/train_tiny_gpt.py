@@ -5,7 +5,7 @@
 
 Every rank replays its own rank file through ``PlanDataset``; ``domain_ids`` give per-domain token
 counts and loss sums, which are summed over ranks for the log and handed, per rank, to any
-``--feedback`` reporter (``runtime.FeedbackReporter.report(step, tokens=..., loss_sum=...)``).
+``--feedback`` reporter (``mixtera.runtime.FeedbackReporter.report(step, tokens=..., loss_sum=...)``).
 A checkpoint holds the model, the optimizer and every rank's data state; ``--resume`` continues
 from the latest one and replays exactly the batches an uninterrupted run would have seen.
 """

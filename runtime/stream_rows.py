@@ -6,7 +6,7 @@ group separately costs ~80 small numpy calls per cycle-walking pass and group, a
 needs about ``log2(entries)`` passes, so on a segment of a few thousand entries per component the
 call overhead dominates. Here every entry carries its own round keys, bit width and masks, so one
 pass of the network serves all groups at once. The result is identical to
-``stream_samples(positions, n, seed, stream)`` of each group (tests/test_runtime_stream_rows.py).
+``stream_samples(positions, n, seed, stream)`` of each group (tests/runtime/test_stream_rows.py).
 """
 
 from __future__ import annotations
