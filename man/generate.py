@@ -158,7 +158,7 @@ def _table(rows: list[str]) -> list[str]:
     lines = [".TS", "allbox;", *formats]
     for row in [head, *body]:
         lines.append("\t".join("T{\n" + _text_line(inline(c)) + "\nT}" for c in row))
-    return [*lines, ".TE"]
+    return [*lines, ".TE", ".sp"]  # man's .PP adds no space after a table
 
 
 def _blocks(lines: list[str]) -> Iterator[tuple[str, list[str]]]:

@@ -103,6 +103,7 @@ def test_markdown_to_roff(generate: ModuleType) -> None:
         "T{\nkey\nT}\tT{\nmeaning\nT}",
         "T{\n\\fBa|b\\fR\nT}\tT{\neither\nT}",
         ".TE",
+        ".sp",
         "",
     ])
 
