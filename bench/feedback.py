@@ -25,7 +25,6 @@ import zstandard
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.helpers: the builders the tests use too
 
-from mixtera.planner.compile.block_frames import BlockEncoder  # noqa: E402
 from mixtera.planner.compile.packing import plan_steps  # noqa: E402
 from mixtera.planner.compile.pipeline import compile_file  # noqa: E402
 from mixtera.planner.compile.writer import WrittenPlan  # noqa: E402
@@ -33,7 +32,7 @@ from mixtera.planner.feedback.orchestrate import read_history  # noqa: E402
 from mixtera.planner.feedback.rewrite import Decision, PlanContext, decide, write_version  # noqa: E402
 from mixtera.runtime.errors import MixteraUserError  # noqa: E402
 from mixtera.runtime.format.feedback_log import LogWriter, log_path  # noqa: E402
-from mixtera.runtime.format.rank_file import encode_rank_segment  # noqa: E402
+from mixtera.runtime.format.rank_frames import BlockEncoder, encode_rank_segment  # noqa: E402
 from mixtera.runtime.versions import VersionResolver, read_decision  # noqa: E402
 from tests.helpers.synthetic_index import BENCH_SOURCES, bench_mixture, write_synthetic_index  # noqa: E402
 

@@ -4,8 +4,9 @@ Nothing here imports ``mixtera.planner`` or ``mixtera.cli``.
 
 How data flows through one rank (each stage names its module):
 
-1. Formats (`mixtera.runtime.format`): `rank_file` (the per-rank plan file: header, zstd frames, seek
-   table), `token_file` (pre-tokenized ids), `frame_cache` (seekable cache of .gz/.zst corpus files),
+1. Formats (`mixtera.runtime.format`): `rank_file` (the per-rank plan file: header, seek table) and
+   `rank_frames` (its segment frames: the one encoder, used by compile and rewrites, and the decoder),
+   `token_file` (pre-tokenized ids), `frame_cache` (seekable cache of .gz/.zst corpus files),
    `feedback_log` (per-step, per-domain losses); one encoder and one reader each.
 2. Plan (`plan`): opens a plan directory, checks its manifest, memory-maps the sample table and reads one
    rank's segments; `versions` decides which version of a segment (after feedback rewrites) a rank

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from mixtera.runtime.errors import PlanError
-from mixtera.runtime.format.rank_file import RankFileReader, Segment
+from mixtera.runtime.format.rank_file import RankFileReader
+from mixtera.runtime.format.rank_frames import Segment
 from mixtera.runtime.shuffle import stream_samples
 from mixtera.runtime.stream_rows import stream_rows
 from mixtera.runtime.versions import VERSIONS_DIR, segment_version, version_name

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from mixtera.runtime.format.rank_file import Segment
+from mixtera.runtime.format.rank_frames import Segment
 from mixtera.runtime.packing import pack_step
 from mixtera.runtime.plan import Plan, ResolvedEntries
 from mixtera.runtime.readers import FileEntry

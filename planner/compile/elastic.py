@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from mixtera.planner.compile.packing import BlockEntries, PlanState, rank_major_gather, rank_major_order
+from mixtera.planner.compile.packing import PlanState, rank_major_gather, rank_major_order
 from mixtera.planner.compile.plan_arrays import fingerprint
 from mixtera.planner.compile.validation import validation_spec
 from mixtera.planner.compile.writer import QUOTAS, WEIGHTS, WrittenPlan, write_plan
 from mixtera.planner.mixture.spec import MixtureSpec, Topology
 from mixtera.runtime.errors import ConfigError
-from mixtera.runtime.format.rank_file import Segment
+from mixtera.runtime.format.rank_frames import BlockEntries, Segment
 from mixtera.runtime.plan import MANIFEST, SAMPLES, VALIDATION, Plan
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mixtera.runtime.format.rank_file import Segment
+from mixtera.runtime.format.rank_frames import BlockEntries
 from mixtera.runtime.shuffle import epoch_key, permute
 
 
@@ -76,31 +76,6 @@ class PlanState:
         return cls(step=int(obj["step"]), position=np.asarray(obj["position"], np.int64),
                    consumed=np.asarray(obj["consumed"], np.int64),
                    carry=np.asarray(obj["carry"], np.float64))
-
-
-@dataclass(slots=True, kw_only=True)
-class BlockEntries:
-    """Entries of a block of steps for all ranks, grouped rank-major (rank 0's steps, rank 1's ...)."""
-
-    first_step: int
-    counts: np.ndarray  # (steps, world_size) uint32: entries of rank r in step s
-    component: np.ndarray  # uint16
-    position: np.ndarray  # int64
-    token_start: np.ndarray  # uint32
-    token_end: np.ndarray  # uint32 (0 = to the end of the document)
-
-    _bounds: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    def rank_bounds(self) -> np.ndarray:
-        """Rank r's entries are ``[bounds[r], bounds[r + 1])``."""
-        if self._bounds is None:
-            self._bounds = np.concatenate([[0], np.cumsum(self.counts.sum(axis=0, dtype=np.int64))])
-        return self._bounds
-
-    def rank_segment(self, rank: int, version: int = 0) -> Segment:
-        lo, hi = int(self.rank_bounds()[rank]), int(self.rank_bounds()[rank + 1])
-        return Segment(self.first_step, np.ascontiguousarray(self.counts[:, rank]), self.component[lo:hi],
-                       self.position[lo:hi], self.token_start[lo:hi], self.token_end[lo:hi], version)
 
 
 @dataclass(slots=True)

@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mixtera.planner.compile.packing import BlockEntries, PlanState
+from mixtera.planner.compile.packing import PlanState
 from mixtera.planner.compile.plan_arrays import CompiledPlan, compile_plan
 from mixtera.planner.compile.writer import WrittenPlan, write_plan
 from mixtera.planner.index import IndexTables, load_index, read_manifest
 from mixtera.planner.mixture.spec import MixtureSpec, load_spec
 from mixtera.planner.mixture.where import parse, referenced
+from mixtera.runtime.format.rank_frames import BlockEntries
 from mixtera.runtime.plan import VALIDATION
 
 LOCATION_COLUMNS = ("file_id", "record", "offset", "length", "text_bytes", "tokens", "token_offset")

@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from mixtera.planner.compile.packing import BlockEntries, PlanState, Streams, compact_lengths, plan_steps
+from mixtera.planner.compile.packing import PlanState, Streams, compact_lengths, plan_steps
 from mixtera.planner.compile.quotas import QuotaPlan, plan_quotas, weight_matrix
 from mixtera.planner.compile.selection import Selection, leaf_weights, select
 from mixtera.planner.compile.validation import hold_out
 from mixtera.planner.index import IndexTables
 from mixtera.planner.mixture.spec import MixtureSpec, Topology
 from mixtera.runtime.fingerprint import json_digest
+from mixtera.runtime.format.rank_frames import BlockEntries
 from mixtera.runtime.plan import NO_TOKEN_OFFSET, SAMPLE_DTYPE
 
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from mixtera.planner.compile.block_frames import block_payloads, compress_frames
-from mixtera.planner.compile.packing import BlockEntries, PlanState
+from mixtera.planner.compile.packing import PlanState
 from mixtera.runtime.atomic import fsync_path, staging_dir, write_atomic
 from mixtera.runtime.errors import PlanError
-from mixtera.runtime.format.rank_file import EncodedSegment, RankHeader, rank_file_bytes
+from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
+from mixtera.runtime.format.rank_frames import BlockEntries, EncodedSegment, encode_block
 from mixtera.runtime.plan import MANIFEST, PLAN_FORMAT_VERSION, PLAN_KIND, SAMPLES, rank_file_name
 
 QUOTAS = "quotas.npy"
@@ -161,14 +161,6 @@ def _fsync_files(paths: list[Path], pool: ThreadPoolExecutor) -> None:
         fsync_path(paths[0].parent)
 
 
-def _encode_block(block: BlockEntries) -> list[EncodedSegment]:
-    """Every rank's frame of ``block``: columns encoded for all ranks at once, then compressed."""
-    steps = int(block.counts.shape[0])
-    per_rank = block.counts.sum(axis=0, dtype=np.int64).tolist()
-    return [EncodedSegment(frame, block.first_step, steps, n)
-            for frame, n in zip(compress_frames(block_payloads(block)), per_rank, strict=True)]
-
-
 _IN_FLIGHT = 2  # blocks that may still be encoding: bounds the memory they hold
 
 
@@ -184,7 +176,7 @@ def _encode(blocks: Iterable[tuple[PlanState, BlockEntries]], frames: list[list[
             per_rank.append(enc)
 
     for state, block in blocks:
-        pending.append(pool.submit(_encode_block, block))
+        pending.append(pool.submit(encode_block, block))
         if len(pending) > _IN_FLIGHT:
             collect()
         yield state, block

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from mixtera.planner.compile.block_frames import BlockEncoder
 from mixtera.planner.compile.packing import PlanState, Streams, compact_lengths, plan_steps
 from mixtera.planner.compile.quotas import largest_remainder
 from mixtera.planner.compile.writer import QUOTAS, WEIGHTS, json_file_bytes, npy_bytes
@@ -29,6 +28,7 @@ from mixtera.planner.mixture.dynamic import DynamicSpec, parse_dynamic, resolve_
 from mixtera.runtime.atomic import FILE_MODE, write_atomic
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
+from mixtera.runtime.format.rank_frames import BlockEncoder
 from mixtera.runtime.plan import SAMPLES, rank_file_name
 from mixtera.runtime.shuffle import stream_samples
 from mixtera.runtime.versions import (

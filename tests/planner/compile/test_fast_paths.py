@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mixtera.planner.compile.packing import _insert_sorted
-from mixtera.runtime.format.rank_file import _delta_decode, _delta_encode
+from mixtera.runtime.format.rank_frames import position_deltas, position_sums
 from mixtera.runtime.shuffle import _permute_network, _permute_tables, _round_tables, permute
 
 
@@ -48,9 +48,10 @@ def test_position_deltas_round_trip_with_either_component_dtype(dtype: type) -> 
     for k in range(5):  # non-decreasing positions per component, as plans have them
         sel = component == k
         position[sel] = np.cumsum(rng.integers(0, 40, int(sel.sum())))
-    delta = _delta_encode(component, position)
-    assert np.array_equal(_delta_decode(component, delta), position)
-    assert np.array_equal(delta, _delta_encode(component.astype(np.int64), position))
+    one_rank = np.array([position.size])
+    delta = position_deltas(component, position, one_rank)
+    assert np.array_equal(position_sums(component, delta), position)
+    assert np.array_equal(delta, position_deltas(component.astype(np.int64), position, one_rank))
 
 
 @pytest.mark.parametrize("arr", [

@@ -7,9 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixtera.planner.compile.block_frames import BlockEncoder, block_payloads
-from mixtera.planner.compile.packing import BlockEntries
-from mixtera.runtime.format.rank_file import _segment_bytes, encode_rank_segment
+from mixtera.runtime.format.rank_frames import BlockEncoder, BlockEntries, encode_rank_segment, frame_payloads
 
 
 def _block(rng: np.random.Generator, world: int, steps: int, *, big: bool) -> BlockEntries:
@@ -26,8 +24,9 @@ def _block(rng: np.random.Generator, world: int, steps: int, *, big: bool) -> Bl
 
 def _check(block: BlockEntries, version: int) -> None:
     world = block.counts.shape[1]
-    payloads = block_payloads(block)
-    assert payloads == [_segment_bytes(block.rank_segment(rank, version)) for rank in range(world)]
+    payloads = frame_payloads(block)
+    assert payloads == [frame_payloads(BlockEntries.of_segment(block.rank_segment(rank, version)))[0]
+                        for rank in range(world)]
     encoder = BlockEncoder(world, version, workers=3)
     encoder.submit(block)
     encoder.submit(block)
