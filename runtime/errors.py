@@ -37,3 +37,23 @@ class PlanError(MixteraUserError):
 
 class StateError(MixteraUserError):
     """A saved runtime state does not belong to this plan, topology or tokenizer."""
+
+
+class FileFormatError(PlanError):
+    """A binary file (rank file, token file, frame cache, feedback log) fails its header check."""
+
+
+class NotThisFormatError(FileFormatError):
+    """Too short for the format's header, or the magic bytes of another kind of file."""
+
+
+class FormatVersionError(FileFormatError):
+    """A major version (or, for formats with one version number, a version) this code does not read."""
+
+
+class ReservedFlagsError(FileFormatError):
+    """Flag bits set that this version of the format does not define."""
+
+
+class FileSizeError(FileFormatError):
+    """The file's size differs from the size its header or seek table declares."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from mixtera.runtime.atomic import fsync_path, write_atomic
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.format.header import BinaryFormat, check_header, check_length
 
 LOG_DIR = "feedback"
 LOG_NAME = "log.bin"
@@ -34,6 +35,9 @@ HEADER_SIZE = 32
 _PREFIX = struct.Struct("<II")
 _FIXED = struct.Struct("<QII")
 UNKNOWN_VERSION = 2**32 - 1  # the step's segment was not decided yet when it was reported
+FORMAT = BinaryFormat(name="feedback log", magic=MAGIC, major=MAJOR, minor=MINOR, header_size=HEADER_SIZE,
+                      hint="delete or move the file to start a new log (its records are unreadable)",
+                      version_hint="use the mixtera that wrote it, or delete the log")
 
 
 def log_path(plan_dir: Path | str) -> Path:
@@ -64,15 +68,9 @@ def _header(domains: int, fingerprint: str) -> bytes:
 
 
 def _check_header(raw: bytes, path: Path, domains: int, fingerprint: str) -> None:
-    if len(raw) < HEADER_SIZE:
-        raise PlanError(f"{path}: {len(raw)} bytes, too short for a feedback log header",
-                        "delete the file to start a new log (its records are unreadable anyway)")
-    magic, major, _minor, k, fp = _HEADER.unpack(raw[: _HEADER.size])
-    if magic != MAGIC:
-        raise PlanError(f"{path}: bad magic, not a mixtera feedback log", "delete or move the file")
-    if major != MAJOR:
-        raise PlanError(f"{path}: feedback log format {major}.x, this mixtera reads {MAJOR}.x",
-                        "use the mixtera that wrote it, or delete the log")
+    check_length(path, FORMAT, len(raw))
+    magic, major, minor, k, fp = _HEADER.unpack(raw[: _HEADER.size])
+    check_header(path, FORMAT, size=len(raw), magic=magic, major=major, minor=minor)
     if k != domains or fp.hex() != fingerprint:
         raise PlanError(f"{path}: written for a plan with {k} domains and fingerprint {fp.hex()}, this "
                         f"plan has {domains} domains and fingerprint {fingerprint}",

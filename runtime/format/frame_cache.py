@@ -13,7 +13,7 @@ build it once and never see half a file.
 
 Layout of a ``.mxz`` file (little-endian)::
 
-    header   48 bytes: magic b"MXZFRAME", version u16, reserved u16, frame_bytes u32,
+    header   48 bytes: magic b"MXZFRAME", version u16, flags u16 (none defined), frame_bytes u32,
              source content hash (xxh3_128, 16 bytes raw), uncompressed size u64, frame count u64
     frames   one zstd frame per FRAME_BYTES of the uncompressed stream (the last may be shorter)
     table    (frame count + 1) u64: byte offset of every frame, then the end of the last frame
@@ -36,12 +36,19 @@ import zstandard
 from mixtera.runtime.atomic import atomic_file
 from mixtera.runtime.errors import CorpusError, PlanError
 from mixtera.runtime.fingerprint import cache_name, content_digest
+from mixtera.runtime.format.header import BinaryFormat, check_header, check_length, check_size
 
 MAGIC = b"MXZFRAME"
 VERSION = 2  # 2: the source fingerprint is the xxh3_128 content hash (1 held blake2b)
 FRAME_BYTES = 128 * 1024  # small frames keep one random sample cheap (~0.1 ms to decode a frame)
 _HEADER = struct.Struct("<8sHHI16sQQ")
 _DECODED_FRAMES = 8
+
+
+def _format(path: Path) -> BinaryFormat:
+    hint = f"delete {path} so that it is rebuilt"
+    return BinaryFormat(name="frame cache", magic=MAGIC, major=VERSION, header_size=_HEADER.size, hint=hint,
+                        version_hint=hint)
 
 
 def _open_source(path: Path, codec: str) -> BinaryIO:
@@ -114,20 +121,22 @@ class FramedFile:
 
     def __init__(self, cache_path: Path, content_hash: str) -> None:
         self.path = cache_path
-        hint = f"delete {cache_path} so that it is rebuilt"
+        fmt = _format(cache_path)
         with open(cache_path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        if len(self._map) < _HEADER.size:
-            raise PlanError(f"{cache_path}: truncated frame cache", hint)
-        magic, version, _, self.frame_bytes, digest, self.size, frames = _HEADER.unpack_from(self._map, 0)
-        if magic != MAGIC or version != VERSION or digest != _digest(content_hash):
-            raise PlanError(
-                f"{cache_path}: not a version {VERSION} frame cache of {content_hash}", hint
-            )
-        table_at = len(self._map) - (frames + 1) * 8
+        size = len(self._map)
+        check_length(cache_path, fmt, size)
+        magic, version, flags, self.frame_bytes, digest, self.size, frames = _HEADER.unpack_from(self._map, 0)
+        check_header(cache_path, fmt, size=size, magic=magic, major=version, flags=flags)
+        if digest != _digest(content_hash):
+            raise PlanError(f"{cache_path}: not a version {VERSION} frame cache of {content_hash}", fmt.hint)
+        table_at = size - (frames + 1) * 8
+        if table_at < _HEADER.size:
+            raise PlanError(f"{cache_path}: its header declares {frames} frames, more than its {size} "
+                            "bytes hold", fmt.hint)
         self._offsets = np.frombuffer(self._map, dtype="<u8", count=frames + 1, offset=table_at)
-        if table_at < _HEADER.size or int(self._offsets[-1]) != table_at:
-            raise PlanError(f"{cache_path}: seek table does not match the file size", hint)
+        check_size(cache_path, fmt, size=size, declared=int(self._offsets[-1]) + (frames + 1) * 8,
+                   by=f"its seek table ({frames} frames ending at byte {int(self._offsets[-1])})")
         self._dctx = zstandard.ZstdDecompressor()
         self._frames: OrderedDict[int, bytes] = OrderedDict()
 

@@ -11,8 +11,9 @@ Layout (all little-endian)::
 The frames (what a segment holds and how its columns are stored) are
 :mod:`mixtera.runtime.format.rank_frames`'; this module puts them in a file and finds them again.
 
-Compatibility: readers refuse a different major version; a minor bump only adds fields that
-older readers may ignore (flag bits, reserved header bytes).
+Compatibility (checked by :mod:`mixtera.runtime.format.header`): readers refuse a different major
+version and any flag bit they do not define; a minor bump only adds what older readers may ignore
+(reserved header bytes).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixtera.runtime.atomic import write_atomic
-from mixtera.runtime.errors import PlanError
+from mixtera.runtime.errors import FileSizeError, PlanError
+from mixtera.runtime.format.header import BinaryFormat, check_header, check_length, check_size
 from mixtera.runtime.format.rank_frames import EncodedSegment, Segment, decode_segment, encode_rank_segment
 
 MAGIC = b"MXPLAN\0\0"
@@ -38,6 +40,10 @@ HEADER_SIZE = 64
 # offset, length, first step, steps, entries, version, crc32 of the compressed frame.
 _SEEK = struct.Struct("<QQQIQII4x")
 _FOOTER = struct.Struct("<Q8s")
+FORMAT = BinaryFormat(name="rank file", magic=MAGIC, major=FORMAT_MAJOR, minor=FORMAT_MINOR,
+                      header_size=HEADER_SIZE + _FOOTER.size,
+                      hint="the file is corrupt, truncated or not a rank file; recompile the plan",
+                      version_hint="recompile the plan with this version of mixtera")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,21 +113,20 @@ class RankFileReader:
     def _read_layout(self) -> tuple[RankHeader, list[SeekEntry]]:
         f = self._file
         size = f.seek(0, 2)
-        if size < HEADER_SIZE + _FOOTER.size:
-            raise self._fail(f"only {size} bytes, too short for a rank file")
+        check_length(self.path, FORMAT, size)
         f.seek(0)
         fields = _HEADER.unpack(f.read(HEADER_SIZE)[: _HEADER.size])
-        if fields[0] != MAGIC:
-            raise self._fail("bad magic, not a mixtera rank file")
-        if fields[1] != FORMAT_MAJOR:
-            raise PlanError(f"{self.path}: plan format {fields[1]}.{fields[2]}, this mixtera reads "
-                            f"{FORMAT_MAJOR}.x", "recompile the plan with this version of mixtera")
+        check_header(self.path, FORMAT, size=size, magic=fields[0], major=fields[1], minor=fields[2],
+                     flags=fields[-1])
         header = RankHeader(*fields[3:])
         f.seek(size - _FOOTER.size)
         table_at, magic = _FOOTER.unpack(f.read(_FOOTER.size))
-        expected = table_at + header.segment_count * _SEEK.size + _FOOTER.size
-        if magic != FOOTER_MAGIC or expected != size:
-            raise self._fail(f"size {size} does not match its seek table (expected {expected})")
+        if magic != FOOTER_MAGIC:
+            raise FileSizeError(f"{self.path}: no seek table footer at its end (bad footer magic "
+                                f"{magic!r}): truncated or trailing bytes", FORMAT.hint)
+        check_size(self.path, FORMAT, size=size,
+                   declared=table_at + header.segment_count * _SEEK.size + _FOOTER.size,
+                   by=f"its seek table ({header.segment_count} segments from byte {table_at})")
         f.seek(table_at)
         raw = f.read(header.segment_count * _SEEK.size)
         table = [SeekEntry(*_SEEK.unpack_from(raw, i * _SEEK.size)) for i in range(header.segment_count)]

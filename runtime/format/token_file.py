@@ -5,7 +5,7 @@ Layout (little-endian)::
     magic       8 bytes  b"MXTOK\\0\\0\\0"
     version     u16      1
     dtype code  u16      2 = uint16, 4 = uint32 (the item size in bytes)
-    reserved    u32      0
+    flags       u32      0 (no flag is defined; a set bit is refused)
     samples     u64      indexed samples of the corpus file
     tokens      u64      token ids that follow
     ids         tokens * dtype code bytes, every sample's ids in record order, no end-of-document tokens
@@ -27,12 +27,16 @@ import numpy as np
 
 from mixtera.runtime.atomic import fsync_path, temp_file
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.format.header import BinaryFormat, check_header, check_length, check_size
 
 MAGIC = b"MXTOK\0\0\0"
 VERSION = 1
 HEADER = struct.Struct("<8sHHIQQ")
 HEADER_SIZE = 32
 _DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_HINT = "re-run `mixtera index --store-tokens` and recompile the plan"
+FORMAT = BinaryFormat(name="token file", magic=MAGIC, major=VERSION, header_size=HEADER_SIZE, hint=_HINT,
+                      version_hint=_HINT)
 
 
 def dtype_code_for_vocab(vocab_size: int) -> int:
@@ -109,35 +113,32 @@ class TokenFile:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        hint = "re-run `mixtera index --store-tokens` and recompile the plan"
         try:
             with open(self.path, "rb") as f:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError as exc:
-            raise PlanError(f"{self.path}: token file not found", hint) from exc
+            raise PlanError(f"{self.path}: token file not found", _HINT) from exc
         except ValueError as exc:  # mmap of an empty file
-            raise PlanError(f"{self.path}: empty token file", hint) from exc
-        size = len(self._map)
-        if size < HEADER_SIZE:
-            raise PlanError(f"{self.path}: {size} bytes, too short for a token file", hint)
-        magic, version, code, _, self.samples, self.tokens = HEADER.unpack_from(self._map, 0)
-        problem = None
-        if magic != MAGIC:
-            problem = "bad magic, not a mixtera token file"
-        elif version != VERSION or code not in _DTYPES:
-            problem = (
-                f"token file version {version} dtype {code}, this mixtera reads version {VERSION} "
-                "with dtype 2 or 4"
-            )
-        elif size != HEADER_SIZE + self.tokens * code:
-            problem = (
-                f"size {size} does not match its header ({self.tokens} tokens of {code} bytes -> "
-                f"{HEADER_SIZE + self.tokens * code})"
-            )
-        if problem:
+            raise PlanError(f"{self.path}: empty token file", _HINT) from exc
+        try:
+            code = self._check()
+        except PlanError:
             self._map.close()
-            raise PlanError(f"{self.path}: {problem}", hint)
+            raise
         self.ids = np.frombuffer(self._map, dtype=_DTYPES[code], count=self.tokens, offset=HEADER_SIZE)
+
+    def _check(self) -> int:
+        """The dtype code, after the header check; sets ``samples`` and ``tokens``."""
+        size = len(self._map)
+        check_length(self.path, FORMAT, size)
+        magic, version, code, flags, self.samples, self.tokens = HEADER.unpack_from(self._map, 0)
+        check_header(self.path, FORMAT, size=size, magic=magic, major=version, flags=flags)
+        if code not in _DTYPES:
+            raise PlanError(f"{self.path}: token file dtype code {code}, this mixtera reads 2 (uint16) "
+                            "or 4 (uint32)", _HINT)
+        check_size(self.path, FORMAT, size=size, declared=HEADER_SIZE + self.tokens * code,
+                   by=f"its header ({self.tokens} tokens of {code} bytes)")
+        return code
 
     def slice(self, start: int, stop: int) -> np.ndarray:
         """Ids ``[start, stop)`` of the file, as a view of the map."""

@@ -1,12 +1,14 @@
-"""The rank-file frame layout, pinned byte for byte."""
+"""The rank-file frame layout, pinned byte for byte, and the rank file's container checks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zstandard
 
+from mixtera.runtime.errors import FileSizeError, FormatVersionError, NotThisFormatError, ReservedFlagsError
 from mixtera.runtime.format.rank_file import RankFileReader, RankHeader, write_rank_file
 from mixtera.runtime.format.rank_frames import BlockEntries, Segment, decode_segment, frame_payloads
 
@@ -37,6 +39,46 @@ def _rank_file(tmp_path: Path) -> Path:
     return path
 
 
+def _patched(path: Path, at: int, value: bytes) -> Path:
+    data = bytearray(path.read_bytes())
+    data[at: at + len(value)] = value
+    path.write_bytes(bytes(data))
+    return path
+
+
 def test_a_rank_file_reads_back_its_segment(tmp_path: Path) -> None:
     with RankFileReader(_rank_file(tmp_path)) as reader:
         assert np.array_equal(reader.segment(0).position, SEG.position)
+
+
+def test_a_newer_minor_version_is_read(tmp_path: Path) -> None:
+    with RankFileReader(_patched(_rank_file(tmp_path), 10, (7).to_bytes(2, "little"))) as reader:
+        assert reader.header.segment_count == 1
+
+
+@pytest.mark.parametrize(("at", "value", "error", "message"), [
+    (0, b"NOTAPLAN", NotThisFormatError, "bad magic b'NOTAPLAN', not a mixtera rank file"),
+    (8, (2).to_bytes(2, "little"), FormatVersionError, r"rank file format 2\.0, this mixtera reads 1\.x"),
+    (56, (4).to_bytes(4, "little"), ReservedFlagsError, "reserved flag bits 0x4 are set"),
+])
+def test_a_bad_header_is_refused_with_a_hint(tmp_path: Path, at: int, value: bytes, error: type,
+                                             message: str) -> None:
+    path = _patched(_rank_file(tmp_path), at, value)
+    with pytest.raises(error, match=message) as exc:
+        RankFileReader(path)
+    assert str(path) in exc.value.message and exc.value.hint
+
+
+def test_sizes_name_what_declares_them(tmp_path: Path) -> None:
+    path = _rank_file(tmp_path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-16] + b"\0" * 8 + raw[-16:])  # bytes between the seek table and the footer
+    with pytest.raises(FileSizeError, match=rf"size {len(raw) + 8} does not match its seek table .* makes "
+                                            rf"it {len(raw)} bytes \(8 trailing bytes\)"):
+        RankFileReader(path)
+    path.write_bytes(raw + b"\0")  # the footer is no longer at the end
+    with pytest.raises(FileSizeError, match="no seek table footer at its end"):
+        RankFileReader(path)
+    path.write_bytes(raw[:40])
+    with pytest.raises(NotThisFormatError, match="40 bytes, too short for a rank file"):
+        RankFileReader(path)
