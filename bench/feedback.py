@@ -31,7 +31,8 @@ from mixtera.planner.compile.writer import WrittenPlan  # noqa: E402
 from mixtera.planner.feedback.orchestrate import read_history  # noqa: E402
 from mixtera.planner.feedback.rewrite import Decision, PlanContext, decide, write_version  # noqa: E402
 from mixtera.runtime.errors import MixteraUserError  # noqa: E402
-from mixtera.runtime.format.feedback_log import LogWriter, log_path  # noqa: E402
+from mixtera.runtime.format.feedback_log import LogWriter  # noqa: E402
+from mixtera.runtime.format.plan_dir import QUOTAS, VERSIONS_DIR, log_path  # noqa: E402
 from mixtera.runtime.format.rank_frames import BlockEncoder, encode_rank_segment  # noqa: E402
 from mixtera.runtime.versions import VersionResolver, read_decision  # noqa: E402
 from tests.helpers.synthetic_index import BENCH_SOURCES, bench_mixture, write_synthetic_index  # noqa: E402
@@ -45,7 +46,7 @@ def mixture(steps: int, refit: int, batch: int, seq_len: int) -> str:
 
 
 def write_log(ctx: PlanContext, steps: int) -> None:
-    quotas = np.load(ctx.path / "quotas.npy")[:steps]
+    quotas = np.load(ctx.path / QUOTAS)[:steps]
     n = np.cumsum(quotas, axis=0) / 1024.0
     k = quotas.shape[1]
     eps, beta, alpha = np.linspace(1.8, 3.0, k), np.linspace(5, 40, k), np.linspace(0.2, 0.6, k)
@@ -150,7 +151,7 @@ def main() -> None:
     t_decide = time.perf_counter() - t0 - fit_s[0]
     writes = []
     for _ in range(args.repeats):  # the same decision published again: the bytes are identical
-        shutil.rmtree(ctx.path / "versions", ignore_errors=True)
+        shutil.rmtree(ctx.path / VERSIONS_DIR, ignore_errors=True)
         ctx.resolver = VersionResolver(ctx.path, ctx.manifest)
         t0 = time.perf_counter()
         assert write_version(ctx, copy.deepcopy(dec))

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from mixtera.planner.compile.writer import QUOTAS, WEIGHTS
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.format.plan_dir import QUOTAS, RANK_FILE_GLOB, WEIGHTS, data_folder, rank_file_path
 from mixtera.runtime.format.rank_file import RankFileReader
-from mixtera.runtime.plan import Plan, rank_file_name
-from mixtera.runtime.versions import DecisionSchedule, read_decision, version_path
+from mixtera.runtime.plan import Plan
+from mixtera.runtime.versions import DecisionSchedule, read_decision
 
 
 def decisions(path: Path | str) -> list[dict[str, Any]]:
@@ -58,7 +58,7 @@ def replayed(path: Path | str) -> Replayed:
     first = {0: 0, **{int(d["version"]): int(d["first_step"]) for d in found}}
     out: dict[str, np.ndarray] = {}
     for name in (QUOTAS, WEIGHTS):
-        arrays = {v: np.load((plan.path if v == 0 else version_path(plan.path, v)) / name)
+        arrays = {v: np.load(data_folder(plan.path, v) / name)
                   for v in sorted(set(versions))}
         full = arrays[0].copy() if 0 in arrays else np.load(plan.path / name)
         for k, v in enumerate(versions):
@@ -104,7 +104,7 @@ def plan_report(path: Path | str) -> dict[str, Any]:
     plan = Plan.open(path)
     m = plan.manifest
     files = [p for p in plan.path.rglob("*") if p.is_file()]
-    rank_bytes = sum(p.stat().st_size for p in plan.path.glob("rank-*.bin"))
+    rank_bytes = sum(p.stat().st_size for p in plan.path.glob(RANK_FILE_GLOB))
     entries = int(m.get("entries") or sum(s.get("entries", 0) for s in m["segments"]))
     rep = replayed(plan.path)
     undecided = [k for k, ok in enumerate(rep.decided) if not ok]
@@ -165,8 +165,7 @@ def rank_entries(path: Path | str, rank: int, steps: range) -> list[dict[str, An
     with plan:
         for k in sorted({plan.segment_of_step(s) for s in steps}):
             version = rep.versions[k]
-            folder = plan.path if version == 0 else version_path(plan.path, version)
-            with RankFileReader(folder / rank_file_name(rank)) as reader:
+            with RankFileReader(rank_file_path(plan.path, version, rank)) as reader:
                 seg = reader.segment(k)
             bounds = seg.step_slices()
             e = plan.resolve(seg)

@@ -8,7 +8,8 @@ How data flows through one rank (each stage names its module):
    `rank_frames` (its segment frames: the one encoder, used by compile and rewrites, and the decoder),
    `token_file` (pre-tokenized ids), `frame_cache` (seekable cache of .gz/.zst corpus files),
    `feedback_log` (per-step, per-domain losses); one encoder and one reader each, and `header`, the one
-   header check (magic, version, flags, size) they all run.
+   header check (magic, version, flags, size) they all run; `plan_dir` names every file of a plan
+   directory (and of the index directory a plan points into).
 2. Plan (`plan`): opens a plan directory, checks its manifest, memory-maps the sample table and reads one
    rank's segments; `versions` decides which version of a segment (after feedback rewrites) a rank
    replays.

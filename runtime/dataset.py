@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mixtera.runtime.data_parallel import data_parallel_rank
 from mixtera.runtime.errors import PlanError
-from mixtera.runtime.plan import MANIFEST, SPLITS, VALIDATION, Plan
+from mixtera.runtime.format.plan_dir import INDEX_MANIFEST, MANIFEST, VALIDATION
+from mixtera.runtime.plan import SPLITS, Plan
 from mixtera.runtime.replay import Replay
 from mixtera.runtime.state import ElasticOrigin, RuntimeState
 from mixtera.runtime.tokenizer import check_tokenizer
@@ -35,8 +36,8 @@ def plan_text_field(plan: Plan) -> str:
     if field:
         return field
     index_path = (m.get("index") or {}).get("path")
-    if index_path and (Path(index_path) / "manifest.json").is_file():
-        index = json.loads((Path(index_path) / "manifest.json").read_bytes())
+    if index_path and (Path(index_path) / INDEX_MANIFEST).is_file():
+        index = json.loads((Path(index_path) / INDEX_MANIFEST).read_bytes())
         return index.get("text_field") or (index.get("config") or {}).get("text") or "text"
     return "text"
 

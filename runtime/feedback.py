@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from mixtera.runtime.data_parallel import mesh_data_dims, mesh_data_group_ranks
-from mixtera.runtime.format.feedback_log import UNKNOWN_VERSION, LogWriter, log_path
+from mixtera.runtime.format.feedback_log import UNKNOWN_VERSION, LogWriter
+from mixtera.runtime.format.plan_dir import log_path
 from mixtera.runtime.plan import read_manifest
 from mixtera.runtime.versions import VersionResolver
 

@@ -16,30 +16,19 @@ from typing import Any
 import numpy as np
 
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.format.plan_dir import MANIFEST, SAMPLES, rank_file_path
 from mixtera.runtime.format.rank_file import RankFileReader
 from mixtera.runtime.format.rank_frames import Segment
 from mixtera.runtime.shuffle import stream_samples
 from mixtera.runtime.stream_rows import stream_rows
-from mixtera.runtime.versions import VERSIONS_DIR, segment_version, version_name
+from mixtera.runtime.versions import segment_version
 
 PLAN_KIND = "mixtera-plan"
 PLAN_FORMAT_VERSION = "1.0"
-MANIFEST = "manifest.json"
-SAMPLES = "samples.npy"
-VALIDATION = "validation"  # PLAN/validation/: the [validation] split, a plan of its own
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation")  # PLAN/validation/ (plan_dir.VALIDATION) holds the validation split
 NO_TOKEN_OFFSET = np.uint64(2**64 - 1)
 SAMPLE_DTYPE = np.dtype([("file", "<u4"), ("record", "<u8"), ("offset", "<u8"), ("length", "<u8"),
                          ("tokens", "<u4"), ("token_offset", "<u8")])
-
-
-def rank_file_name(rank: int) -> str:
-    return f"rank-{rank:05d}.bin"
-
-
-def version_dir(version: int) -> str:
-    """Folder (relative to the plan) holding the rank files of rewritten segments of ``version``."""
-    return f"{VERSIONS_DIR}/{version_name(version)}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,8 +142,7 @@ class Plan:
     def _reader(self, rank: int, version: int) -> RankFileReader:
         key = (rank, version)
         if key not in self._readers:
-            folder = self.path if version == 0 else self.path / version_dir(version)
-            reader = RankFileReader(folder / rank_file_name(rank))
+            reader = RankFileReader(rank_file_path(self.path, version, rank))
             head = reader.header
             if head.world_size != self.world_size or head.rank != rank:
                 reader.close()

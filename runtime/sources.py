@@ -17,6 +17,7 @@ import orjson
 
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.fingerprint import json_digest
+from mixtera.runtime.format.plan_dir import INDEX_MANIFEST
 from mixtera.runtime.format.token_file import TokenFile
 from mixtera.runtime.readers import FileEntry, JsonLinesReader, ReaderPool
 
@@ -159,7 +160,7 @@ def check_index_unchanged(plan_manifest: dict[str, Any], index_dir: Path) -> Non
     a re-index of a changed corpus changes it, and with it possibly every token file.
     """
     expected = (plan_manifest.get("index") or {}).get("manifest_blake2b")
-    path = index_dir / "manifest.json"
+    path = index_dir / INDEX_MANIFEST
     if not expected or not path.is_file():
         return
     digest = json_digest(json.loads(path.read_bytes()))

@@ -31,23 +31,14 @@ from typing import Any
 
 from mixtera.runtime.atomic import fsync_path, temp_dir, write_atomic
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.format.plan_dir import DECISION, VERSIONS_DIR, version_name, version_path
 
-VERSIONS_DIR = "versions"
-DECISION = "decision.json"
 DECISION_KIND = "mixtera-decision"
 DEFAULT_REFIT_EVERY = 1000
 DEFAULT_WAIT_TIMEOUT_S = 600.0
 DEFAULT_POLL_S = 0.2
 ON_MISSING = ("keep", "fail")
 REWRITING = ("ado", "loss_proportional")
-
-
-def version_name(version: int) -> str:
-    return f"v{version:06d}"
-
-
-def version_path(plan_dir: Path | str, version: int) -> Path:
-    return Path(plan_dir) / VERSIONS_DIR / version_name(version)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

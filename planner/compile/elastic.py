@@ -18,11 +18,12 @@ import numpy as np
 from mixtera.planner.compile.packing import PlanState, rank_major_gather, rank_major_order
 from mixtera.planner.compile.plan_arrays import fingerprint
 from mixtera.planner.compile.validation import validation_spec
-from mixtera.planner.compile.writer import QUOTAS, WEIGHTS, WrittenPlan, write_plan
+from mixtera.planner.compile.writer import WrittenPlan, write_plan
 from mixtera.planner.mixture.spec import MixtureSpec, Topology
 from mixtera.runtime.errors import ConfigError
+from mixtera.runtime.format.plan_dir import MANIFEST, QUOTAS, SAMPLES, VALIDATION, WEIGHTS
 from mixtera.runtime.format.rank_frames import BlockEntries, Segment
-from mixtera.runtime.plan import MANIFEST, SAMPLES, VALIDATION, Plan
+from mixtera.runtime.plan import Plan
 
 
 def check_elastic(old: Plan, spec: MixtureSpec, world_size: int, from_step: int) -> Topology:

@@ -15,8 +15,8 @@ from mixtera.planner.compile.writer import WrittenPlan, write_plan
 from mixtera.planner.index import IndexTables, load_index, read_manifest
 from mixtera.planner.mixture.spec import MixtureSpec, load_spec
 from mixtera.planner.mixture.where import parse, referenced
+from mixtera.runtime.format.plan_dir import TOKENS_DIR, VALIDATION
 from mixtera.runtime.format.rank_frames import BlockEntries
-from mixtera.runtime.plan import VALIDATION
 
 LOCATION_COLUMNS = ("file_id", "record", "offset", "length", "text_bytes", "tokens", "token_offset")
 
@@ -26,7 +26,7 @@ def manifest_of(plan: CompiledPlan, index: IndexTables) -> dict[str, Any]:
     spec = plan.spec
     initial = plan.weights[0] if len(plan.weights) else np.zeros(len(plan.components))
     tokenizer = index.manifest.get("tokenizer")
-    token_files = {"dir": str((index.path / "tokens").resolve())} if index.manifest.get("store_tokens") \
+    token_files = {"dir": str((index.path / TOKENS_DIR).resolve())} if index.manifest.get("store_tokens") \
         else None
     return {
         "fingerprint": plan.fingerprint,

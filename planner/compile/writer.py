@@ -23,12 +23,10 @@ import numpy as np
 from mixtera.planner.compile.packing import PlanState
 from mixtera.runtime.atomic import fsync_path, staging_dir, write_atomic
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.format.plan_dir import MANIFEST, QUOTAS, SAMPLES, WEIGHTS, rank_file_name
 from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
 from mixtera.runtime.format.rank_frames import BlockEntries, EncodedSegment, encode_block
-from mixtera.runtime.plan import MANIFEST, PLAN_FORMAT_VERSION, PLAN_KIND, SAMPLES, rank_file_name
-
-QUOTAS = "quotas.npy"
-WEIGHTS = "weights.npy"
+from mixtera.runtime.plan import PLAN_FORMAT_VERSION, PLAN_KIND
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

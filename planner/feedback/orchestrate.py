@@ -28,17 +28,15 @@ from mixtera.planner.feedback.algorithms import History
 from mixtera.planner.feedback.rewrite import PlanContext, decide, write_version
 from mixtera.runtime.atomic import FILE_MODE
 from mixtera.runtime.errors import StateError
-from mixtera.runtime.format.feedback_log import LOG_DIR, log_path, read_log
-
-LOCK_NAME = "lock"
+from mixtera.runtime.format.feedback_log import read_log
+from mixtera.runtime.format.plan_dir import lock_path, log_path
 
 
 @contextlib.contextmanager
 def feedback_lock(plan_dir: Path | str) -> Iterator[None]:
     """Exclusive, non-blocking lock on ``PLAN/feedback/lock``; released by the kernel on any exit."""
-    folder = Path(plan_dir) / LOG_DIR
-    folder.mkdir(exist_ok=True)
-    path = folder / LOCK_NAME
+    path = lock_path(plan_dir)
+    path.parent.mkdir(exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         try:

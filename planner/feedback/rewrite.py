@@ -22,23 +22,24 @@ import numpy as np
 
 from mixtera.planner.compile.packing import PlanState, Streams, compact_lengths, plan_steps
 from mixtera.planner.compile.quotas import largest_remainder
-from mixtera.planner.compile.writer import QUOTAS, WEIGHTS, json_file_bytes, npy_bytes
+from mixtera.planner.compile.writer import json_file_bytes, npy_bytes
 from mixtera.planner.feedback.algorithms import Algorithm, History, algorithms, consume
 from mixtera.planner.mixture.dynamic import DynamicSpec, parse_dynamic, resolve_prior
 from mixtera.runtime.atomic import FILE_MODE, write_atomic
 from mixtera.runtime.errors import PlanError
-from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
-from mixtera.runtime.format.rank_frames import BlockEncoder
-from mixtera.runtime.plan import SAMPLES, rank_file_name
-from mixtera.runtime.shuffle import stream_samples
-from mixtera.runtime.versions import (
+from mixtera.runtime.format.plan_dir import (
     DECISION,
-    DECISION_KIND,
-    DecisionSchedule,
-    VersionResolver,
-    publish_version,
+    MANIFEST,
+    QUOTAS,
+    SAMPLES,
+    WEIGHTS,
+    rank_file_name,
     version_path,
 )
+from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
+from mixtera.runtime.format.rank_frames import BlockEncoder
+from mixtera.runtime.shuffle import stream_samples
+from mixtera.runtime.versions import DECISION_KIND, DecisionSchedule, VersionResolver, publish_version
 
 
 @dataclass(slots=True)
@@ -61,11 +62,11 @@ class PlanContext:
     def open(cls, plan_dir: Path | str) -> PlanContext:
         path = Path(plan_dir)
         try:
-            manifest = json.loads((path / "manifest.json").read_bytes())
+            manifest = json.loads((path / MANIFEST).read_bytes())
         except FileNotFoundError:
-            raise PlanError(f"{path} is not a mixtera plan: it has no manifest.json",
+            raise PlanError(f"{path} is not a mixtera plan: it has no {MANIFEST}",
                             "compile one with `mixtera compile MIXTURE.toml --out PLAN`") from None
-        where = f"{path}/manifest.json: dynamic"
+        where = f"{path / MANIFEST}: dynamic"
         dyn = parse_dynamic(manifest.get("dynamic"), where, int(manifest["segment_steps"]))
         schedule = DecisionSchedule.from_manifest(manifest)
         if dyn is None or schedule is None:

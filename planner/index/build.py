@@ -21,13 +21,14 @@ from mixtera.planner.index.config import IndexConfig, load_config
 from mixtera.planner.index.corpus_files import CorpusFile, corpus_root, discover
 from mixtera.planner.index.parallel import Progress, run_tasks
 from mixtera.planner.index.properties import check_pattern, declared_specs, widen
-from mixtera.planner.index.schema import INDEX_KIND, TOKENS_DIR, IndexTables, manifest_json
+from mixtera.planner.index.schema import INDEX_KIND, IndexTables, manifest_json
 from mixtera.planner.index.tables import file_table
 from mixtera.planner.index.tokenizer_info import tokenizer_identity
 from mixtera.planner.index.writer import conform, previous_index, token_code_for, write_index
 from mixtera.runtime.atomic import staging_dir
 from mixtera.runtime.errors import ConfigError, CorpusError, MixteraUserError
 from mixtera.runtime.fingerprint import file_content_hash
+from mixtera.runtime.format.plan_dir import TOKENS_DIR
 
 
 @dataclass(slots=True, kw_only=True)

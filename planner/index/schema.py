@@ -17,13 +17,10 @@ from mixtera.planner.index.columns import PROPERTY_TYPE_NAMES, SAMPLE_COLUMN_NAM
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.fingerprint import ALGORITHM as CONTENT_HASH
 from mixtera.runtime.fingerprint import content_digest
+from mixtera.runtime.format.plan_dir import INDEX_FILES, INDEX_MANIFEST, INDEX_SAMPLES
 
 INDEX_KIND = "mixtera-index"
 FORMAT_VERSION = "1.0"
-MANIFEST = "manifest.json"
-SAMPLES = "samples.parquet"
-FILES = "files.parquet"
-TOKENS_DIR = "tokens"
 ROW_GROUP_SIZE = 65_536
 
 # Columns every samples table has, in this order; properties follow, sorted by name.
@@ -94,11 +91,11 @@ def manifest_json(path: Path, *, what: str, hint: str) -> dict[str, Any]:
     PlanError when the folder or its manifest is missing or not JSON; ``what`` completes the message
     for a folder without a manifest ("is not a mixtera index").
     """
-    mpath = path / MANIFEST
+    mpath = path / INDEX_MANIFEST
     if not path.is_dir():
         raise PlanError(f"{path} does not exist or is not a directory", hint)
     if not mpath.is_file():
-        raise PlanError(f"{path} {what}: it has no {MANIFEST}", hint)
+        raise PlanError(f"{path} {what}: it has no {INDEX_MANIFEST}", hint)
     try:
         manifest = json.loads(mpath.read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -147,8 +144,8 @@ def load_index(path: Path | str, *, columns: list[str] | None = None) -> IndexTa
     manifest = read_manifest(path)
     hint = f"rebuild it with `mixtera index CORPUS --out {path}`"
     try:
-        samples = pq.read_table(path / SAMPLES, columns=columns)
-        files = pq.read_table(path / FILES)
+        samples = pq.read_table(path / INDEX_SAMPLES, columns=columns)
+        files = pq.read_table(path / INDEX_FILES)
     except FileNotFoundError as exc:
         raise PlanError(f"index {path} is incomplete: {exc.filename} is missing", hint) from None
     except (pa.ArrowInvalid, OSError) as exc:

@@ -13,12 +13,9 @@ import pyarrow.parquet as pq
 from mixtera.planner.index.config import IndexConfig
 from mixtera.planner.index.corpus_files import CorpusFile
 from mixtera.planner.index.schema import (
-    FILES,
     FORMAT_VERSION,
     INDEX_KIND,
-    MANIFEST,
     ROW_GROUP_SIZE,
-    SAMPLES,
     IndexTables,
     files_schema,
     load_index,
@@ -27,6 +24,7 @@ from mixtera.planner.index.schema import (
 )
 from mixtera.runtime.atomic import write_atomic
 from mixtera.runtime.errors import MixteraUserError
+from mixtera.runtime.format.plan_dir import INDEX_FILES, INDEX_MANIFEST, INDEX_SAMPLES
 from mixtera.runtime.format.token_file import dtype_code_for_vocab
 
 
@@ -41,7 +39,7 @@ def created_by() -> str:
 
 def previous_index(out: Path, identity: dict[str, Any]) -> IndexTables | None:
     """The index in ``out`` when its rows can be reused (same root, config, tokenizer, token files)."""
-    if not (out / MANIFEST).is_file():
+    if not (out / INDEX_MANIFEST).is_file():
         return None
     try:
         manifest = read_manifest(out)
@@ -97,8 +95,8 @@ def write_index(
         _file_entry(i, f, results.get(i), prev_files.get(f.relpath), plan.fresh_hash.get(i))
         for i, f in enumerate(files)
     ]
-    _write_parquet(samples, stage / SAMPLES)
-    _write_parquet(_files_table(entries), stage / FILES)
+    _write_parquet(samples, stage / INDEX_SAMPLES)
+    _write_parquet(_files_table(entries), stage / INDEX_FILES)
     tokens = samples.column("tokens")
     manifest = {
         "kind": INDEX_KIND,
@@ -115,7 +113,7 @@ def write_index(
             "tokens": int(pc.sum(tokens).as_py() or 0) if tok else None,
         },
     }
-    write_atomic(stage / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(stage / INDEX_MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest
 
 

@@ -26,8 +26,6 @@ from mixtera.runtime.atomic import fsync_path, write_atomic
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.header import BinaryFormat, check_header, check_length
 
-LOG_DIR = "feedback"
-LOG_NAME = "log.bin"
 MAGIC = b"MXFBLOG\0"
 MAJOR, MINOR = 1, 0
 _HEADER = struct.Struct("<8sHHI16s")
@@ -38,10 +36,6 @@ UNKNOWN_VERSION = 2**32 - 1  # the step's segment was not decided yet when it wa
 FORMAT = BinaryFormat(name="feedback log", magic=MAGIC, major=MAJOR, minor=MINOR, header_size=HEADER_SIZE,
                       hint="delete or move the file to start a new log (its records are unreadable)",
                       version_hint="use the mixtera that wrote it, or delete the log")
-
-
-def log_path(plan_dir: Path | str) -> Path:
-    return Path(plan_dir) / LOG_DIR / LOG_NAME
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,10 @@ import mixtera.runtime.versions as versions
 from mixtera.cli.app import app
 from mixtera.cli.inspect_feedback import render_feedback
 from mixtera.planner.feedback.orchestrate import feedback_lock
+from mixtera.runtime.format.plan_dir import version_path
 from mixtera.runtime.format.rank_file import RankFileReader
 from mixtera.runtime.plan import Plan
-from mixtera.runtime.versions import read_decision, version_path
+from mixtera.runtime.versions import read_decision
 from tests.helpers.feedback_plans import make_plan, run_job
 
 runner = CliRunner()

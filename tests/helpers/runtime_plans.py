@@ -24,10 +24,11 @@ import zstandard
 from tokenizers import Tokenizer
 
 from mixtera.runtime.fingerprint import file_content_hash
+from mixtera.runtime.format.plan_dir import rank_file_name
 from mixtera.runtime.format.rank_file import RankHeader, write_rank_file
 from mixtera.runtime.format.rank_frames import Segment
 from mixtera.runtime.format.token_file import write_token_file
-from mixtera.runtime.plan import SAMPLE_DTYPE, rank_file_name
+from mixtera.runtime.plan import SAMPLE_DTYPE
 from mixtera.runtime.shuffle import stream_samples
 
 EOS = "<|endoftext|>"

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mixtera.planner.index.schema import FILES, MANIFEST, SAMPLES, files_schema, samples_schema
+from mixtera.planner.index.schema import files_schema, samples_schema
+from mixtera.runtime.format.plan_dir import INDEX_FILES, INDEX_MANIFEST, INDEX_SAMPLES
 
 LANGUAGES = ("en", "de", "fr", "es")
 SOURCES = ("web", "code", "books", "wiki")
@@ -53,11 +54,11 @@ def write_synthetic_index(out: Path, samples: int, *, seed: int = 0, files: int 
         "tags": _tags(samples),
     }
     schema = samples_schema(props)
-    pq.write_table(pa.table([cols[f.name] for f in schema], schema=schema), out / SAMPLES)
+    pq.write_table(pa.table([cols[f.name] for f in schema], schema=schema), out / INDEX_SAMPLES)
     file_rows = [{"file_id": i, "path": f"f{i}.jsonl", "format": "jsonl", "size": 1000, "mtime_ns": 0,
                   "content_hash": f"xxh3_128:{i:032x}", "records": int((file_id == i).sum())}
                  for i in range(files)]
-    pq.write_table(pa.Table.from_pylist(file_rows, schema=files_schema()), out / FILES)
+    pq.write_table(pa.Table.from_pylist(file_rows, schema=files_schema()), out / INDEX_FILES)
     tokenizer = {"path": "tok.json", "name": "synthetic", "blake2b": "0" * 32, "vocab_size": 1000,
                  "eos_id": 0, "eos": eos} if tokens else None
     manifest = {"kind": "mixtera-index", "format_version": "1.0", "created_by": "synthetic",
@@ -67,7 +68,7 @@ def write_synthetic_index(out: Path, samples: int, *, seed: int = 0, files: int 
                 "counts": {"files": files, "samples": samples, "bytes": 99 * samples,
                            "tokens": int(n_tok.sum()) if tokens else None},
                 "tokenizer": tokenizer, "store_tokens": False}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (out / INDEX_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return out
 
 

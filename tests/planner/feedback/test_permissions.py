@@ -16,7 +16,7 @@ import pytest
 import mixtera.runtime.versions as versions
 from mixtera.planner.feedback.orchestrate import run_pending
 from mixtera.runtime.atomic import staging_dir, temp_dir, temp_file, write_atomic
-from mixtera.runtime.versions import version_path
+from mixtera.runtime.format.plan_dir import version_path
 from tests.helpers.feedback_plans import make_plan, run_job
 
 

@@ -14,9 +14,10 @@ from mixtera.planner.feedback import rewrite
 from mixtera.planner.feedback.orchestrate import feedback_lock, inprocess_rewriter, run_pending
 from mixtera.runtime.errors import PlanError, StateError
 from mixtera.runtime.feedback import FeedbackReporter
-from mixtera.runtime.format.feedback_log import log_path, read_log
+from mixtera.runtime.format.feedback_log import read_log
+from mixtera.runtime.format.plan_dir import log_path, version_path
 from mixtera.runtime.plan import Plan
-from mixtera.runtime.versions import read_decision, version_path
+from mixtera.runtime.versions import read_decision
 from tests.helpers.feedback_plans import Replay, make_plan, run_job
 
 STEPS, SEG, REFIT = 1200, 50, 200

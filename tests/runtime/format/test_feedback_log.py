@@ -14,7 +14,8 @@ from mixtera.planner.feedback.orchestrate import read_history
 from mixtera.planner.feedback.rewrite import PlanContext
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.feedback import FeedbackReporter
-from mixtera.runtime.format.feedback_log import HEADER_SIZE, LogWriter, encode_record, log_path, read_log
+from mixtera.runtime.format.feedback_log import HEADER_SIZE, LogWriter, encode_record, read_log
+from mixtera.runtime.format.plan_dir import log_path
 from tests.helpers.feedback_plans import make_plan
 
 FP = "ab" * 16
