@@ -1,9 +1,11 @@
 """Read a compiled plan directory: manifest, sample table, rank files (see man/mixtera-formats.md).
 
 ``Plan.open(path)`` checks the manifest (kind, major version), memory-maps ``samples.npy`` and opens
-rank files lazily. ``plan.segment(rank, k)`` is the single place that decides which bytes a rank
-replays for segment ``k``; ``plan.resolve(segment)`` turns stream positions into sample rows, corpus
-locations and absolute token ranges.
+rank files lazily. ``plan.segment(rank, k, version)`` reads segment ``k`` of a rank from the files of
+a plan version; it never waits or writes: which version a replaying rank reads is chosen by
+``mixtera.runtime.versions.VersionResolver`` (``plan.versions``, the one resolver).
+``plan.resolve(segment)`` turns stream positions into sample rows, corpus locations and absolute
+token ranges.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from mixtera.runtime.format.rank_file import RankFileReader
 from mixtera.runtime.format.rank_frames import Segment
 from mixtera.runtime.shuffle import stream_samples
 from mixtera.runtime.stream_rows import stream_rows
-from mixtera.runtime.versions import segment_version
+from mixtera.runtime.versions import VersionResolver
 
 PLAN_KIND = "mixtera-plan"
 PLAN_FORMAT_VERSION = "1.0"
@@ -95,6 +97,7 @@ class Plan:
         self.corpus_root = Path(manifest["corpus_root"])
         self._samples: np.ndarray | None = None
         self._readers: dict[tuple[int, int], RankFileReader] = {}
+        self.versions = VersionResolver(path, manifest)  # for reads: never waits, never publishes
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -131,13 +134,14 @@ class Plan:
             raise PlanError(f"step {step} is outside the plan's {self.steps} steps (0..{self.steps - 1})")
         return step // self.segment_steps
 
-    def segment(self, rank: int, k: int) -> Segment:
-        """Segment ``k`` as rank ``rank`` replays it (the version the manifest currently names)."""
+    def segment(self, rank: int, k: int, version: int | None = None) -> Segment:
+        """Segment ``k`` of rank ``rank`` from the files of ``version`` (default: the version that
+        holds it now, ``versions.current_version``). A pure read: a replaying rank passes the
+        version its resolver chose (``VersionResolver.data_version``)."""
         self._check_rank(rank)
         if not 0 <= k < self.segment_count:
             raise PlanError(f"segment {k} is outside the plan's {self.segment_count} segments")
-        version = segment_version(self.path, self.manifest, k)  # feedback decisions, runtime/versions.py
-        return self._reader(rank, version).segment(k)
+        return self._reader(rank, self.versions.current_version(k) if version is None else version).segment(k)
 
     def _reader(self, rank: int, version: int) -> RankFileReader:
         key = (rank, version)

@@ -20,6 +20,7 @@ from mixtera.runtime.plan import Plan, ResolvedEntries
 from mixtera.runtime.readers import FileEntry
 from mixtera.runtime.sources import PretokenizedSource, TextSource, TokenizingSource, check_index_unchanged
 from mixtera.runtime.tokenizer import load_tokenizer
+from mixtera.runtime.versions import VersionResolver
 
 if TYPE_CHECKING:
     from mixtera.runtime.dataset import PlanDataset
@@ -49,6 +50,8 @@ class Replay:
         elif ds.output == "tokens":
             tok, _ = load_tokenizer(ds.tokenizer_path, ds.tokenizer_info)
             self.tokens = TokenizingSource(self.texts, tok, self.eos_id)
+        # The one choice of version: waits for a pending decision, publishes "keep" on timeout.
+        self.resolver = VersionResolver(self.plan.path, manifest, who=f"rank {ds.rank}")
         self.workers = 1  # loader workers: each resolves only its own steps of a segment
         self._segment: tuple[int, int, ResolvedEntries, dict[int, tuple[int, int]]] | None = None
         self._lists: dict[str, list[int]] | None = None
@@ -59,7 +62,7 @@ class Replay:
         k = self.plan.segment_of_step(step)
         phase = step % self.workers
         if self._segment is None or self._segment[:2] != (k, phase):
-            seg = self.plan.segment(self.ds.rank, k)
+            seg = self.plan.segment(self.ds.rank, k, self.resolver.data_version(k))
             mine, ranges = _worker_share(seg, phase, self.workers)
             self._segment = (k, phase, self.plan.resolve(mine), ranges)
             self._lists = None

@@ -13,6 +13,10 @@ A decision is either ``"rewrite"`` (its own rank files: ``data_version == versio
 rank that needs decision ``i`` waits for it (``wait_timeout_s``); then, with ``on_missing =
 "keep"``, the first rank to time out publishes a keep decision for everyone, and with ``"fail"``
 it raises :class:`PlanError`. Version 0 is the compiled plan in the plan directory itself.
+
+:class:`VersionResolver` is the one place that chooses a segment's version: ``data_version`` for
+a replaying rank (waits, may publish "keep"), ``current_version`` for every reader that must not
+wait or write (inspect, elastic re-partitioning, ``Plan.segment`` without a version).
 """
 
 from __future__ import annotations
@@ -176,6 +180,27 @@ class VersionResolver:
         d = self.decision(i, wait=wait)
         return None if d is None else int(d["data_version"])
 
+    def current_version(self, k: int) -> int:
+        """The version whose files hold segment ``k`` now, without waiting or writing: its decision's
+        data version when published, else that of the newest published decision before it."""
+        if self.schedule is None:
+            return 0
+        for i in range(self.schedule.decision_of_segment(k), 0, -1):
+            d = self.decision(i, wait=False)
+            if d is not None:
+                return int(d["data_version"])
+        return 0
+
+    def published(self) -> list[dict[str, Any]]:
+        """The published decisions in order (decisions are made in order: the first gap ends them)."""
+        out = []
+        for v in self.schedule.versions() if self.schedule else []:
+            d = self.decision(v, wait=False)
+            if d is None:
+                break
+            out.append(d)
+        return out
+
     def decision(self, version: int, *, wait: bool = True) -> dict[str, Any] | None:
         if version in self._decisions:
             return self._decisions[version]
@@ -215,13 +240,3 @@ class VersionResolver:
                             "check that the plan directory is writable")
         return d
 
-
-_resolvers: dict[tuple[str, str], VersionResolver] = {}
-
-
-def segment_version(plan_dir: Path | str, manifest: dict[str, Any], k: int) -> int:
-    """The version whose rank files hold segment ``k`` (waits for a pending decision)."""
-    key = (str(Path(plan_dir).resolve()), manifest["fingerprint"])
-    if key not in _resolvers:
-        _resolvers[key] = VersionResolver(plan_dir, manifest)
-    return _resolvers[key].data_version(k)

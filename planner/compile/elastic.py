@@ -5,6 +5,12 @@ OLD's rank files (rank 0's part, then rank 1's, ...), and hands it to M ranks: w
 the global batch of ``W * B`` sequences becomes ``M * (W * B / M)`` sequences of the same tokens,
 in the same order. Sequence boundaries do not move (same ``seq_len``, same global batch), so no
 entry is re-cut. Streams, quotas and sample table are OLD's, so the plan resumes exactly at S.
+
+A plan with ``[dynamic]`` keeps it. Every version folder of OLD whose decision was published from
+the losses of steps before S (refit step <= S) is carried into NEW, its rank files re-partitioned
+the same way, and OLD's feedback log up to S becomes NEW's, so feedback goes on in NEW from the
+job's log: later decisions are made there. Nothing waits for a decision and nothing is written
+into OLD: every read of OLD is a pure read of one version's files.
 """
 
 from __future__ import annotations
@@ -18,11 +24,24 @@ import numpy as np
 from mixtera.planner.compile.packing import PlanState, rank_major_gather, rank_major_order
 from mixtera.planner.compile.plan_arrays import fingerprint
 from mixtera.planner.compile.validation import validation_spec
-from mixtera.planner.compile.writer import WrittenPlan, write_plan
+from mixtera.planner.compile.writer import WrittenPlan, json_file_bytes, write_plan
 from mixtera.planner.mixture.spec import MixtureSpec, Topology
+from mixtera.runtime.atomic import write_atomic
 from mixtera.runtime.errors import ConfigError
-from mixtera.runtime.format.plan_dir import MANIFEST, QUOTAS, SAMPLES, VALIDATION, WEIGHTS
-from mixtera.runtime.format.rank_frames import BlockEntries, Segment
+from mixtera.runtime.format.feedback_log import log_file_bytes, read_log
+from mixtera.runtime.format.plan_dir import (
+    DECISION,
+    MANIFEST,
+    QUOTAS,
+    SAMPLES,
+    VALIDATION,
+    WEIGHTS,
+    log_path,
+    rank_file_name,
+    version_path,
+)
+from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
+from mixtera.runtime.format.rank_frames import BlockEncoder, BlockEntries, Segment
 from mixtera.runtime.plan import Plan
 
 
@@ -64,8 +83,9 @@ def step_major(segs: list[Segment]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return out, np.repeat(np.arange(steps), counts.sum(axis=1))
 
 
-def _repartition_segment(old: Plan, k: int, topo: Topology) -> BlockEntries:
-    segs = [old.segment(r, k) for r in range(old.world_size)]
+def _repartition_segment(old: Plan, k: int, topo: Topology, version: int) -> BlockEntries:
+    """Segment ``k`` of OLD's version ``version`` for the ranks of ``topo``."""
+    segs = [old.segment(r, k, version) for r in range(old.world_size)]
     e, step = step_major(segs)
     steps = segs[0].steps
     if old.unit == "tokens":
@@ -102,19 +122,69 @@ def repartition(old_path: Path | str, spec: MixtureSpec, out: Path | str, *, wor
                                               old.seed, extra=elastic)
         states = [PlanState.from_json(s["start_state"]) for s in old.manifest["segments"]]
         blocks: Iterator[tuple[PlanState, BlockEntries]] = (
-            (states[k], _repartition_segment(old, k, topo)) for k in range(old.segment_count))
+            (states[k], _repartition_segment(old, k, topo, 0)) for k in range(old.segment_count))
         samples = np.load(old.path / SAMPLES)
-        nested = None
-        if spec.validation is not None and (old.path / VALIDATION / MANIFEST).is_file():
+        validation = spec.validation is not None and (old.path / VALIDATION / MANIFEST).is_file()
+        if validation:
             manifest["validation"] = {**manifest["validation"], "batch_size": None}  # filled below
 
-            def nested(stage: Path) -> None:  # the validation split, re-partitioned the same way
+        def nested(stage: Path) -> None:
+            if validation:  # the validation split, re-partitioned the same way
                 written = repartition(old.path / VALIDATION, validation_spec(spec), stage / VALIDATION,
                                       world_size=world_size, from_step=0)
                 with Plan.open(written.path) as val:
                     manifest["validation"].update(fingerprint=val.fingerprint, batch_size=val.batch_size)
+            if old.versions.schedule is not None:  # feedback goes on in NEW
+                for decision in carried_decisions(old, from_step):
+                    _write_version(old, stage, decision, topo, manifest["fingerprint"])
+                _write_log(old, stage, from_step, manifest["fingerprint"])
+
         return write_plan(out, manifest=manifest, samples=samples, quotas=np.load(old.path / QUOTAS),
                           weights=np.load(old.path / WEIGHTS), blocks=blocks, nested=nested)
     finally:
         old.close()
+
+
+def carried_decisions(old: Plan, from_step: int) -> list[dict[str, Any]]:
+    """OLD's published decisions made from the losses of steps before ``from_step``, in order."""
+    return [d for d in old.versions.published() if int(d["refit_step"]) <= from_step]
+
+
+def _write_version(old: Plan, stage: Path, decision: dict[str, Any], topo: Topology,
+                   fingerprint: str) -> None:
+    """OLD's version folder of ``decision`` in NEW's staging folder, rank files re-partitioned."""
+    version = int(decision["version"])
+    folder = version_path(stage, version)
+    folder.mkdir(parents=True)
+    if decision["action"] == "rewrite":
+        source = version_path(old.path, version)
+        for name in (QUOTAS, WEIGHTS):
+            write_atomic(folder / name, (source / name).read_bytes())
+        first = int(decision["first_segment"])
+        encoder = BlockEncoder(topo.world_size, version)
+        try:
+            for k in range(first, old.segment_count):
+                encoder.submit(_repartition_segment(old, k, topo, version))
+            frames = encoder.frames()
+        finally:
+            encoder.close()
+        fp = bytes.fromhex(fingerprint)
+        for rank in range(topo.world_size):
+            header = RankHeader(rank=rank, world_size=topo.world_size, steps=old.steps,
+                                segment_steps=old.segment_steps, first_segment=first,
+                                segment_count=old.segment_count - first, fingerprint=fp)
+            write_atomic(folder / rank_file_name(rank), rank_file_bytes(header, frames[rank]))
+    write_atomic(folder / DECISION, json_file_bytes({**decision, "fingerprint": fingerprint}))  # last
+
+
+def _write_log(old: Plan, stage: Path, from_step: int, fingerprint: str) -> None:
+    """OLD's feedback records of the steps before ``from_step`` as NEW's log (none: no log)."""
+    source = log_path(old.path)
+    if not source.is_file():
+        return
+    domains = len(old.components)
+    records = read_log(source, domains, old.fingerprint).before(from_step)
+    dest = log_path(stage)
+    dest.parent.mkdir()
+    write_atomic(dest, log_file_bytes(records, domains, fingerprint))
 

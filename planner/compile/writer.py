@@ -85,8 +85,8 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
 
     ``manifest`` holds everything but ``segments``, which is filled here (with each segment's
     ``start_state``). ``blocks`` may raise (e.g. exhaustion): nothing is left behind then.
-    ``nested(stage)`` writes plans inside this one (the validation plan) before the manifest, so
-    that they are published with it.
+    ``nested(stage)`` writes what lives inside this plan (the validation plan; an elastic plan's
+    versions and feedback log) before the manifest, so that it is published with it.
     """
     out = Path(out)
     check_output(out)

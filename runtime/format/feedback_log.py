@@ -49,6 +49,12 @@ class LogRecords:
     valid_bytes: int
     torn_bytes: int  # bytes after the last valid record (a torn tail)
 
+    def before(self, step: int) -> LogRecords:
+        """The records of the steps before ``step`` (what a job resuming at ``step`` has reported)."""
+        keep = self.step < step
+        return LogRecords(self.step[keep], self.version[keep], self.tokens[keep], self.loss_sum[keep],
+                          self.valid_bytes, self.torn_bytes)
+
 
 def encode_record(step: int, version: int, tokens: np.ndarray, loss_sum: np.ndarray) -> bytes:
     payload = (_FIXED.pack(step, version, 0) + np.ascontiguousarray(tokens, dtype="<i8").tobytes()
@@ -59,6 +65,13 @@ def encode_record(step: int, version: int, tokens: np.ndarray, loss_sum: np.ndar
 def _header(domains: int, fingerprint: str) -> bytes:
     head = _HEADER.pack(MAGIC, MAJOR, MINOR, domains, bytes.fromhex(fingerprint))
     return head.ljust(HEADER_SIZE, b"\0")
+
+
+def log_file_bytes(records: LogRecords, domains: int, fingerprint: str) -> bytes:
+    """A complete log holding ``records`` (in their order) for the plan ``fingerprint``."""
+    return _header(domains, fingerprint) + b"".join(
+        encode_record(int(s), int(v), t, x)
+        for s, v, t, x in zip(records.step, records.version, records.tokens, records.loss_sum, strict=True))
 
 
 def _check_header(raw: bytes, path: Path, domains: int, fingerprint: str) -> None:

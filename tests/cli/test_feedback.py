@@ -27,7 +27,6 @@ runner = CliRunner()
 
 @pytest.fixture
 def plan(tmp_path: Path) -> Path:
-    versions._resolvers.clear()
     return make_plan(tmp_path, steps=600, segment_steps=50, refit=200, wait=60)
 
 

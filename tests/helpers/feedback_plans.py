@@ -1,7 +1,8 @@
 """Small compiled plans with a [dynamic] table, and a synthetic job that replays them and reports losses.
 
-The job reads what every rank replays through ``mixtera.runtime.plan.Plan`` (the same lookup the dataset
-uses), counts each domain's tokens per step and reports losses from a known per-domain curve
+The job reads what every rank replays through ``mixtera.runtime.plan.Plan`` in the version that
+``mixtera.runtime.versions.VersionResolver`` chooses (the same lookup the dataset uses), counts each
+domain's tokens per step and reports losses from a known per-domain curve
 ``L_k(n) = eps_k + beta_k * n_k ** -alpha_k`` (n_k: the domain's tokens so far, in units of 1024).
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 from mixtera.planner.compile.pipeline import compile_file
 from mixtera.runtime.feedback import FeedbackReporter
 from mixtera.runtime.plan import Plan
+from mixtera.runtime.versions import VersionResolver
 from tests.helpers.synthetic_index import write_synthetic_index
 
 MIXTURE = """
@@ -75,6 +77,7 @@ class Replay:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
+        self.resolver = VersionResolver(plan.path, plan.manifest)
         self._cache: dict[int, list] = {}
 
     def entries(self, rank: int, step: int):
@@ -86,7 +89,7 @@ class Replay:
         return resolved.take(slice(int(bounds[i]), int(bounds[i + 1])))
 
     def _resolve(self, rank: int, k: int):
-        seg = self.plan.segment(rank, k)
+        seg = self.plan.segment(rank, k, self.resolver.data_version(k))
         return self.plan.resolve(seg), seg.step_slices(), seg.first_step
 
     def step_tokens(self, step: int) -> np.ndarray:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-import mixtera.runtime.versions as versions
 from mixtera.planner.feedback.orchestrate import run_pending
 from mixtera.runtime.atomic import staging_dir, temp_dir, temp_file, write_atomic
 from mixtera.runtime.format.plan_dir import version_path
@@ -58,7 +57,6 @@ def test_temporary_names_never_collide(tmp_path: Path) -> None:
 def test_a_compiled_and_rewritten_plan_is_readable_by_others(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
-        versions._resolvers.clear()
         plan = make_plan(tmp_path, steps=600, segment_steps=50, refit=200)
         run_job(plan, range(240))
         run_pending(plan)

@@ -34,11 +34,6 @@ def _copy(plan: Path, tmp: Path, name: str = "plan") -> Path:
     return dst
 
 
-def _fresh_process() -> None:
-    """Forget every cached decision, as a restarted process would."""
-    versions._resolvers.clear()
-
-
 def _governing_quotas(plan: Path, step: int) -> np.ndarray:
     manifest = json.loads((plan / "manifest.json").read_bytes())
     v = versions.VersionResolver(plan, manifest).data_version(step // SEG, wait=False)
@@ -52,7 +47,6 @@ def _governing_quotas(plan: Path, step: int) -> np.ndarray:
 def job(compiled: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
     """The uninterrupted run: in-process rewrites from rank 0 at every refit point."""
     plan = _copy(compiled, tmp_path_factory.mktemp("job"))
-    _fresh_process()
     with FeedbackReporter(plan, rank=0, on_refit=inprocess_rewriter(plan), fsync=False) as fb:
         counts, _ = run_job(plan, range(STEPS), reporter=fb)
     return plan, counts
@@ -116,10 +110,8 @@ def test_no_sample_is_repeated_or_skipped_across_rewrites(job: tuple[Path, list[
 def test_resuming_after_a_rewrite_equals_the_uninterrupted_run(compiled: Path, tmp_path: Path,
                                                                job: tuple[Path, list[np.ndarray]]) -> None:
     plan = _copy(compiled, tmp_path)
-    _fresh_process()
     with FeedbackReporter(plan, rank=0, on_refit=inprocess_rewriter(plan), fsync=False) as fb:
         _, _ = run_job(plan, range(530), reporter=fb)  # two rewrites published, then a crash
-    _fresh_process()
     # Resume from a checkpoint at step 480: steps 480..529 are replayed and reported again.
     seen = np.sum([_governing_quotas(plan, s) for s in range(480)], axis=0).astype(np.float64)
     with FeedbackReporter(plan, rank=0, on_refit=inprocess_rewriter(plan), fsync=False) as fb:
@@ -136,7 +128,6 @@ def test_resuming_after_a_rewrite_equals_the_uninterrupted_run(compiled: Path, t
 def test_a_crash_between_the_writes_of_a_rewrite_leaves_the_previous_plan(
         compiled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plan = _copy(compiled, tmp_path)
-    _fresh_process()
     run_job(plan, range(REFIT))
     real = rewrite.write_durably
 
@@ -157,7 +148,6 @@ def test_a_crash_between_the_writes_of_a_rewrite_leaves_the_previous_plan(
     assert before.segment(0, 4).version == 0
     outcomes, more = run_pending(plan)
     assert [o.action for o in outcomes] == ["rewrite"] and more
-    _fresh_process()
     assert Plan.open(plan).segment(1, 5).version == 1
 
 
@@ -173,7 +163,6 @@ def test_a_rank_that_times_out_publishes_keep_for_everyone(compiled: Path, tmp_p
     root.mkdir()
     shutil.copytree(compiled.parent / "index", root / "index")
     plan = make_plan(root, steps=STEPS, segment_steps=SEG, refit=REFIT, wait=0.05)
-    _fresh_process()
     counts, _ = run_job(plan, range(300))  # nobody decides: segment 5 waits, then keeps
     d = read_decision(plan, 1)
     assert d["action"] == "keep" and d["data_version"] == 0 and "waited" in d["reason"]
@@ -191,7 +180,6 @@ def test_on_missing_fail_raises_a_clear_error(compiled: Path, tmp_path: Path) ->
     root.mkdir()
     shutil.copytree(compiled.parent / "index", root / "index")
     plan = make_plan(root, steps=STEPS, segment_steps=SEG, refit=REFIT, wait=0.05, missing="fail")
-    _fresh_process()
     with pytest.raises(PlanError, match="did not appear within"):
         run_job(plan, range(300))
 
@@ -214,7 +202,6 @@ def test_loss_proportional_weights_follow_the_mean_losses(compiled: Path, tmp_pa
     shutil.copytree(compiled.parent / "index", root / "index")
     plan = make_plan(root, steps=600, segment_steps=SEG, refit=REFIT,
                      dynamic='algorithm = "loss_proportional"\nrefit_every = 200\nwait_timeout_s = 30')
-    _fresh_process()
     with FeedbackReporter(plan, rank=0, on_refit=inprocess_rewriter(plan), fsync=False) as fb:
         run_job(plan, range(600), reporter=fb)
     d = read_decision(plan, 1)
@@ -229,7 +216,6 @@ def test_plans_in_samples_are_rewritten_with_exact_sample_quotas(compiled: Path,
     root.mkdir()
     shutil.copytree(compiled.parent / "index", root / "index")
     plan = make_plan(root, steps=600, segment_steps=SEG, refit=REFIT, unit="samples")
-    _fresh_process()
     with FeedbackReporter(plan, rank=0, on_refit=inprocess_rewriter(plan), fsync=False) as fb:
         run_job(plan, range(600), reporter=fb)
     assert [read_decision(plan, v)["action"] for v in (1, 2)] == ["rewrite", "rewrite"]
@@ -244,7 +230,6 @@ def test_plans_in_samples_are_rewritten_with_exact_sample_quotas(compiled: Path,
 def test_a_redistribute_component_drops_out_when_a_rewrite_would_exhaust_it(tmp_path: Path) -> None:
     plan = make_plan(tmp_path, steps=STEPS, segment_steps=SEG, refit=REFIT, samples=1000,
                      wiki_exhausted="redistribute")
-    _fresh_process()
     with FeedbackReporter(plan, rank=0, on_refit=inprocess_rewriter(plan), fsync=False) as fb:
         counts, _ = run_job(plan, range(STEPS), reporter=fb)
     wiki = json.loads((plan / "manifest.json").read_bytes())["components"][3]
