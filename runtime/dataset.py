@@ -22,7 +22,7 @@ from mixtera.runtime.data_parallel import data_parallel_rank
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.plan_dir import INDEX_MANIFEST, MANIFEST, VALIDATION
 from mixtera.runtime.plan import SPLITS, Plan
-from mixtera.runtime.replay import Replay
+from mixtera.runtime.replay import Replay, ReplayConfig
 from mixtera.runtime.state import ElasticOrigin, RuntimeState
 from mixtera.runtime.tokenizer import check_tokenizer
 
@@ -96,6 +96,13 @@ class PlanDataset(IterableDataset):
         self.domains = [c.name for c in meta.components]
         self.elastic = ElasticOrigin.of_manifest(meta.manifest)  # compiled with --from-plan
         meta.close()
+        self._config = ReplayConfig(
+            plan_path=self.plan_path, fingerprint=self.fingerprint, rank=self.rank, output=self.output,
+            batch_size=self.batch_size, seq_len=self.seq_len, with_provenance=self.with_provenance,
+            domains=tuple(self.domains), text_field=self.text_field, cache_dir=self.cache_dir,
+            pretokenized=self.pretokenized, tokenizer_path=self.tokenizer_path,
+            tokenizer_info=self.tokenizer_info, tokenizer_blake2b=self.tokenizer_blake2b,
+        )
         self._next_step = 0  # position of this copy: first step not yet consumed / yielded
         self._stride = 1  # 1: a rank position; w: the position of one of w loader workers
         self._runtime: Replay | None = None
@@ -220,7 +227,7 @@ class PlanDataset(IterableDataset):
 
     def _open_runtime(self) -> Replay:
         if self._runtime is None:
-            self._runtime = Replay(self)
+            self._runtime = Replay(self._config)
         return self._runtime
 
     def __getstate__(self) -> dict[str, Any]:

@@ -8,12 +8,14 @@ with the plan or the number of workers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.rank_frames import Segment
 from mixtera.runtime.packing import pack_step
 from mixtera.runtime.plan import Plan, ResolvedEntries
@@ -22,36 +24,58 @@ from mixtera.runtime.sources import PretokenizedSource, TextSource, TokenizingSo
 from mixtera.runtime.tokenizer import load_tokenizer
 from mixtera.runtime.versions import VersionResolver
 
-if TYPE_CHECKING:
-    from mixtera.runtime.dataset import PlanDataset
-
 _LIST_COLUMNS = ("file", "offset", "length", "record", "component", "token_start", "token_end")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayConfig:
+    """What a Replay needs, fixed once by ``PlanDataset.__init__`` (and pickled to loader workers)."""
+
+    plan_path: Path
+    fingerprint: str  # the plan identity the dataset checked; a replay refuses any other plan
+    rank: int
+    output: str  # "tokens" | "documents"
+    batch_size: int
+    seq_len: int
+    with_provenance: bool
+    domains: tuple[str, ...]  # component names by id
+    text_field: str
+    cache_dir: Path
+    pretokenized: bool
+    tokenizer_path: Path | None
+    tokenizer_info: dict[str, Any] | None  # the plan's tokenizer record
+    tokenizer_blake2b: str | None  # the digest checked at construction
 
 
 class Replay:
     """The per-process part of a PlanDataset: open plan, sources and the current segment."""
 
-    def __init__(self, ds: PlanDataset) -> None:
-        self.ds = ds
-        self.plan = Plan.open(ds.plan_path)
+    def __init__(self, cfg: ReplayConfig) -> None:
+        self.cfg = cfg
+        self.plan = Plan.open(cfg.plan_path)
+        if self.plan.fingerprint != cfg.fingerprint:
+            self.plan.close()
+            raise PlanError(f"{cfg.plan_path}: the plan changed since the dataset was created (fingerprint "
+                            f"{self.plan.fingerprint}, the dataset checked {cfg.fingerprint})",
+                            "create the PlanDataset again after recompiling the plan")
         manifest = self.plan.manifest
         files = {
             int(f["file_id"]): FileEntry.from_manifest(f, self.plan.corpus_root) for f in self.plan.files
         }
-        info = ds.tokenizer_info or {}
+        info = cfg.tokenizer_info or {}
         self.eos_id = int(info["eos_id"]) if self.plan.eos else None
-        self.texts = TextSource(files, ds.text_field, ds.cache_dir)
+        self.texts = TextSource(files, cfg.text_field, cfg.cache_dir)
         self.paths = {int(f["file_id"]): f["path"] for f in self.plan.files}
         self.tokens: Any = None
-        if ds.output == "tokens" and ds.pretokenized:
+        if cfg.output == "tokens" and cfg.pretokenized:
             token_dir = Path(manifest["token_files"]["dir"])
             check_index_unchanged(manifest, token_dir.parent)
             self.tokens = PretokenizedSource(token_dir, self.eos_id)
-        elif ds.output == "tokens":
-            tok, _ = load_tokenizer(ds.tokenizer_path, ds.tokenizer_info)
+        elif cfg.output == "tokens":
+            tok, _ = load_tokenizer(cfg.tokenizer_path, cfg.tokenizer_info)
             self.tokens = TokenizingSource(self.texts, tok, self.eos_id)
         # The one choice of version: waits for a pending decision, publishes "keep" on timeout.
-        self.resolver = VersionResolver(self.plan.path, manifest, who=f"rank {ds.rank}")
+        self.resolver = VersionResolver(self.plan.path, manifest, who=f"rank {cfg.rank}")
         self.workers = 1  # loader workers: each resolves only its own steps of a segment
         self._segment: tuple[int, int, ResolvedEntries, dict[int, tuple[int, int]]] | None = None
         self._lists: dict[str, list[int]] | None = None
@@ -62,7 +86,7 @@ class Replay:
         k = self.plan.segment_of_step(step)
         phase = step % self.workers
         if self._segment is None or self._segment[:2] != (k, phase):
-            seg = self.plan.segment(self.ds.rank, k, self.resolver.data_version(k))
+            seg = self.plan.segment(self.cfg.rank, k, self.resolver.data_version(k))
             mine, ranges = _worker_share(seg, phase, self.workers)
             self._segment = (k, phase, self.plan.resolve(mine), ranges)
             self._lists = None
@@ -95,17 +119,17 @@ class Replay:
             ent.token_end - ent.token_start,
             ent.component,
             ent.token_start,
-            self.ds.batch_size,
-            self.ds.seq_len,
+            self.cfg.batch_size,
+            self.cfg.seq_len,
             step,
-            self.ds.with_provenance,
+            self.cfg.with_provenance,
         )
         ids, labels, domains = (
             torch.from_numpy(a) for a in (packed.input_ids, packed.labels, packed.domain_ids)
         )
         items = [
             {"input_ids": ids[b], "labels": labels[b], "domain_ids": domains[b], "step": step}
-            for b in range(self.ds.batch_size)
+            for b in range(self.cfg.batch_size)
         ]
         if packed.provenance is not None:
             files, records, paths = ent.file.tolist(), ent.record.tolist(), self.paths
@@ -118,7 +142,7 @@ class Replay:
         # Texts first, in the readers' tight loop (orjson.loads of a mapped slice for JSON lines),
         # then the items: two simple loops run faster than one that does both.
         texts = self.texts.texts(cols["file"], cols["offset"], cols["length"])
-        names, paths = self.ds.domains, self.paths
+        names, paths = self.cfg.domains, self.paths
         return [
             {
                 "text": text,

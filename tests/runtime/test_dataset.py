@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -152,3 +153,15 @@ def test_changed_corpus_file_fails_with_its_name(tmp_path: Path, tiny_tokenizer:
     ds = PlanDataset(plan.path, rank=0, world_size=WORLD, output="documents")
     with pytest.raises(PlanError, match="missing|changed"):
         _batches(ds, 0)
+
+
+def test_a_plan_replaced_after_the_dataset_was_made_is_refused(hand: HandPlan, tmp_path: Path) -> None:
+    plan = tmp_path / "plan"
+    shutil.copytree(hand.path, plan)
+    ds = PlanDataset(plan, rank=0, world_size=WORLD, pretokenized=True)
+    manifest = json.loads((plan / "manifest.json").read_text())
+    manifest["fingerprint"] = "0" * 32  # recompiled in place: another plan at the same path
+    (plan / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PlanError, match="the plan changed since the dataset was created") as exc:
+        next(iter(ds))
+    assert "create the PlanDataset again" in (exc.value.hint or "")
