@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from mixtera.runtime.errors import PlanError
-from mixtera.runtime.format.plan_dir import QUOTAS, RANK_FILE_GLOB, WEIGHTS, data_folder, rank_file_path
-from mixtera.runtime.format.rank_file import RankFileReader
+from mixtera.runtime.format.plan_dir import QUOTAS, RANK_FILE_GLOB, WEIGHTS, data_folder
 from mixtera.runtime.plan import Plan
 from mixtera.runtime.versions import DecisionSchedule, read_decision
 
@@ -165,8 +164,7 @@ def rank_entries(path: Path | str, rank: int, steps: range) -> list[dict[str, An
     with plan:
         for k in sorted({plan.segment_of_step(s) for s in steps}):
             version = rep.versions[k]
-            with RankFileReader(rank_file_path(plan.path, version, rank)) as reader:
-                seg = reader.segment(k)
+            seg = plan.segment(rank, k, version)  # the runtime's checked read (rank, world, fingerprint)
             bounds = seg.step_slices()
             e = plan.resolve(seg)
             for step in range(max(steps.start, seg.first_step), min(steps.stop, seg.first_step + seg.steps)):

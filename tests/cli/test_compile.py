@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,25 @@ def test_rank_entries_alone_as_a_table(plan: Path) -> None:
     rows = [line for line in out.splitlines() if "#" in line]
     assert len(rows) == len(json.loads(js))  # one line per entry
     assert out.splitlines()[0].startswith("rank 1, steps 2:4")
+
+
+@pytest.mark.parametrize("source", ["another rank", "another plan"])
+def test_rank_entries_refuse_a_rank_file_copied_from_elsewhere(plan: Path, tmp_path: Path,
+                                                               source: str) -> None:
+    copy = tmp_path / "plan"
+    shutil.copytree(plan, copy)
+    if source == "another rank":
+        shutil.copyfile(copy / "rank-00001.bin", copy / "rank-00000.bin")
+        expected = "rank-00000.bin: written for rank 1 of"
+    else:
+        other = write_mixture(tmp_path / "seed.toml", plan.parent / "index", seed=8)  # same shape, other plan
+        code, _, _ = run("compile", str(other), "--out", str(tmp_path / "other"))
+        assert code == 0
+        shutil.copyfile(tmp_path / "other" / "rank-00000.bin", copy / "rank-00000.bin")
+        expected = "rank-00000.bin: fingerprint .* does not match the manifest's"
+    code, _, err = run("inspect", str(copy), "--rank", "0", "--steps", "0:1")
+    assert code == 1
+    assert re.search(expected, " ".join(err.split())), err
 
 
 def test_inspect_plot_writes_a_png(plan: Path, tmp_path: Path) -> None:
