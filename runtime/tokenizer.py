@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from mixtera.runtime.errors import PlanError
+from mixtera.runtime.errors import ConfigError, PlanError
 
 
 def tokenizer_blake2b(path: Path | str) -> str:
@@ -37,9 +38,21 @@ def check_tokenizer(path: Path | str, expected: dict[str, Any] | None) -> str:
     return digest
 
 
-def load_tokenizer(path: Path | str, expected: dict[str, Any] | None) -> tuple[Any, str]:
-    """Load a HF ``tokenizer.json`` and check it against the plan's tokenizer record."""
+@lru_cache(maxsize=4)
+def cached_tokenizer(path: str, digest: str) -> Any:
+    """The HF ``tokenizer.json`` at ``path`` whose blake2b is ``digest`` (cached per content hash: one
+    load per process and file version). The index and the runtime both load through here."""
     from tokenizers import Tokenizer
 
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception on bad files
+        raise ConfigError(
+            f"tokenizer {path} cannot be loaded: {exc}", "pass a Hugging Face tokenizer.json"
+        ) from None
+
+
+def load_tokenizer(path: Path | str, expected: dict[str, Any] | None) -> tuple[Any, str]:
+    """Load a HF ``tokenizer.json`` after checking it against the plan's tokenizer record."""
     digest = check_tokenizer(path, expected)
-    return Tokenizer.from_file(str(path)), digest
+    return cached_tokenizer(str(Path(path).resolve()), digest), digest

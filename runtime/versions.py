@@ -35,6 +35,7 @@ from typing import Any
 
 from mixtera.runtime.atomic import fsync_path, temp_dir, write_atomic
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.format.json_file import json_file_bytes
 from mixtera.runtime.format.plan_dir import DECISION, VERSIONS_DIR, version_name, version_path
 
 DECISION_KIND = "mixtera-decision"
@@ -233,7 +234,7 @@ class VersionResolver:
         body = keep_decision(sched, version, prev, self.fingerprint,
                              f"{self.who} waited {sched.wait_timeout_s:g} s for the decision")
         publish_version(self.plan_dir, version,
-                        lambda stage: write_atomic(stage / DECISION, json.dumps(body, indent=1).encode()))
+                        lambda stage: write_atomic(stage / DECISION, json_file_bytes(body)))
         d = read_decision(self.plan_dir, version)
         if d is None:
             raise PlanError(f"{version_path(self.plan_dir, version)}: could not publish or read {where}",

@@ -24,11 +24,12 @@ import numpy as np
 from mixtera.planner.compile.packing import PlanState, rank_major_gather, rank_major_order
 from mixtera.planner.compile.plan_arrays import fingerprint
 from mixtera.planner.compile.validation import validation_spec
-from mixtera.planner.compile.writer import WrittenPlan, json_file_bytes, write_plan
+from mixtera.planner.compile.writer import WrittenPlan, write_plan
 from mixtera.planner.mixture.spec import MixtureSpec, Topology
 from mixtera.runtime.atomic import write_atomic
 from mixtera.runtime.errors import ConfigError
 from mixtera.runtime.format.feedback_log import log_file_bytes, read_log
+from mixtera.runtime.format.json_file import json_file_bytes
 from mixtera.runtime.format.plan_dir import (
     DECISION,
     MANIFEST,

@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 from mixtera.planner.compile.packing import PlanState
 from mixtera.runtime.atomic import fsync_path, staging_dir, write_atomic
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.format.json_file import created_by, json_file_bytes
 from mixtera.runtime.format.plan_dir import MANIFEST, QUOTAS, SAMPLES, WEIGHTS, rank_file_name
 from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
 from mixtera.runtime.format.rank_frames import BlockEntries, EncodedSegment, encode_block
@@ -40,13 +40,6 @@ class WrittenPlan:
     @property
     def bytes_per_entry(self) -> float:
         return self.rank_bytes / max(self.entries, 1)
-
-
-def created_by() -> str:
-    try:
-        return f"mixtera {metadata.version('mixtera')}"
-    except metadata.PackageNotFoundError:
-        return "mixtera (source tree)"
 
 
 def check_output(out: Path) -> None:
@@ -71,11 +64,6 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
-
-
-def json_file_bytes(obj: dict[str, Any]) -> bytes:
-    """A plan's JSON file (manifest, decision): sorted keys, one space indent, final newline."""
-    return json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"
 
 
 def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray, quotas: np.ndarray,

@@ -11,7 +11,6 @@ the first rewritten segment, and publishes ``versions/vNNNNNN`` with one rename.
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,11 +21,12 @@ import numpy as np
 
 from mixtera.planner.compile.packing import PlanState, Streams, compact_lengths, plan_steps
 from mixtera.planner.compile.quotas import largest_remainder
-from mixtera.planner.compile.writer import json_file_bytes, npy_bytes
+from mixtera.planner.compile.writer import npy_bytes
 from mixtera.planner.feedback.algorithms import Algorithm, History, algorithms, consume
 from mixtera.planner.mixture.dynamic import DynamicSpec, parse_dynamic, resolve_prior
 from mixtera.runtime.atomic import FILE_MODE, write_atomic
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.format.json_file import json_file_bytes
 from mixtera.runtime.format.plan_dir import (
     DECISION,
     MANIFEST,
@@ -38,6 +38,7 @@ from mixtera.runtime.format.plan_dir import (
 )
 from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
 from mixtera.runtime.format.rank_frames import BlockEncoder
+from mixtera.runtime.plan import read_manifest
 from mixtera.runtime.shuffle import stream_samples
 from mixtera.runtime.versions import DECISION_KIND, DecisionSchedule, VersionResolver, publish_version
 
@@ -61,11 +62,7 @@ class PlanContext:
     @classmethod
     def open(cls, plan_dir: Path | str) -> PlanContext:
         path = Path(plan_dir)
-        try:
-            manifest = json.loads((path / MANIFEST).read_bytes())
-        except FileNotFoundError:
-            raise PlanError(f"{path} is not a mixtera plan: it has no {MANIFEST}",
-                            "compile one with `mixtera compile MIXTURE.toml --out PLAN`") from None
+        manifest = read_manifest(path)  # the runtime's checked reader: kind, major version
         where = f"{path / MANIFEST}: dynamic"
         dyn = parse_dynamic(manifest.get("dynamic"), where, int(manifest["segment_steps"]))
         schedule = DecisionSchedule.from_manifest(manifest)

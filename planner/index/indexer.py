@@ -24,9 +24,9 @@ from mixtera.planner.index.columns import RESERVED
 from mixtera.planner.index.config import IndexConfig
 from mixtera.planner.index.corpus_files import Chunk, CorpusFile, reader_for
 from mixtera.planner.index.properties import Extractor, as_text, compile_extractor, infer_type, load_hook
-from mixtera.planner.index.tokenizer_info import load_tokenizer
 from mixtera.planner.index.values import CONVERTERS, ValueTypeError
 from mixtera.runtime.errors import CorpusError, MixteraUserError
+from mixtera.runtime.tokenizer import cached_tokenizer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,7 +85,7 @@ def init_worker(
     if tokenizers_parallel is not None:
         # Several workers: one tokenizer thread each, so N processes use N cores, not N x cores.
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if tokenizers_parallel else "false"
-    loaded = load_tokenizer(*tokenizer) if tokenizer is not None else None
+    loaded = cached_tokenizer(*tokenizer) if tokenizer is not None else None
     hook = load_hook(config.function, config.base_dir) if config.function else None
     _STATE = WorkerState(config, loaded, token_code, hook)
 

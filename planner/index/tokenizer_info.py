@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from mixtera.planner.index.config import IndexConfig
 from mixtera.runtime.errors import ConfigError
-from mixtera.runtime.tokenizer import tokenizer_blake2b
+from mixtera.runtime.tokenizer import cached_tokenizer, tokenizer_blake2b
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
-
-
-@lru_cache(maxsize=4)
-def load_tokenizer(path: str, digest: str) -> Any:
-    """The tokenizer at ``path`` (cached per content hash: one load per process and file version)."""
-    from tokenizers import Tokenizer
-
-    try:
-        return Tokenizer.from_file(path)
-    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception on bad files
-        raise ConfigError(
-            f"tokenizer {path} cannot be loaded: {exc}", "pass a Hugging Face tokenizer.json"
-        ) from None
 
 
 def tokenizer_identity(cfg: IndexConfig) -> dict[str, Any]:
@@ -32,7 +18,7 @@ def tokenizer_identity(cfg: IndexConfig) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"tokenizer {path} does not exist", "pass a Hugging Face tokenizer.json file")
     digest = tokenizer_blake2b(path)
-    tok = load_tokenizer(str(path.resolve()), digest)
+    tok = cached_tokenizer(str(path.resolve()), digest)
     return {
         "path": str(path.resolve()),
         "name": path.name,

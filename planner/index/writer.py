@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +23,9 @@ from mixtera.planner.index.schema import (
 )
 from mixtera.runtime.atomic import write_atomic
 from mixtera.runtime.errors import MixteraUserError
+from mixtera.runtime.format.json_file import created_by, json_file_bytes
 from mixtera.runtime.format.plan_dir import INDEX_FILES, INDEX_MANIFEST, INDEX_SAMPLES
 from mixtera.runtime.format.token_file import dtype_code_for_vocab
-
-
-def created_by() -> str:
-    try:
-        from importlib.metadata import version
-
-        return f"mixtera {version('mixtera')}"
-    except Exception:  # noqa: BLE001 - running from a source tree without installed metadata
-        return "mixtera 0.1.0"
 
 
 def previous_index(out: Path, identity: dict[str, Any]) -> IndexTables | None:
@@ -113,7 +104,7 @@ def write_index(
             "tokens": int(pc.sum(tokens).as_py() or 0) if tok else None,
         },
     }
-    write_atomic(stage / INDEX_MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(stage / INDEX_MANIFEST, json_file_bytes(manifest, indent=2))
     return manifest
 
 
