@@ -19,7 +19,6 @@ import contextlib
 import mmap
 import operator
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import orjson
 from mixtera.runtime.errors import CorpusError, PlanError
 from mixtera.runtime.fingerprint import content_digest, file_content_hash
 from mixtera.runtime.format.frame_cache import FramedFile, open_framed
+from mixtera.runtime.lru import LRU
 
 _REINDEX = "re-run `mixtera index` on the corpus and `mixtera compile` the mixture again"
 _ROW_GROUP_BYTES = 256 << 20  # decoded Parquet text columns kept per process
@@ -174,21 +174,11 @@ class _RowGroupCache:
     """Decoded Parquet text columns by (file, row group), LRU under one byte budget per process."""
 
     def __init__(self, max_bytes: int) -> None:
-        self._items: OrderedDict[tuple, Any] = OrderedDict()
-        self._held = 0
-        self._max = max_bytes
+        self._items: LRU[tuple, Any] = LRU(max_bytes, cost=lambda column: column.nbytes)
 
     def get(self, key: tuple, load: Callable[[], Any]) -> Any:
         column = self._items.get(key)
-        if column is not None:
-            self._items.move_to_end(key)
-            return column
-        column = load()
-        self._items[key] = column
-        self._held += column.nbytes
-        while self._held > self._max and len(self._items) > 1:
-            self._held -= self._items.popitem(last=False)[1].nbytes
-        return column
+        return column if column is not None else self._items.put(key, load())
 
 
 _ROW_GROUPS = _RowGroupCache(_ROW_GROUP_BYTES)
@@ -260,22 +250,16 @@ class ReaderPool:
         self._text_field = text_field
         self._cache_dir = cache_dir
         self.capacity = capacity
-        self._open: OrderedDict[int, Any] = OrderedDict()
+        self._open: LRU[int, Any] = LRU(capacity, evict=lambda reader: reader.close())
 
     def get(self, file_id: int) -> Any:
         reader = self._open.get(file_id)
         if reader is not None:
-            self._open.move_to_end(file_id)
             return reader
         entry = self._files.get(file_id)
         if entry is None:
             raise PlanError(f"the plan has no corpus file with id {file_id}", "recompile the plan")
-        reader = open_reader(entry, self._text_field, self._cache_dir)
-        self._open[file_id] = reader
-        if len(self._open) > self.capacity:
-            self._open.popitem(last=False)[1].close()
-        return reader
+        return self._open.put(file_id, open_reader(entry, self._text_field, self._cache_dir))
 
     def close(self) -> None:
-        while self._open:
-            self._open.popitem()[1].close()
+        self._open.clear()

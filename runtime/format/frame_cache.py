@@ -25,7 +25,6 @@ import fcntl
 import gzip
 import mmap
 import struct
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -37,6 +36,7 @@ from mixtera.runtime.atomic import atomic_file
 from mixtera.runtime.errors import CorpusError, PlanError
 from mixtera.runtime.fingerprint import cache_name, content_digest
 from mixtera.runtime.format.header import BinaryFormat, check_header, check_length, check_size
+from mixtera.runtime.lru import LRU
 
 MAGIC = b"MXZFRAME"
 VERSION = 2  # 2: the source fingerprint is the xxh3_128 content hash (1 held blake2b)
@@ -138,18 +138,13 @@ class FramedFile:
         check_size(cache_path, fmt, size=size, declared=int(self._offsets[-1]) + (frames + 1) * 8,
                    by=f"its seek table ({frames} frames ending at byte {int(self._offsets[-1])})")
         self._dctx = zstandard.ZstdDecompressor()
-        self._frames: OrderedDict[int, bytes] = OrderedDict()
+        self._frames: LRU[int, bytes] = LRU(_DECODED_FRAMES)
 
     def _frame(self, i: int) -> bytes:
         data = self._frames.get(i)
         if data is None:
             start, end = int(self._offsets[i]), int(self._offsets[i + 1])
-            data = self._dctx.decompress(self._map[start:end])
-            self._frames[i] = data
-            if len(self._frames) > _DECODED_FRAMES:
-                self._frames.popitem(last=False)
-        else:
-            self._frames.move_to_end(i)
+            data = self._frames.put(i, self._dctx.decompress(self._map[start:end]))
         return data
 
     def read(self, offset: int, length: int) -> bytes:
