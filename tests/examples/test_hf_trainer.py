@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixtera.runtime.format.feedback_log import log_path, read_log
+from mixtera.runtime.format.feedback_log import read_log
+from mixtera.runtime.format.plan_dir import log_path
 from tests.helpers import ROOT
 from tests.helpers.runtime_plans import build_plan, make_docs
 

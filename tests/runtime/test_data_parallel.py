@@ -18,7 +18,8 @@ import torch.multiprocessing as mp
 from mixtera.runtime import PlanDataset
 from mixtera.runtime.data_parallel import data_parallel_rank, mesh_data_group_ranks
 from mixtera.runtime.errors import PlanError
-from mixtera.runtime.format.feedback_log import log_path, read_log
+from mixtera.runtime.format.feedback_log import read_log
+from mixtera.runtime.format.plan_dir import log_path
 from tests.helpers import dp_job
 from tests.helpers.small_plan import STEPS, WORLD, small_plan
 

@@ -19,8 +19,9 @@ from mixtera.planner.feedback.orchestrate import inprocess_rewriter
 from mixtera.planner.mixture.spec import load_spec
 from mixtera.planner.report import plan_report
 from mixtera.runtime.feedback import FeedbackReporter
+from mixtera.runtime.format.plan_dir import version_path
 from mixtera.runtime.plan import Plan
-from mixtera.runtime.versions import read_decision, version_path
+from mixtera.runtime.versions import read_decision
 from tests.helpers.feedback_plans import Replay, make_plan, run_job
 from tests.helpers.plan_checks import all_entries, assert_streams_contiguous, per_step_units, write_mixture
 from tests.helpers.synthetic_index import write_synthetic_index
