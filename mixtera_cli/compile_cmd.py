@@ -29,6 +29,9 @@ def compile_mixture(
                                                    "of data-parallel ranks.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on "
                                            "stdout.")] = False,
+    replace_feedback_state: Annotated[bool, typer.Option(
+        "--replace-feedback-state", help="Replace a plan at --out even though it holds feedback state "
+        "(the loss log and published decisions), which is deleted.")] = False,
 ) -> None:
     """Compile a mixture into a plan: exact per-step quotas, one binary plan file per rank."""
     from mixtera.planner.mixture.spec import load_spec
@@ -43,7 +46,7 @@ def compile_mixture(
 
         err.print(f"re-partitioning {escape(str(from_plan))} over {world_size} ranks", highlight=False)
         written = repartition(from_plan, load_spec(mixture), out_dir, world_size=int(world_size or 0),
-                              from_step=int(from_step or 0))
+                              from_step=int(from_step or 0), replace_feedback_state=replace_feedback_state)
     else:
         from mixtera.planner.compile.pipeline import compile_file
 
@@ -54,8 +57,13 @@ def compile_mixture(
             def advance(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            _, written = compile_file(mixture, out_dir, progress=advance)
+            _, written = compile_file(mixture, out_dir, progress=advance,
+                                      replace_feedback_state=replace_feedback_state)
+    if written.replaced_state:
+        gone = escape(", ".join(written.replaced_state))
+        err.print(f"replaced the feedback state of the previous plan: {gone}", highlight=False)
     summary = _summary(written.path, time.perf_counter() - started)
+    summary["replaced_feedback_state"] = list(written.replaced_state)
     if json_out:
         print_json(summary)
     else:

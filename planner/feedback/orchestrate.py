@@ -26,7 +26,7 @@ import numpy as np
 
 from mixtera.planner.feedback.algorithms import History
 from mixtera.planner.feedback.rewrite import PlanContext, decide, write_version
-from mixtera.runtime.atomic import FILE_MODE
+from mixtera.runtime.atomic import open_lock
 from mixtera.runtime.errors import StateError
 from mixtera.runtime.format.feedback_log import LOG_DIR, log_path, read_log
 
@@ -39,7 +39,7 @@ def feedback_lock(plan_dir: Path | str) -> Iterator[None]:
     folder = Path(plan_dir) / LOG_DIR
     folder.mkdir(exist_ok=True)
     path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    fd = open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

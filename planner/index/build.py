@@ -21,7 +21,15 @@ from mixtera.planner.index.config import IndexConfig, load_config
 from mixtera.planner.index.corpus_files import CorpusFile, corpus_root, discover
 from mixtera.planner.index.parallel import Progress, run_tasks
 from mixtera.planner.index.properties import check_pattern, declared_specs, widen
-from mixtera.planner.index.schema import INDEX_KIND, TOKENS_DIR, IndexTables, manifest_json
+from mixtera.planner.index.schema import (
+    FILES,
+    INDEX_KIND,
+    MANIFEST,
+    SAMPLES,
+    TOKENS_DIR,
+    IndexTables,
+    manifest_json,
+)
 from mixtera.planner.index.tables import file_table
 from mixtera.planner.index.tokenizer_info import tokenizer_identity
 from mixtera.planner.index.writer import conform, previous_index, token_code_for, write_index
@@ -170,10 +178,22 @@ def _check_out(out: Path) -> None:
     except MixteraUserError:  # no manifest, or not JSON
         kind = None
     if kind != INDEX_KIND:
-        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
         raise MixteraUserError(
-            f"--out {out} holds something other than a mixtera index ({shown}); refusing to replace it", hint
+            f"--out {out} holds something other than a mixtera index ({_shown(entries)}); "
+            "refusing to replace it",
+            hint,
         )
+    foreign = sorted(n for n in entries if n not in (MANIFEST, SAMPLES, FILES, TOKENS_DIR))
+    if foreign:
+        raise MixteraUserError(
+            f"--out {out} holds files mixtera did not write ({_shown(foreign)}); refusing to replace "
+            "the index, which would delete them",
+            f"move them out of {out}, or choose a new --out",
+        )
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
 
 
 @dataclass(slots=True)
