@@ -54,6 +54,7 @@ class IndexReport:
     unchanged: list[str] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"file", "line", "error"}
     ignored: list[str] = field(default_factory=list)  # files without a reader
+    skipped_paths: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}: left out
     properties: dict[str, str] = field(default_factory=dict)
     bytes_read: int = 0
     seconds: float = 0.0
@@ -74,6 +75,7 @@ class IndexReport:
             "unchanged": self.unchanged,
             "skipped": self.skipped,
             "ignored": self.ignored,
+            "skipped_paths": self.skipped_paths,
             "properties": self.properties,
             "bytes_read": self.bytes_read,
             "seconds": round(self.seconds, 3),
@@ -104,7 +106,8 @@ def build_index(
         )
     _check_out(out)
     root = corpus_root(paths)
-    files, ignored = discover(paths, root, exclude=out)
+    found = discover(paths, root, exclude=out, on_error=cfg.on_error)
+    files, ignored = found.files, found.ignored
     if not files:
         raise CorpusError(
             f"corpus {root} holds no indexable files",
@@ -126,6 +129,7 @@ def build_index(
         bytes=0,
         tokens=None,
         ignored=ignored,
+        skipped_paths=found.skipped,
         **plan.changes(),
     )
     code = token_code_for(tok) if store_tokens else 0
