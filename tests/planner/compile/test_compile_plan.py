@@ -301,3 +301,11 @@ def test_packing_in_small_pieces_gives_the_same_plan(tmp_path: Path, index: Path
 
     monkeypatch.setattr(packing, "SUB_BLOCK_ENTRIES", 30)
     assert plan_bytes(compile_to(tmp_path, index)) == plan_bytes(plan_dir)
+
+
+def test_a_where_of_ten_thousand_terms_selects_like_one(tmp_path: Path, index: Path, plan_dir: Path) -> None:
+    mix = write_mixture(tmp_path / "long.toml", index)
+    long = " or ".join(["source == 'web'"] + [f"source == 'x{i}'" for i in range(10_000)])
+    mix.write_text(mix.read_text().replace("where = \"source == 'web'\"", f'where = "{long}"'))
+    compile_file(mix, tmp_path / "long")  # a pyarrow expression of 10,000 terms crashed the process
+    assert plan_bytes(tmp_path / "long")["samples.npy"] == plan_bytes(plan_dir)["samples.npy"]
