@@ -37,3 +37,7 @@ class PlanError(MixteraUserError):
 
 class StateError(MixteraUserError):
     """A saved runtime state does not belong to this plan, topology or tokenizer."""
+
+
+class FeedbackError(MixteraUserError, ValueError):
+    """A value reported to the feedback log (step, token count, loss sum) is invalid."""

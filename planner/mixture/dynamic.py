@@ -19,6 +19,7 @@ prior = "natural"          # natural | initial | { component = weight, ... }
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -106,13 +107,23 @@ def resolve_prior(prior: str | dict[str, float], components: list[dict[str, Any]
         return sizes / sizes.sum()
     if prior == "initial":
         return np.asarray(initial, dtype=np.float64) / float(np.sum(initial))
-    names = [c["name"] for c in components]
+    return prior_weights(prior, [c["name"] for c in components], where)
+
+
+def prior_weights(prior: dict[str, Any], names: list[str], where: str = "[dynamic]") -> np.ndarray:
+    """A ``prior = { component = weight, ... }`` table as a distribution over the leaf ``names``."""
     unknown = sorted(set(prior) - set(names))
     missing = [n for n in names if n not in prior]
     if unknown or missing:
         raise ConfigError(f"{where}: prior names {unknown or 'no unknown'} components and misses "
                           f"{missing or 'none'}", f"give a weight to each of: {', '.join(names)}")
-    w = np.array([float(prior[n]) for n in names])
-    if np.any(w <= 0) or not np.all(np.isfinite(w)):
-        raise ConfigError(f"{where}: prior weights must be > 0, got {w.tolist()}")
+    values = [prior[n] for n in names]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+               for v in values):
+        raise ConfigError(f"{where}: prior weights must be finite numbers > 0, got {values}",
+                          "write e.g. prior = { web = 0.7, code = 0.3 }")
+    w = np.array(values, dtype=np.float64)
+    if not math.isfinite(float(w.sum())):
+        raise ConfigError(f"{where}: prior weights sum beyond the float64 range",
+                          "scale them down: only their ratios matter")
     return w / w.sum()

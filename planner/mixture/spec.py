@@ -169,11 +169,12 @@ class MixtureSpec:
             if algo not in ALGORITHMS:
                 raise fail(f, "dynamic.algorithm", f"unknown algorithm {algo!r}",
                            f"use one of {', '.join(ALGORITHMS)}")
-            from mixtera.planner.mixture.dynamic import (
-                parse_dynamic,  # every other [dynamic] key (man/mixtera-feedback.md)
-            )
+            # every other [dynamic] key (man/mixtera-feedback.md)
+            from mixtera.planner.mixture.dynamic import parse_dynamic, prior_weights
 
-            parse_dynamic(self.dynamic, f"{f}: [dynamic]", self.segment_steps)
+            dyn = parse_dynamic(self.dynamic, f"{f}: [dynamic]", self.segment_steps)
+            if dyn is not None and isinstance(dyn.prior, dict):
+                prior_weights(dyn.prior, [leaf.name for leaf in self.leaves()], f"{f}: [dynamic] prior")
 
     def validate_schedule(self) -> None:
         f, nodes, prev_end = self.source, self.nodes(), 0
@@ -258,6 +259,9 @@ def check_weight(w: Any, file: str, key: str) -> None:
 def check_level(level: dict[str, Weight], normalize: bool, file: str, key: str) -> None:
     explicit = {n: float(w) for n, w in level.items() if w != NATURAL}
     total = sum(explicit.values())
+    if not math.isfinite(total):
+        raise fail(file, key, f"weights {', '.join(f'{n}={w:g}' for n, w in explicit.items())} sum beyond "
+                   "the float64 range", "scale them down: with `normalize = true` only their ratios matter")
     naturals = len(level) - len(explicit)
     if naturals and total >= 1 - WEIGHT_TOLERANCE and explicit:
         raise fail(file, key, f"explicit weights sum to {total:g}, leaving nothing for the \"natural\" "
