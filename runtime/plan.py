@@ -145,7 +145,9 @@ class Plan:
         """Segment ``k`` as rank ``rank`` replays it (the version the manifest currently names)."""
         self._check_rank(rank)
         if not 0 <= k < self.segment_count:
-            raise PlanError(f"segment {k} is outside the plan's {self.segment_count} segments")
+            raise PlanError(f"{self.path / MANIFEST}: segment {k} (from step {k * self.segment_steps}) is "
+                            f"not among the manifest's {self.segment_count} segments ({self.steps} steps)",
+                            "the manifest was edited or is damaged: recompile the plan")
         version = segment_version(self.path, self.manifest, k)  # feedback decisions, runtime/versions.py
         return self._reader(rank, version).segment(k)
 
