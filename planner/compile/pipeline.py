@@ -68,6 +68,8 @@ def compile_file(mixture: Path | str, out: Path | str,
     check_output(Path(out), replace_feedback_state=replace_feedback_state)  # before the slow part
     index = load_index(spec.index, columns=needed_columns(spec))
     plan = compile_plan(spec, index)
+    if plan.size is not None:
+        plan.size.check_disk(Path(out))
     manifest = manifest_of(plan, index)
     nested = None if plan.validation is None else _validation_writer(plan, manifest, index)
     del index  # the plan holds all it needs: free the index tables before packing

@@ -42,6 +42,8 @@ class Topology:
         if unit == "tokens" and self.seq_len < 1:
             raise fail(file, "topology.seq_len", f"must be >= 1 with unit = 'tokens', got {self.seq_len}",
                        "set seq_len to the model's context length, e.g. 2048")
+        for name in ("world_size", "batch_size", "seq_len"):
+            check_u32(getattr(self, name), file, f"topology.{name}")
 
     @property
     def global_batch(self) -> int:
@@ -152,6 +154,9 @@ class MixtureSpec:
         for name in ("steps", "segment_steps"):
             if getattr(self, name) < 1:
                 raise fail(f, f"mixture.{name}", f"must be >= 1, got {getattr(self, name)}")
+        check_u32(self.segment_steps, f, "mixture.segment_steps")
+        segments = -(-self.steps // self.segment_steps)
+        check_u32(segments, f, "mixture.steps", "segments (steps / segment_steps)")
         if not 0 <= self.seed < 2**63:
             raise fail(f, "mixture.seed", f"must be in [0, 2**63), got {self.seed}")
         self.topology.validate(unit=self.unit, file=f)
@@ -246,6 +251,15 @@ class MixtureSpec:
                 "schedule": [s.to_dict() for s in self.schedule], "dynamic": self.dynamic,
                 # only when set, so that plans without [validation] keep their fingerprints
                 **({"validation": self.validation.to_dict()} if self.validation else {})}
+
+
+U32_MAX = 2**32 - 1  # rank files store ranks, world size, segment lengths and counts in 32 bits
+
+
+def check_u32(value: int, file: str, key: str, what: str = "it") -> None:
+    if value > U32_MAX:
+        raise fail(file, key, f"{what} must be at most {U32_MAX:,} (what plan files hold), got {value:,}",
+                   "check the value: it is far beyond any real training run")
 
 
 def check_weight(w: Any, file: str, key: str) -> None:
