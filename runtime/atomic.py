@@ -132,6 +132,17 @@ def staging_dir(final: Path | str) -> Iterator[Path]:
         raise
 
 
+def check_writable(final: Path | str) -> None:
+    """Refuse early an output whose nearest existing folder this user may not write (staging_dir
+    refuses it too, but only when the work is done)."""
+    final = Path(final)
+    folder = final.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise unwritable(final, PermissionError(errno.EACCES, "Permission denied", str(folder)))
+
+
 def unwritable(path: Path, exc: OSError) -> MixteraUserError:
     """The error for an output whose folder this process may not write."""
     where = exc.filename or path.parent

@@ -25,7 +25,7 @@ import numpy as np
 
 from mixtera.planner.compile.block_frames import block_payloads, compress_frames
 from mixtera.planner.compile.packing import BlockEntries, PlanState
-from mixtera.runtime.atomic import fsync_path, staging_dir, write_atomic
+from mixtera.runtime.atomic import check_writable, fsync_path, staging_dir, write_atomic
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.feedback_log import LOG_DIR, LOG_NAME
 from mixtera.runtime.format.rank_file import EncodedSegment, RankHeader, rank_file_bytes
@@ -71,6 +71,7 @@ def check_output(out: Path, *, replace_feedback_state: bool = False) -> list[str
 
     Returns the feedback state that the new plan replaces (paths relative to ``out``).
     """
+    check_writable(out)
     if not out.exists():
         return []
     hint = f"choose a new --out, or delete {out} yourself if it is no longer needed"

@@ -33,7 +33,7 @@ from mixtera.planner.index.schema import (
 from mixtera.planner.index.tables import file_table
 from mixtera.planner.index.tokenizer_info import tokenizer_identity
 from mixtera.planner.index.writer import conform, previous_index, token_code_for, write_index
-from mixtera.runtime.atomic import staging_dir
+from mixtera.runtime.atomic import check_writable, staging_dir
 from mixtera.runtime.errors import ConfigError, CorpusError, MixteraUserError
 from mixtera.runtime.fingerprint import file_content_hash
 
@@ -169,6 +169,7 @@ def _resolve_config(config: IndexConfig | Path | str | None, tokenizer: Path | s
 
 
 def _check_out(out: Path) -> None:
+    check_writable(out)
     if not out.exists():
         return
     hint = "choose an empty or new folder for --out, or an existing mixtera index to update"

@@ -173,3 +173,12 @@ def test_an_existing_lock_file_is_not_truncated(tmp_path: Path) -> None:
     lock.write_text("123\n")
     os.close(open_lock(lock))
     assert lock.read_text() == "123\n"
+
+
+def test_an_unwritable_output_is_refused_before_any_work(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
+    with pytest.raises(MixteraUserError, match=f"cannot write {tmp_path}/ro/new/plan: permission denied"):
+        atomic.check_writable(tmp_path / "ro" / "new" / "plan")
+    atomic.check_writable(tmp_path / "new" / "plan")  # missing folders under a writable one are fine
