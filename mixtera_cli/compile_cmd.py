@@ -25,8 +25,9 @@ def compile_mixture(
                                                    "plan's global order over --world-size ranks.")] = None,
     from_step: Annotated[int | None, typer.Option("--from-step", min=0, help="Elastic: the step the job "
                                                   "resumes at.")] = None,
-    world_size: Annotated[int | None, typer.Option("--world-size", min=1, help="Elastic: the new number "
-                                                   "of data-parallel ranks.")] = None,
+    world_size: Annotated[int | None, typer.Option("--world-size", min=1, max=2**32 - 1,
+                                                   help="Elastic: the new number of data-parallel "
+                                                   "ranks.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on "
                                            "stdout.")] = False,
     replace_feedback_state: Annotated[bool, typer.Option(

@@ -107,6 +107,11 @@ class PlanDataset(IterableDataset):
 
     # -- checks at construction -----------------------------------------------------------------
     def _check_topology(self, plan: Plan) -> None:
+        for name in ("rank", "world_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise PlanError(f"{name}={value!r} ({type(value).__name__}) must be an integer",
+                                "pass rank and world_size as ints (e.g. int(os.environ['RANK']))")
         if self.world_size != plan.world_size:
             raise PlanError(
                 f"{self.plan_path}: the plan is compiled for world size {plan.world_size}, "

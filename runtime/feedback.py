@@ -87,6 +87,9 @@ class FeedbackReporter:
         self._group = _reduce_group(self._dist, device_mesh, process_group)
         self.rank = rank if rank is not None else (
             self._dist.get_rank() if self._dist else int(os.environ.get("RANK", "0")))
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
+            raise FeedbackError(f"FeedbackReporter(rank={self.rank!r}): the rank must be an integer >= 0",
+                                "pass the data-parallel rank as an int (rank 0 writes the log)")
         self._resolver = VersionResolver(self.plan_dir, manifest, who=f"rank {self.rank}")
         sched = self._resolver.schedule
         self._refit_steps = {sched.refit_step(v) for v in sched.versions()} if sched else set()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixtera.runtime.dataset import PlanDataset
-from mixtera.runtime.errors import MixteraUserError, StateError
+from mixtera.runtime.errors import MixteraUserError, PlanError, StateError
 from mixtera.runtime.plan import read_manifest
 from mixtera.runtime.state import RuntimeState
 from mixtera.runtime.versions import DecisionSchedule, keep_decision, publish_version
@@ -92,3 +92,29 @@ def test_a_resume_is_refused_when_the_decisions_it_replayed_are_gone_or_differ(d
     _publish_keep(dynamic_plan, 1, "another decision")
     with pytest.raises(StateError, match="differs from the one the job replayed"):
         PlanDataset(dynamic_plan, rank=0, world_size=2, output="documents").load_state_dict(state)
+
+
+def test_a_rank_of_the_wrong_type_is_named(dynamic_plan: Path) -> None:
+    with pytest.raises(PlanError, match=r"rank='0' \(str\) must be an integer"):
+        PlanDataset(dynamic_plan, rank="0", world_size=2, output="documents")  # type: ignore[arg-type]
+    from mixtera.runtime.feedback import FeedbackReporter
+
+    with pytest.raises(MixteraUserError, match=r"FeedbackReporter\(rank='0'\)"):
+        FeedbackReporter(dynamic_plan, rank="0")  # type: ignore[arg-type]
+
+
+def test_a_killed_writer_s_version_stage_is_removed_by_the_next_publish(dynamic_plan: Path) -> None:
+    import subprocess
+    import sys
+
+    from mixtera.runtime import atomic
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    host = atomic._owner().rsplit(".", 1)[0]
+    (dynamic_plan / "versions").mkdir(exist_ok=True)
+    stale = dynamic_plan / "versions" / f".v000002.{host}.{dead}.{'e' * 12}.staging"
+    stale.mkdir()
+    (stale / "rank-00000.bin").write_bytes(b"x" * 100)
+    _publish_keep(dynamic_plan, 2, "after a crash")
+    assert not stale.exists() and (dynamic_plan / "versions" / "v000002" / "decision.json").is_file()
