@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mixtera.runtime.dataset import PlanDataset
@@ -52,7 +52,6 @@ _VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.tex
                     st.dictionaries(st.text(max_size=3), st.text(max_size=3)))
 
 
-@settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from(sorted(GOOD)), _VALUES, max_size=len(GOOD)), st.booleans())
 def test_any_state_dict_is_a_state_or_a_user_error(fields: dict[str, object], on_good: bool) -> None:
     state = {**GOOD, **fields} if on_good else fields

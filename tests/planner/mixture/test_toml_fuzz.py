@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mixtera.planner.index.config import parse_config
@@ -25,7 +25,6 @@ _LINES = EXAMPLE.splitlines()
 _VALUE_LINES = [i for i, line in enumerate(_LINES) if " = " in line]
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(_VALUE_LINES), _VALUES), min_size=1, max_size=4))
 def test_a_mixture_with_any_values_is_a_spec_or_a_user_error(edits: list[tuple[int, str]]) -> None:
     lines = list(_LINES)
@@ -35,7 +34,6 @@ def test_a_mixture_with_any_values_is_a_spec_or_a_user_error(edits: list[tuple[i
         parse_spec("\n".join(lines), file="mix.toml", base=Path("/data"))
 
 
-@settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200))
 def test_any_text_is_a_spec_or_a_user_error(text: str) -> None:
     with contextlib.suppress(MixteraUserError):
@@ -47,7 +45,6 @@ _CONFIG_KEYS = ["[index]\ntext", "[index]\non_error", "[index]\ntokenizer", "[in
                 "[properties.p]\ndefault", "[properties.p]\nvalues"]
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(_CONFIG_KEYS), _VALUES), max_size=4))
 def test_an_index_config_with_any_values_is_a_config_or_a_user_error(entries: list[tuple[str, str]]) -> None:
     text = "\n".join(f"{key} = {value}" for key, value in entries)

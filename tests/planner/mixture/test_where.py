@@ -6,7 +6,7 @@ import contextlib
 
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mixtera.planner.mixture.where import (
@@ -160,7 +160,6 @@ _TOKENS = ["(", ")", "[", "]", ",", "and", "or", "not", "in", "is", "null", "con
            "==", "!=", "<", ">=", "n", "language", "'en'", '"x\\"', "1", "-2.5e3", "'", "=", " ", "9" * 30]
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=60), st.lists(st.sampled_from(_TOKENS), max_size=30).map(" ".join)))
 def test_parsing_anything_gives_a_tree_or_a_user_error(source: str) -> None:
     try:
@@ -198,7 +197,6 @@ def _shape(node: Node) -> object:
     return (type(node).__name__, *(getattr(node, f) for f in node.__slots__ if f != "pos"))
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.recursive(_LEAVES, _trees, max_leaves=12))
 def test_printing_and_parsing_round_trips(node: Node) -> None:
     assert _shape(parse(unparse(node))) == _shape(node)
