@@ -101,8 +101,12 @@ class FeedbackReporter:
 
     def report(self, step: int, *, tokens: Any, loss_sum: Any) -> None:
         """Record step ``step``: ``tokens[d]`` tokens and ``loss_sum[d]`` nats of domain ``d``."""
-        tok = _as_numpy(tokens, np.float64)
-        loss = _as_numpy(loss_sum, np.float64)
+        try:
+            tok = _as_numpy(tokens, np.float64)
+            loss = _as_numpy(loss_sum, np.float64)
+        except (TypeError, ValueError) as exc:
+            raise FeedbackError(f"{self.plan_dir}: report(step={step!r}): tokens and loss_sum must be "
+                                f"numbers ({exc})", "pass one number per plan component") from None
         if tok.shape != (self.domains,) or loss.shape != (self.domains,):
             raise FeedbackError(f"report() needs {self.domains} values per domain (one per plan component), "
                                 f"got tokens {tok.shape} and loss_sum {loss.shape}",

@@ -47,7 +47,7 @@ class RuntimeState:
                 "the given state is not a mixtera runtime state",
                 "pass what PlanDataset.state_dict() returned",
             )
-        if state.get("version") != STATE_VERSION:
+        if type(state.get("version")) is not int or state.get("version") != STATE_VERSION:
             raise StateError(
                 f"runtime state version {state.get('version')!r}, this mixtera reads {STATE_VERSION}",
                 "resume with the mixtera version that saved it",

@@ -45,15 +45,17 @@ class DynamicSpec:
     params: Any = None  # AdoParams (resolved) | LossProportionalParams | None
 
     def validate(self, where: str = "[dynamic]", segment_steps: int | None = None) -> None:
-        if not (isinstance(self.refit_every, int) and self.refit_every >= 1):
+        if type(self.refit_every) is not int or self.refit_every < 1:
             raise ConfigError(f"{where}: refit_every = {self.refit_every!r} must be an integer >= 1")
         if segment_steps is not None and self.refit_every < segment_steps:
             raise ConfigError(f"{where}: refit_every = {self.refit_every} is smaller than segment_steps = "
                               f"{segment_steps}", "refit at most once per segment: raise refit_every")
-        if self.lookahead is not None and not (isinstance(self.lookahead, int) and self.lookahead >= 0):
+        if self.lookahead is not None and (type(self.lookahead) is not int or self.lookahead < 0):
             raise ConfigError(f"{where}: lookahead = {self.lookahead!r} must be an integer >= 0 (steps)")
-        if not (isinstance(self.wait_timeout_s, (int, float)) and self.wait_timeout_s >= 0):
-            raise ConfigError(f"{where}: wait_timeout_s = {self.wait_timeout_s!r} must be a number >= 0")
+        if (isinstance(self.wait_timeout_s, bool) or not isinstance(self.wait_timeout_s, (int, float))
+                or not 0 <= self.wait_timeout_s < math.inf):
+            raise ConfigError(f"{where}: wait_timeout_s = {self.wait_timeout_s!r} must be a finite "
+                              "number >= 0", "ranks wait this long for a decision before on_missing applies")
         if self.on_missing not in ON_MISSING:
             raise ConfigError(f"{where}: on_missing = {self.on_missing!r} is unknown",
                               f"use one of {', '.join(ON_MISSING)}")

@@ -43,3 +43,9 @@ def test_bad_reports_are_refused_and_not_logged(plan: Path, step: object, tokens
             fb.report(step, tokens=np.array(tokens), loss_sum=np.array(loss))  # type: ignore[arg-type]
     assert isinstance(err.value, MixteraUserError) and err.value.hint
     assert set(read_log(log_path(plan), 4, read_manifest(plan)["fingerprint"]).step.tolist()) == {0}
+
+
+def test_values_that_are_not_numbers_are_a_user_error(plan: Path) -> None:
+    fb = FeedbackReporter(plan, rank=0, fsync=False)
+    with fb, pytest.raises(FeedbackError, match="must be numbers"):
+        fb.report(1, tokens=["a", 1, 2, 3], loss_sum=GOOD_LOSS)

@@ -117,3 +117,8 @@ def test_a_killed_writer_s_version_stage_is_removed_by_the_next_publish(dynamic_
     (stale / "rank-00000.bin").write_bytes(b"x" * 100)
     _publish_keep(dynamic_plan, 2, "after a crash")
     assert not stale.exists() and (dynamic_plan / "versions" / "v000002" / "decision.json").is_file()
+
+
+def test_a_version_of_the_wrong_type_is_refused() -> None:
+    with pytest.raises(StateError, match="runtime state version True"):
+        RuntimeState.from_dict({**GOOD, "version": True})
