@@ -312,6 +312,10 @@ def _set_type(kind: str, values: tuple[Literal, ...]) -> pa.DataType:
     return {"string": pa.string(), "bool": pa.bool_()}.get(kind, pa.float64())
 
 
+# What the compiler makes: expressions, or (evaluated on a table) arrays, scalars as operands.
+Value = pc.Expression | pa.Array | pa.ChunkedArray | pa.Scalar
+
+
 class _Compiler:
     """Compiles a tree to compute-function calls on ``ref(name)`` operands: pyarrow expressions
     (``table`` None), or, given a ``table``, arrays evaluated on its columns right away."""
@@ -323,15 +327,15 @@ class _Compiler:
     def fail(self, pos: int, message: str, hint: str | None = None) -> QueryError:
         return _fail(self.source, pos, message, hint, self.where)
 
-    def call(self, fn: str, args: list, options: pc.FunctionOptions | None = None):  # noqa: ANN201
+    def call(self, fn: str, args: list[Value], options: pc.FunctionOptions | None = None) -> Value:
         if self.table is None:
             return pc.Expression._call(fn, args, options)
         return pc.call_function(fn, args, options)
 
-    def ref(self, name: str):  # noqa: ANN201 - an expression or a column
+    def ref(self, name: str) -> Value:
         return pc.field(name) if self.table is None else self.table.column(name)
 
-    def lit(self, value: Literal):  # noqa: ANN201
+    def lit(self, value: Literal) -> Value:
         return pc.scalar(value) if self.table is None else pa.scalar(value)
 
     def type_of(self, name: str, pos: int) -> str:
@@ -351,7 +355,7 @@ class _Compiler:
             raise self.fail(pos, f"property {name!r} is {kind}, compared with {type(value).__name__} "
                                  f"{value!r}", f"use a {kind} value for {name!r}")
 
-    def compile(self, node: Node):  # noqa: ANN201 - an expression or a boolean array
+    def compile(self, node: Node) -> Value:
         if isinstance(node, BoolOp):
             return self.balanced([self.compile(p) for p in node.operands], f"{node.op}_kleene")
         if isinstance(node, Not):
@@ -382,7 +386,7 @@ class _Compiler:
             raise self.fail(node.pos, f"property {node.name!r} is bool: only == and != apply")
         return self.call(_CMP[node.op], [field, self.lit(node.value)])
 
-    def contains(self, node: Contains, kind: str, field: pc.Expression):  # noqa: ANN201
+    def contains(self, node: Contains, kind: str, field: Value) -> Value:
         self.check_literal(node.name, kind, node.value, node.pos)
         if kind == "string":
             return self.call("match_substring", [field], pc.MatchSubstringOptions(str(node.value)))
@@ -391,7 +395,7 @@ class _Compiler:
         _register_udf()
         return self.call(_LIST_CONTAINS, [field, self.lit(str(node.value))])
 
-    def balanced(self, parts: list, fn: str):  # noqa: ANN201
+    def balanced(self, parts: list[Value], fn: str) -> Value:
         """``parts`` joined by ``fn`` as a balanced tree (depth log2 n); Kleene and/or are associative."""
         while len(parts) > 1:
             pairs = [self.call(fn, [a, b]) for a, b in zip(parts[::2], parts[1::2], strict=False)]
