@@ -25,10 +25,14 @@ def compile_mixture(
                                                    "plan's global order over --world-size ranks.")] = None,
     from_step: Annotated[int | None, typer.Option("--from-step", min=0, help="Elastic: the step the job "
                                                   "resumes at.")] = None,
-    world_size: Annotated[int | None, typer.Option("--world-size", min=1, help="Elastic: the new number "
-                                                   "of data-parallel ranks.")] = None,
+    world_size: Annotated[int | None, typer.Option("--world-size", min=1, max=2**32 - 1,
+                                                   help="Elastic: the new number of data-parallel "
+                                                   "ranks.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on "
                                            "stdout.")] = False,
+    replace_feedback_state: Annotated[bool, typer.Option(
+        "--replace-feedback-state", help="Replace a plan at --out even though it holds feedback state "
+        "(the loss log and published decisions), which is deleted.")] = False,
 ) -> None:
     """Compile a mixture into a plan: exact per-step quotas, one binary plan file per rank."""
     from mixtera.planner.mixture.spec import load_spec
@@ -43,7 +47,7 @@ def compile_mixture(
 
         err.print(f"re-partitioning {escape(str(from_plan))} over {world_size} ranks", highlight=False)
         written = repartition(from_plan, load_spec(mixture), out_dir, world_size=int(world_size or 0),
-                              from_step=int(from_step or 0))
+                              from_step=int(from_step or 0), replace_feedback_state=replace_feedback_state)
     else:
         from mixtera.planner.compile.pipeline import compile_file
 
@@ -54,8 +58,13 @@ def compile_mixture(
             def advance(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            _, written = compile_file(mixture, out_dir, progress=advance)
+            _, written = compile_file(mixture, out_dir, progress=advance,
+                                      replace_feedback_state=replace_feedback_state)
+    if written.replaced_state:
+        gone = escape(", ".join(written.replaced_state))
+        err.print(f"replaced the feedback state of the previous plan: {gone}", highlight=False)
     summary = _summary(written.path, time.perf_counter() - started)
+    summary["replaced_feedback_state"] = list(written.replaced_state)
     if json_out:
         print_json(summary)
     else:

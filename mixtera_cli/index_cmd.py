@@ -127,6 +127,7 @@ def render_report(rep: dict[str, Any]) -> None:
     rows += [(f"files {key}", str(len(rep[key]))) for key in ("added", "changed", "removed", "unchanged")]
     rows += [
         ("records skipped", str(len(rep["skipped"]))),
+        ("paths skipped", str(len(rep["skipped_paths"]))),
         ("properties", escape(", ".join(f"{n}: {t}" for n, t in rep["properties"].items()))),
         ("read", f"{rep['bytes_read'] / 1e6:,.1f} MB in {rep['seconds']:.2f} s"),
     ]
@@ -135,6 +136,11 @@ def render_report(rep: dict[str, Any]) -> None:
         for path in rep[key][:SHOWN]:
             out.print(f"{key}: {escape(path)}", highlight=False)
     _render_skipped(rep["skipped"])
+    for item in rep["skipped_paths"][:SHOWN]:
+        err.print(f"skipped {escape(item['path'])}: {escape(item['reason'])}", highlight=False)
+    if len(rep["skipped_paths"]) > SHOWN:
+        more = len(rep["skipped_paths"]) - SHOWN
+        err.print(f"... and {more} more skipped paths (see --json)", highlight=False)
     if rep["ignored"]:
         err.print(
             f"note: {len(rep['ignored'])} files without a reader were ignored "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mixtera.runtime.data_parallel import data_parallel_rank
-from mixtera.runtime.errors import PlanError
-from mixtera.runtime.format.plan_dir import INDEX_MANIFEST, MANIFEST, VALIDATION
+from mixtera.runtime.errors import PlanError, StateError
+from mixtera.runtime.fingerprint import json_digest
+from mixtera.runtime.format.plan_dir import INDEX_MANIFEST, MANIFEST, VALIDATION, version_path
 from mixtera.runtime.plan import SPLITS, Plan
 from mixtera.runtime.replay import Replay, ReplayConfig
 from mixtera.runtime.state import ElasticOrigin, RuntimeState
 from mixtera.runtime.tokenizer import check_tokenizer
+from mixtera.runtime.versions import DecisionSchedule, read_decision
 
 OUTPUTS = ("tokens", "documents")
 
@@ -95,6 +98,9 @@ class PlanDataset(IterableDataset):
         self.cache_dir = Path(cache_dir or os.environ.get("MIXTERA_CACHE") or self.plan_path / ".cache")
         self.domains = [c.name for c in meta.components]
         self.elastic = ElasticOrigin.of_manifest(meta.manifest)  # compiled with --from-plan
+        self._schedule = DecisionSchedule.from_manifest(meta.manifest)  # None: no feedback decisions
+        self.segment_steps = meta.segment_steps
+        self._decision_digests: dict[int, str] = {}  # published decisions never change
         meta.close()
         self._config = ReplayConfig(
             plan_path=self.plan_path, fingerprint=self.fingerprint, rank=self.rank, output=self.output,
@@ -109,6 +115,11 @@ class PlanDataset(IterableDataset):
 
     # -- checks at construction -----------------------------------------------------------------
     def _check_topology(self, plan: Plan) -> None:
+        for name in ("rank", "world_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise PlanError(f"{name}={value!r} ({type(value).__name__}) must be an integer",
+                                "pass rank and world_size as ints (e.g. int(os.environ['RANK']))")
         if self.world_size != plan.world_size:
             raise PlanError(
                 f"{self.plan_path}: the plan is compiled for world size {plan.world_size}, "
@@ -162,9 +173,45 @@ class PlanDataset(IterableDataset):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """The position: every step before ``next_step`` was consumed (or, in a worker, yielded)."""
+        """The position: every step before ``next_step`` was consumed (or, in a worker, yielded),
+        and the published decisions those steps were replayed under."""
         info = get_worker_info()
-        return self._state(self._next_step, self._stride, info.id if info else 0).to_dict()
+        state = self._state(self._next_step, self._stride, info.id if info else 0)
+        decisions = self._replayed_decisions(self._next_step + self._stride - 1)
+        return replace(state, decisions=decisions).to_dict()
+
+    def _replayed_decisions(self, until: int) -> dict[str, str]:
+        """Digest of every published decision that governs a step before ``until``."""
+        if self._schedule is None or until <= 0:
+            return {}
+        last = self._schedule.decision_of_segment((min(until, self.steps) - 1) // self.segment_steps)
+        found = {v: self._decision_digest(v) for v in range(1, last + 1)}
+        return {str(v): d for v, d in found.items() if d is not None}
+
+    def _decision_digest(self, version: int) -> str | None:
+        if version not in self._decision_digests:
+            decision = read_decision(self.plan_path, version)
+            if decision is None:
+                return None
+            self._decision_digests[version] = json_digest(decision)
+        return self._decision_digests[version]
+
+    def _check_decisions(self, loaded: RuntimeState) -> None:
+        """Refuse a state whose decisions this plan folder no longer holds (or holds other ones)."""
+        self._decision_digests.clear()
+        for key, digest in sorted(loaded.decisions.items(), key=lambda kv: int(kv[0])):
+            version = int(key)
+            now = self._decision_digest(version) if self._schedule is not None else None
+            if now == digest:
+                continue
+            where = version_path(self.plan_path, version)
+            what = "is gone" if now is None else "differs from the one the job replayed"
+            raise StateError(
+                f"{where}: decision {version}, under which the saved steps were replayed, {what}: the plan "
+                "folder was recompiled or its feedback state removed, so resuming would replay other data",
+                f"resume with the plan folder the job trained on (restore {self.plan_path} from a backup), "
+                "or start the job afresh on this plan without loading the data state",
+            )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``; refuses a state of another plan, world size, rank or tokenizer.
@@ -178,6 +225,7 @@ class PlanDataset(IterableDataset):
             self.elastic.check(loaded, current)
         else:
             loaded.check_matches(current)
+            self._check_decisions(loaded)
         if not 0 <= loaded.next_step <= self.steps:
             raise PlanError(f"state step {loaded.next_step} is outside the plan's {self.steps} steps")
         self._next_step, self._stride = loaded.next_step, loaded.stride

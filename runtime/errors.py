@@ -57,3 +57,7 @@ class ReservedFlagsError(FileFormatError):
 
 class FileSizeError(FileFormatError):
     """The file's size differs from the size its header or seek table declares."""
+
+
+class FeedbackError(MixteraUserError, ValueError):
+    """A value reported to the feedback log (step, token count, loss sum) is invalid."""

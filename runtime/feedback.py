@@ -30,10 +30,13 @@ from typing import Any
 import numpy as np
 
 from mixtera.runtime.data_parallel import mesh_data_dims, mesh_data_group_ranks
+from mixtera.runtime.errors import FeedbackError
 from mixtera.runtime.format.feedback_log import UNKNOWN_VERSION, LogWriter
 from mixtera.runtime.format.plan_dir import log_path
 from mixtera.runtime.plan import read_manifest
 from mixtera.runtime.versions import VersionResolver
+
+MAX_TOKENS = 2**53  # token counts travel as float64 through all_reduce: exact up to here
 
 
 def _distributed() -> Any:
@@ -80,10 +83,14 @@ class FeedbackReporter:
         manifest = read_manifest(self.plan_dir)
         self.domains = len(manifest["components"])
         self.segment_steps = int(manifest["segment_steps"])
+        self.steps = int(manifest["steps"])
         self._dist = _distributed()
         self._group = _reduce_group(self._dist, device_mesh, process_group)
         self.rank = rank if rank is not None else (
             self._dist.get_rank() if self._dist else int(os.environ.get("RANK", "0")))
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
+            raise FeedbackError(f"FeedbackReporter(rank={self.rank!r}): the rank must be an integer >= 0",
+                                "pass the data-parallel rank as an int (rank 0 writes the log)")
         self._resolver = VersionResolver(self.plan_dir, manifest, who=f"rank {self.rank}")
         sched = self._resolver.schedule
         self._refit_steps = {sched.refit_step(v) for v in sched.versions()} if sched else set()
@@ -95,19 +102,43 @@ class FeedbackReporter:
 
     def report(self, step: int, *, tokens: Any, loss_sum: Any) -> None:
         """Record step ``step``: ``tokens[d]`` tokens and ``loss_sum[d]`` nats of domain ``d``."""
-        tok = _as_numpy(tokens, np.float64)
-        loss = _as_numpy(loss_sum, np.float64)
+        try:
+            tok = _as_numpy(tokens, np.float64)
+            loss = _as_numpy(loss_sum, np.float64)
+        except (TypeError, ValueError) as exc:
+            raise FeedbackError(f"{self.plan_dir}: report(step={step!r}): tokens and loss_sum must be "
+                                f"numbers ({exc})", "pass one number per plan component") from None
         if tok.shape != (self.domains,) or loss.shape != (self.domains,):
-            raise ValueError(f"report() needs {self.domains} values per domain (one per plan component), "
-                             f"got tokens {tok.shape} and loss_sum {loss.shape}")
+            raise FeedbackError(f"report() needs {self.domains} values per domain (one per plan component), "
+                                f"got tokens {tok.shape} and loss_sum {loss.shape}",
+                                "pass one token count and one loss sum per component, in component-id order")
+        self._check(step, tok, loss, "")
         both = self._all_reduce(np.concatenate([tok, loss]))
         if self._writer is None:
             return
+        self._check(step, both[: self.domains], both[self.domains:], " summed over the ranks")
         version = self._resolver.data_version(step // self.segment_steps, wait=False)
         self._writer.append(step, UNKNOWN_VERSION if version is None else version,
                             np.rint(both[: self.domains]).astype(np.int64), both[self.domains:])
         if self.on_refit is not None and step + 1 in self._refit_steps:
             self._run_refit(step + 1)
+
+    def _check(self, step: Any, tok: np.ndarray, loss: np.ndarray, what: str) -> None:
+        """Refuse what the log cannot hold or ADO would misread (NaN tokens were stored as -9.2e18,
+        negative counts moved the weights)."""
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < self.steps:
+            raise FeedbackError(f"{self.plan_dir}: report(step={step!r}): the step must be an integer in "
+                                f"0..{self.steps - 1} (the plan has {self.steps} steps)",
+                                "report the optimizer step the batch was replayed for")
+        bad_tok = ~(np.isfinite(tok) & (tok >= 0) & (tok <= MAX_TOKENS))
+        bad_loss = ~(np.isfinite(loss) & (loss >= 0))
+        if bad_tok.any() or bad_loss.any():
+            d = int(np.argmax(bad_tok | bad_loss))
+            raise FeedbackError(
+                f"{self.plan_dir}: report(step={step}){what}: domain {d} has tokens = {float(tok[d])!r} and "
+                f"loss_sum = {float(loss[d])!r}; token counts must be in 0..{MAX_TOKENS} and loss sums "
+                "finite and >= 0",
+                "report each domain's token count and the sum of its per-token losses (nats)")
 
     def _all_reduce(self, vec: np.ndarray) -> np.ndarray:
         if self._dist is None:

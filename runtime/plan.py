@@ -140,7 +140,9 @@ class Plan:
         version its resolver chose (``VersionResolver.data_version``)."""
         self._check_rank(rank)
         if not 0 <= k < self.segment_count:
-            raise PlanError(f"segment {k} is outside the plan's {self.segment_count} segments")
+            raise PlanError(f"{self.path / MANIFEST}: segment {k} (from step {k * self.segment_steps}) is "
+                            f"not among the manifest's {self.segment_count} segments ({self.steps} steps)",
+                            "the manifest was edited or is damaged: recompile the plan")
         return self._reader(rank, self.versions.current_version(k) if version is None else version).segment(k)
 
     def _reader(self, rank: int, version: int) -> RankFileReader:

@@ -9,7 +9,7 @@ StatefulDataLoader saves per worker; that worker continues with steps ``next_ste
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from mixtera.runtime.errors import StateError
@@ -32,6 +32,10 @@ class RuntimeState:
     next_step: int
     stride: int = 1
     worker: int = 0
+    # Published decisions the steps before ``next_step`` were replayed under: version -> digest of
+    # its decision.json. A plan whose decisions are gone or differ (recompiled onto the same folder)
+    # is refused on resume instead of replaying other data under the same fingerprint.
+    decisions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": STATE_KIND, "version": STATE_VERSION, **asdict(self)}
@@ -43,16 +47,19 @@ class RuntimeState:
                 "the given state is not a mixtera runtime state",
                 "pass what PlanDataset.state_dict() returned",
             )
-        if state.get("version") != STATE_VERSION:
+        if type(state.get("version")) is not int or state.get("version") != STATE_VERSION:
             raise StateError(
                 f"runtime state version {state.get('version')!r}, this mixtera reads {STATE_VERSION}",
                 "resume with the mixtera version that saved it",
             )
-        fields = {k: state[k] for k in cls.__slots__ if k in state}
-        try:
-            return cls(**fields)
-        except TypeError as exc:
-            raise StateError(f"runtime state is incomplete ({exc})", "pass a complete state_dict()") from None
+        missing = [f.name for f in fields(cls) if f.name not in state and f.name not in _OPTIONAL]
+        if missing:
+            raise StateError(f"runtime state is incomplete: {', '.join(missing)} missing",
+                             "pass a complete state_dict()")
+        values = {f.name: state[f.name] for f in fields(cls) if f.name in state}
+        for name, value in values.items():
+            _check_field(name, value)
+        return cls(**values)
 
     def check_matches(self, current: RuntimeState) -> None:
         """Refuse a state saved for another plan, topology, tokenizer or output."""
@@ -83,6 +90,28 @@ class RuntimeState:
                 f"the state is for output={self.output!r}, this dataset has output={current.output!r}",
                 "use the same output kind",
             )
+
+
+_OPTIONAL = ("stride", "worker", "decisions")
+_COUNTS = {"world_size": 1, "stride": 1, "rank": 0, "next_step": 0, "worker": 0}  # name -> minimum
+
+
+def _check_field(name: str, value: Any) -> None:
+    """Refuse a field of the wrong type or range (a checkpoint edited or written by other code)."""
+    if name in _COUNTS:
+        ok = type(value) is int and value >= _COUNTS[name]
+        want = f"an integer >= {_COUNTS[name]}"
+    elif name == "tokenizer_blake2b":
+        ok, want = value is None or isinstance(value, str), "a string or None"
+    elif name == "decisions":
+        ok = isinstance(value, dict) and all(isinstance(k, str) and k.isdigit() and isinstance(v, str)
+                                              for k, v in value.items())
+        want = "a mapping of version numbers (strings) to digests (strings)"
+    else:
+        ok, want = isinstance(value, str), "a string"
+    if not ok:
+        raise StateError(f"runtime state field {name!r} is {value!r} ({type(value).__name__}), not {want}",
+                         "pass what PlanDataset.state_dict() returned, unchanged")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

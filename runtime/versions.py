@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixtera.runtime.atomic import fsync_path, temp_dir, write_atomic
+from mixtera.runtime.atomic import fsync_path, recover, temp_dir, write_atomic
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.json_file import json_file_bytes
 from mixtera.runtime.format.plan_dir import DECISION, VERSIONS_DIR, version_name, version_path
@@ -136,6 +136,7 @@ def publish_version(plan_dir: Path | str, version: int, build: Callable[[Path], 
     final = root / version_name(version)
     if final.exists():
         return False
+    recover(final)  # stages of writers that were killed
     stage = temp_dir(root, prefix=f".{final.name}.")
     try:
         build(stage)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.helpers import ROOT, SHARED
+
+# Property tests: a bounded budget by default; HYPOTHESIS_PROFILE=long runs 100 times more examples.
+settings.register_profile("ci", max_examples=100, deadline=None)
+settings.register_profile("long", max_examples=10_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _require(path: Path) -> Path:

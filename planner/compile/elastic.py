@@ -108,7 +108,7 @@ def _repartition_segment(old: Plan, k: int, topo: Topology, version: int) -> Blo
 
 
 def repartition(old_path: Path | str, spec: MixtureSpec, out: Path | str, *, world_size: int,
-                from_step: int) -> WrittenPlan:
+                from_step: int, replace_feedback_state: bool = False) -> WrittenPlan:
     old = Plan.open(old_path)
     try:
         topo = check_elastic(old, spec, world_size, from_step)
@@ -141,7 +141,8 @@ def repartition(old_path: Path | str, spec: MixtureSpec, out: Path | str, *, wor
                 _write_log(old, stage, from_step, manifest["fingerprint"])
 
         return write_plan(out, manifest=manifest, samples=samples, quotas=np.load(old.path / QUOTAS),
-                          weights=np.load(old.path / WEIGHTS), blocks=blocks, nested=nested)
+                          weights=np.load(old.path / WEIGHTS), blocks=blocks, nested=nested,
+                          replace_feedback_state=replace_feedback_state)
     finally:
         old.close()
 

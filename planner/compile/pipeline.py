@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from mixtera.planner.compile.packing import PlanState
 from mixtera.planner.compile.plan_arrays import CompiledPlan, compile_plan
-from mixtera.planner.compile.writer import WrittenPlan, write_plan
+from mixtera.planner.compile.writer import WrittenPlan, check_output, write_plan
 from mixtera.planner.index import IndexTables, load_index, read_manifest
 from mixtera.planner.mixture.spec import MixtureSpec, load_spec
 from mixtera.planner.mixture.where import parse, referenced
@@ -58,20 +58,26 @@ def needed_columns(spec: MixtureSpec) -> list[str]:
 
 
 def compile_file(mixture: Path | str, out: Path | str,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[CompiledPlan, WrittenPlan]:
+                 progress: Callable[[int, int], None] | None = None, *,
+                 replace_feedback_state: bool = False) -> tuple[CompiledPlan, WrittenPlan]:
     """`mixtera compile MIXTURE --out PLAN`: read the spec and its index, compile, write.
 
-    ``progress(done, total)`` is called after every packed segment.
+    ``progress(done, total)`` is called after every packed segment. An existing plan at ``out``
+    with feedback state is replaced only with ``replace_feedback_state`` (see ``check_output``).
     """
     spec = load_spec(mixture)
+    check_output(Path(out), replace_feedback_state=replace_feedback_state)  # before the slow part
     index = load_index(spec.index, columns=needed_columns(spec))
     plan = compile_plan(spec, index)
+    if plan.size is not None:
+        plan.size.check_disk(Path(out))
     manifest = manifest_of(plan, index)
     nested = None if plan.validation is None else _validation_writer(plan, manifest, index)
     del index  # the plan holds all it needs: free the index tables before packing
     pa.default_memory_pool().release_unused()  # and hand their memory back to the system
     written = write_plan(out, manifest=manifest, samples=plan.samples, quotas=plan.quotas,
-                         weights=plan.weights, blocks=_reporting(plan, progress), nested=nested)
+                         weights=plan.weights, blocks=_reporting(plan, progress), nested=nested,
+                         replace_feedback_state=replace_feedback_state)
     return plan, written
 
 

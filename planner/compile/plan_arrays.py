@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from mixtera.planner.compile.estimate import PlanEstimate, estimate_plan
 from mixtera.planner.compile.packing import PlanState, Streams, compact_lengths, plan_steps
 from mixtera.planner.compile.quotas import QuotaPlan, plan_quotas, weight_matrix
 from mixtera.planner.compile.selection import Selection, leaf_weights, select
@@ -63,6 +64,7 @@ class CompiledPlan:
     weights: np.ndarray  # (steps, components) float64: target weights in effect
     streams: Streams
     validation: CompiledPlan | None = None  # the [validation] plan, over the held-out samples
+    size: PlanEstimate | None = None  # the training plan's estimate, checked before it was built
 
     @property
     def step_total(self) -> int:
@@ -112,7 +114,10 @@ def compile_plan(spec: MixtureSpec, index: IndexTables) -> CompiledPlan:
     if spec.validation is not None:  # held out first: training never sees those samples
         sel, held = hold_out(spec, sel)
     sizes = sel.sizes()
-    weights = weight_matrix(spec.steps, _stages(spec, sizes))
+    stages = _stages(spec, sizes)
+    size = estimate_plan(spec, np.array([r.size for r in sel.rows]), sizes, stages[0][2])
+    size.check_memory(spec.source)  # before the per-step arrays below are allocated
+    weights = weight_matrix(spec.steps, stages)
     leaves = spec.leaves()
     total = step_total(spec.unit, spec.topology)
     qp = plan_quotas(weights, total, sizes, [leaf.on_exhausted for leaf in leaves], list(sel.names),
@@ -124,18 +129,19 @@ def compile_plan(spec: MixtureSpec, index: IndexTables) -> CompiledPlan:
         validation = _assemble(held.spec, index, held.selection, held.quotas, index_hash,
                                fingerprint(held.spec.to_dict(), index_hash, held.spec.topology, spec.seed,
                                            extra={"validation_of": fp}))
-    return _assemble(spec, index, sel, qp, index_hash, fp, validation)
+    return _assemble(spec, index, sel, qp, index_hash, fp, validation, size)
 
 
 def _assemble(spec: MixtureSpec, index: IndexTables, sel: Selection, qp: QuotaPlan, index_hash: str,
-              fp: str, validation: CompiledPlan | None = None) -> CompiledPlan:
+              fp: str, validation: CompiledPlan | None = None,
+              size: PlanEstimate | None = None) -> CompiledPlan:
     return CompiledPlan(
         spec=spec, topology=spec.topology, index_hash=index_hash, fingerprint=fp,
         components=_infos(spec, sel, qp), samples=_sample_table(index, sel), quotas=qp.quotas,
         weights=qp.weights,
         streams=Streams(names=sel.names, doc_lengths=tuple(compact_lengths(s) for s in sel.spans),
                         seed=spec.seed, unit=spec.unit),
-        validation=validation)
+        validation=validation, size=size)
 
 
 def _stages(spec: MixtureSpec, sizes: np.ndarray) -> list[tuple[int, int, np.ndarray]]:

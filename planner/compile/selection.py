@@ -10,12 +10,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from mixtera.planner.index import IndexTables
 from mixtera.planner.mixture.spec import NATURAL, ComponentSpec, MixtureSpec, Weight
-from mixtera.planner.mixture.where import compile_where, parse, referenced
+from mixtera.planner.mixture.where import parse, referenced, where_mask
 from mixtera.runtime.errors import ConfigError
 
 FILTER_COLUMNS = ("tokens", "text_bytes")  # reserved columns a `where` may also use
@@ -43,8 +42,7 @@ def schema_of(index: IndexTables) -> dict[str, str]:
 def select(spec: MixtureSpec, index: IndexTables) -> Selection:
     leaves = spec.leaves()
     tokens = _token_spans(spec, index)
-    row_ids = pa.array(np.arange(index.samples.num_rows, dtype=np.int64))  # shared by every leaf
-    raw = [_match(spec, leaf, index, row_ids) for leaf in leaves]
+    raw = [_match(spec, leaf, index) for leaf in leaves]
     matched = _resolve_overlap(spec, leaves, raw, index.samples.num_rows)
     rows, spans, dropped = [], [], []
     for leaf, m, r in zip(leaves, matched, raw, strict=True):
@@ -77,26 +75,21 @@ def _token_spans(spec: MixtureSpec, index: IndexTables) -> np.ndarray | None:
     return pc.fill_null(col, 0).to_numpy().astype(np.int64) + eos
 
 
-def _filter_of(spec: MixtureSpec, leaf: ComponentSpec,
-               index: IndexTables) -> tuple[pc.Expression | None, list[str]]:
-    expr, columns = None, []
-    schema = schema_of(index)
-    for node in spec.path_nodes(leaf.name):
-        if node.where is None:
-            continue
-        e = compile_where(node.where, schema, f"{spec.source}: {node.key}.where")
-        columns += referenced(parse(node.where))
-        expr = e if expr is None else expr & e
-    return expr, list(dict.fromkeys(columns))
-
-
-def _match(spec: MixtureSpec, leaf: ComponentSpec, index: IndexTables, row_ids: pa.Array) -> np.ndarray:
+def _match(spec: MixtureSpec, leaf: ComponentSpec, index: IndexTables) -> np.ndarray:
+    """Rows matching every ``where`` on the path to ``leaf`` (evaluated as masks: see where_mask)."""
     n = index.samples.num_rows
-    expr, columns = _filter_of(spec, leaf, index)
-    if expr is None:
+    wheres = [node for node in spec.path_nodes(leaf.name) if node.where is not None]
+    if not wheres:
         return np.arange(n, dtype=np.int64)
-    table = index.samples.select(columns).append_column("__row", row_ids)
-    return table.filter(expr).column("__row").to_numpy().astype(np.int64)
+    schema = schema_of(index)
+    columns = list(dict.fromkeys(name for node in wheres for name in referenced(parse(node.where))))
+    table = index.samples.select([c for c in columns if c in schema])
+    mask = None
+    for node in wheres:
+        m = where_mask(node.where, schema, table, f"{spec.source}: {node.key}.where")
+        mask = m if mask is None else pc.and_kleene(mask, m)
+    keep = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)  # type: ignore[union-attr]
+    return np.flatnonzero(keep).astype(np.int64)
 
 
 def _resolve_overlap(spec: MixtureSpec, leaves: list[ComponentSpec], matched: list[np.ndarray],

@@ -1,15 +1,18 @@
 """Write a plan directory atomically (see man/mixtera-formats.md, "Plan directory").
 
 Everything is built in a staging folder (``mixtera.runtime.atomic.staging_dir``) and swapped in with one
-rename, manifest last: a failed or interrupted compile leaves no partial plan and keeps an older
-plan at the same path intact.
+exchange rename, manifest last: a failed or interrupted compile leaves no partial plan and keeps an
+older plan at the same path intact. An older plan is replaced only if it holds nothing but what a
+compile writes (its frame cache moves into the new plan); its feedback state only when asked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,10 +23,20 @@ from typing import Any
 import numpy as np
 
 from mixtera.planner.compile.packing import PlanState
-from mixtera.runtime.atomic import fsync_path, staging_dir, write_atomic
+from mixtera.runtime.atomic import check_writable, fsync_path, staging_dir, write_atomic
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.json_file import created_by, json_file_bytes
-from mixtera.runtime.format.plan_dir import MANIFEST, QUOTAS, SAMPLES, WEIGHTS, rank_file_name
+from mixtera.runtime.format.plan_dir import (
+    FEEDBACK_DIR,
+    LOG_NAME,
+    MANIFEST,
+    QUOTAS,
+    SAMPLES,
+    VALIDATION,
+    VERSIONS_DIR,
+    WEIGHTS,
+    rank_file_name,
+)
 from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
 from mixtera.runtime.format.rank_frames import BlockEntries, EncodedSegment, encode_block
 from mixtera.runtime.plan import PLAN_FORMAT_VERSION, PLAN_KIND
@@ -36,28 +49,78 @@ class WrittenPlan:
     entries: int
     bytes_on_disk: int
     rank_bytes: int  # bytes of the rank files alone
+    replaced_state: tuple[str, ...] = ()  # feedback state of the plan this one replaced
 
     @property
     def bytes_per_entry(self) -> float:
         return self.rank_bytes / max(self.entries, 1)
 
 
-def check_output(out: Path) -> None:
-    """Refuse to replace anything that is not a plan (an empty folder is fine)."""
+# What a plan folder may hold besides the files `write_plan` writes: the runtime's default frame
+# cache (carried into the new plan: it is keyed by content hash, so it stays valid) and the
+# feedback state (the log and every published decision), which a recompile must not drop unasked.
+PLAN_CACHE = ".cache"
+FEEDBACK_STATE = (FEEDBACK_DIR, VERSIONS_DIR)
+_RANK_FILE = re.compile(r"rank-\d{5,}\.bin")
+
+
+def check_output(out: Path, *, replace_feedback_state: bool = False) -> list[str]:
+    """Refuse to replace anything that is not a plan (an empty folder is fine), a plan folder that
+    holds files mixtera did not write, or a plan's feedback state unless ``replace_feedback_state``.
+
+    Returns the feedback state that the new plan replaces (paths relative to ``out``).
+    """
+    check_writable(out)
     if not out.exists():
-        return
+        return []
     hint = f"choose a new --out, or delete {out} yourself if it is no longer needed"
     if not out.is_dir():
         raise PlanError(f"{out} exists and is not a directory", hint)
     mpath = out / MANIFEST
     if not any(out.iterdir()):
-        return
+        return []
     try:
         kind = json.loads(mpath.read_bytes()).get("kind") if mpath.is_file() else None
     except (ValueError, UnicodeDecodeError, AttributeError):
         kind = None
+    except PermissionError as exc:
+        raise PlanError(f"{mpath}: cannot read the existing plan ({exc.strerror})", hint) from None
     if kind != PLAN_KIND:
         raise PlanError(f"{out} exists and is not a mixtera plan; refusing to overwrite it", hint)
+    foreign = sorted(n for n in os.listdir(out) if not _ours(n))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise PlanError(f"{out} holds files mixtera did not write ({shown}); refusing to replace the plan, "
+                        "which would delete them", f"move them out of {out}, or choose a new --out")
+    state = feedback_state(out)
+    if state and not replace_feedback_state:
+        raise PlanError(
+            f"{out} holds feedback state ({', '.join(state)}) that a new plan would delete: the losses "
+            "the job reported and the decisions its ranks replayed",
+            "compile into a new --out (a job resumes only with the plan it trained on), or pass "
+            "--replace-feedback-state to replace the plan and its feedback state",
+        )
+    return state
+
+
+def _ours(name: str) -> bool:
+    return (name in (MANIFEST, SAMPLES, QUOTAS, WEIGHTS, VALIDATION, PLAN_CACHE, *FEEDBACK_STATE)
+            or _RANK_FILE.fullmatch(name) is not None)
+
+
+def feedback_state(plan: Path) -> list[str]:
+    """The feedback log and published decisions of ``plan`` (relative paths; a bare lock is none)."""
+    state = [f"{FEEDBACK_DIR}/{LOG_NAME}"] if (plan / FEEDBACK_DIR / LOG_NAME).exists() else []
+    versions = plan / VERSIONS_DIR
+    if versions.is_dir():
+        state += [f"{VERSIONS_DIR}/{n}" for n in sorted(os.listdir(versions)) if not n.startswith(".")]
+    return state
+
+
+def _carry_cache(old: Path, stage: Path) -> None:
+    """Move the old plan's frame cache into the new plan (a crash before the swap loses only a cache)."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        os.rename(old / PLAN_CACHE, stage / PLAN_CACHE)
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -68,16 +131,18 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 
 def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray, quotas: np.ndarray,
                weights: np.ndarray, blocks: Iterable[tuple[PlanState, BlockEntries]],
-               nested: Callable[[Path], Any] | None = None) -> WrittenPlan:
+               nested: Callable[[Path], Any] | None = None,
+               replace_feedback_state: bool = False) -> WrittenPlan:
     """Write samples, quotas, one rank file per rank from ``blocks`` and, last, the manifest.
 
     ``manifest`` holds everything but ``segments``, which is filled here (with each segment's
     ``start_state``). ``blocks`` may raise (e.g. exhaustion): nothing is left behind then.
-    ``nested(stage)`` writes what lives inside this plan (the validation plan; an elastic plan's
-    versions and feedback log) before the manifest, so that it is published with it.
+    ``nested(stage)`` writes plans inside this one (the validation plan) before the manifest, so
+    that they are published with it. An existing plan at ``out`` is replaced only as
+    :func:`check_output` allows.
     """
     out = Path(out)
-    check_output(out)
+    replaced = check_output(out, replace_feedback_state=replace_feedback_state)
     topo = manifest["topology"]
     world = int(topo["world_size"])
     fp = bytes.fromhex(manifest["fingerprint"])
@@ -107,8 +172,9 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
                 **manifest, "segments": segments, "entries": entries}
         write_atomic(stage / MANIFEST, json_file_bytes(full))
         total = sum(p.stat().st_size for p in stage.iterdir() if p.is_file())
+        _carry_cache(out, stage)
     return WrittenPlan(path=out, fingerprint=manifest["fingerprint"], entries=entries,
-                       bytes_on_disk=total, rank_bytes=rank_bytes)
+                       bytes_on_disk=total, rank_bytes=rank_bytes, replaced_state=tuple(replaced))
 
 
 def _workers() -> int:

@@ -26,7 +26,7 @@ import numpy as np
 
 from mixtera.planner.feedback.algorithms import History
 from mixtera.planner.feedback.rewrite import PlanContext, decide, write_version
-from mixtera.runtime.atomic import FILE_MODE
+from mixtera.runtime.atomic import open_lock
 from mixtera.runtime.errors import StateError
 from mixtera.runtime.format.feedback_log import read_log
 from mixtera.runtime.format.plan_dir import lock_path, log_path
@@ -37,7 +37,7 @@ def feedback_lock(plan_dir: Path | str) -> Iterator[None]:
     """Exclusive, non-blocking lock on ``PLAN/feedback/lock``; released by the kernel on any exit."""
     path = lock_path(plan_dir)
     path.parent.mkdir(exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    fd = open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -25,10 +25,10 @@ from mixtera.planner.index.schema import INDEX_KIND, IndexTables, manifest_json
 from mixtera.planner.index.tables import file_table
 from mixtera.planner.index.tokenizer_info import tokenizer_identity
 from mixtera.planner.index.writer import conform, previous_index, token_code_for, write_index
-from mixtera.runtime.atomic import staging_dir
+from mixtera.runtime.atomic import check_writable, staging_dir
 from mixtera.runtime.errors import ConfigError, CorpusError, MixteraUserError
 from mixtera.runtime.fingerprint import file_content_hash
-from mixtera.runtime.format.plan_dir import TOKENS_DIR
+from mixtera.runtime.format.plan_dir import INDEX_FILES, INDEX_MANIFEST, INDEX_SAMPLES, TOKENS_DIR
 
 
 @dataclass(slots=True, kw_only=True)
@@ -47,6 +47,7 @@ class IndexReport:
     unchanged: list[str] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"file", "line", "error"}
     ignored: list[str] = field(default_factory=list)  # files without a reader
+    skipped_paths: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}: left out
     properties: dict[str, str] = field(default_factory=dict)
     bytes_read: int = 0
     seconds: float = 0.0
@@ -67,6 +68,7 @@ class IndexReport:
             "unchanged": self.unchanged,
             "skipped": self.skipped,
             "ignored": self.ignored,
+            "skipped_paths": self.skipped_paths,
             "properties": self.properties,
             "bytes_read": self.bytes_read,
             "seconds": round(self.seconds, 3),
@@ -97,7 +99,8 @@ def build_index(
         )
     _check_out(out)
     root = corpus_root(paths)
-    files, ignored = discover(paths, root, exclude=out)
+    found = discover(paths, root, exclude=out, on_error=cfg.on_error)
+    files, ignored = found.files, found.ignored
     if not files:
         raise CorpusError(
             f"corpus {root} holds no indexable files",
@@ -119,6 +122,7 @@ def build_index(
         bytes=0,
         tokens=None,
         ignored=ignored,
+        skipped_paths=found.skipped,
         **plan.changes(),
     )
     code = token_code_for(tok) if store_tokens else 0
@@ -158,6 +162,7 @@ def _resolve_config(config: IndexConfig | Path | str | None, tokenizer: Path | s
 
 
 def _check_out(out: Path) -> None:
+    check_writable(out)
     if not out.exists():
         return
     hint = "choose an empty or new folder for --out, or an existing mixtera index to update"
@@ -171,10 +176,22 @@ def _check_out(out: Path) -> None:
     except MixteraUserError:  # no manifest, or not JSON
         kind = None
     if kind != INDEX_KIND:
-        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
         raise MixteraUserError(
-            f"--out {out} holds something other than a mixtera index ({shown}); refusing to replace it", hint
+            f"--out {out} holds something other than a mixtera index ({_shown(entries)}); "
+            "refusing to replace it",
+            hint,
         )
+    foreign = sorted(n for n in entries if n not in (INDEX_MANIFEST, INDEX_SAMPLES, INDEX_FILES, TOKENS_DIR))
+    if foreign:
+        raise MixteraUserError(
+            f"--out {out} holds files mixtera did not write ({_shown(foreign)}); refusing to replace "
+            "the index, which would delete them",
+            f"move them out of {out}, or choose a new --out",
+        )
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
 
 
 @dataclass(slots=True)

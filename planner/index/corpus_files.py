@@ -260,40 +260,138 @@ def corpus_root(paths: list[Path]) -> Path:
     return common if common.is_dir() else common.parent
 
 
-def discover(
-    paths: list[Path], root: Path, *, exclude: Path | None = None
-) -> tuple[list[CorpusFile], list[str]]:
-    """Indexable files under ``paths`` sorted by relative path, and the ignored files' paths.
+@dataclass(slots=True)
+class Discovery:
+    """What a corpus walk found: files to index, files without a reader, paths left out and why."""
 
-    ``exclude`` (the index being written, when it lies inside the corpus) is not walked.
+    files: list[CorpusFile]
+    ignored: list[str]  # files without a reader
+    skipped: list[dict[str, str]]  # {"path", "reason"}: unreadable (with on_error = "skip"), duplicates
+
+
+def discover(
+    paths: list[Path], root: Path, *, exclude: Path | None = None, on_error: str = "fail"
+) -> Discovery:
+    """Indexable files under ``paths`` sorted by relative path, the ignored files, and what was left out.
+
+    Symbolic links to files and folders are followed, except those whose target is walked anyway (a
+    link within the corpus, a cycle): every file is indexed once, under its own path or, outside the
+    corpus, under the first link to it; the other ways in are listed as skipped. An unreadable folder
+    or file, or a dangling link, stops the walk with an error unless ``on_error = "skip"``: then it is
+    left out and listed. ``exclude`` (the index being
+    written, when it lies inside the corpus) is not walked.
     """
-    found: dict[str, CorpusFile] = {}
-    ignored: set[str] = set()
-    for path in paths:
-        path = path.resolve()
-        if path.is_file():
+    tops = [p.resolve() for p in paths]
+    walk = _Walk(root, tops, exclude, on_error)
+    for path in tops:
+        walk.top(path)
+    walk.raise_problems()
+    return Discovery(
+        [walk.found[k] for k in sorted(walk.found)],
+        sorted(walk.ignored),
+        sorted(walk.skipped, key=lambda s: s["path"]),
+    )
+
+
+class _Walk:
+    def __init__(self, root: Path, tops: list[Path], exclude: Path | None, on_error: str) -> None:
+        self.root, self.tops, self.exclude, self.on_error = root, tops, exclude, on_error
+        self.found: dict[str, CorpusFile] = {}
+        self.ignored: set[str] = set()
+        self.skipped: list[dict[str, str]] = []
+        self.problems: list[tuple[str, str]] = []  # (path, reason) of unreadable paths
+        self._seen: dict[str, str] = {}  # real path -> the relative path it was first reached by
+
+    def top(self, path: Path) -> None:
+        if not path.is_dir():
             fmt = format_of(path)
             if fmt is None:
                 raise CorpusError(
                     f"{path}: no reader for this file type",
                     f"mixtera indexes {', '.join(sorted(READERS))} files",
                 )
-            found[_rel(path, root)] = _describe(path, root, fmt)
-            continue
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames[:] = sorted(
-                d for d in dirnames if not d.startswith(".") and Path(dirpath, d).resolve() != exclude
-            )
-            for name in sorted(filenames):
-                full = Path(dirpath) / name
-                if name.startswith(".") or not full.is_file():
-                    continue
-                fmt = format_of(name)
-                if fmt is None:
-                    ignored.add(_rel(full, root))
-                else:
-                    found[_rel(full, root)] = _describe(full, root, fmt)
-    return [found[k] for k in sorted(found)], sorted(ignored)
+            self._file(path, fmt)
+            return
+        if self._first(path):
+            for dirpath, dirnames, filenames in os.walk(path, onerror=self._unreadable, followlinks=True):
+                dirnames[:] = [d for d in sorted(dirnames) if self._enter(Path(dirpath, d))]
+                for name in sorted(filenames):
+                    self._entry(Path(dirpath) / name)
+
+    def _enter(self, folder: Path) -> bool:
+        if folder.name.startswith(".") or folder.resolve() == self.exclude:
+            return False
+        return self._first(folder)
+
+    def _entry(self, full: Path) -> None:
+        if full.name.startswith("."):
+            return
+        if not full.is_file():
+            if full.is_symlink():
+                self._problem(full, "dangling symbolic link (its target does not exist)")
+            return  # a FIFO, socket or device is no corpus file
+        fmt = format_of(full.name)
+        if fmt is None:
+            self.ignored.add(_rel(full, self.root))
+        else:
+            self._file(full, fmt)
+
+    def _file(self, full: Path, fmt: str) -> None:
+        if not self._first(full):
+            return
+        try:
+            os.close(os.open(full, os.O_RDONLY | os.O_NONBLOCK))
+        except OSError as exc:
+            self._problem(full, exc.strerror or str(exc))
+            return
+        self.found[_rel(full, self.root)] = _describe(full, self.root, fmt)
+
+    def _first(self, path: Path) -> bool:
+        """True when ``path`` is the way its real path is indexed; else it is listed as skipped."""
+        real, rel = Path(os.path.realpath(path)), _rel(path, self.root)
+        kind = "folder" if path.is_dir() else "file"
+        if real != path and self._walked(real):
+            target = _rel(real, self.root)
+            self.skipped.append({"path": rel, "reason": f"a link to the {kind} {target}, which is indexed "
+                                 "under its own path"})
+            return False
+        first = self._seen.setdefault(str(real), rel)
+        if first != rel:
+            reason = f"a link to the same {kind} as {first}, indexed once"
+            self.skipped.append({"path": rel, "reason": reason})
+            return False
+        return True
+
+    def _walked(self, real: Path) -> bool:
+        """Whether the walk reaches ``real`` without following a link (so a link to it is redundant)."""
+        if self.exclude is not None and real.is_relative_to(self.exclude):
+            return False
+        for top in self.tops:
+            if real == top or (real.is_relative_to(top) and top.is_dir()
+                               and not any(p.startswith(".") for p in real.relative_to(top).parts)):
+                return True
+        return False
+
+    def _unreadable(self, exc: OSError) -> None:
+        self._problem(Path(exc.filename or self.root), exc.strerror or str(exc))
+
+    def _problem(self, path: Path, reason: str) -> None:
+        rel = _rel(path, self.root) if path.is_relative_to(self.root) else str(path)
+        if self.on_error == "skip":
+            self.skipped.append({"path": rel, "reason": reason})
+        else:
+            self.problems.append((rel, reason))
+
+    def raise_problems(self) -> None:
+        if not self.problems:
+            return
+        path, reason = self.problems[0]
+        more = f" (and {len(self.problems) - 1} more unreadable paths)" if len(self.problems) > 1 else ""
+        raise CorpusError(
+            f"{self.root / path}: cannot be read: {reason}{more}",
+            'fix the permissions or the link, or set [index] on_error = "skip" to index the rest '
+            "(the paths left out are listed in the summary)",
+        )
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -155,6 +155,9 @@ def index_file(task: FileTask, state: WorkerState) -> FileResult:
                     _tokenize(state, texts, rows)
         except FileNotFoundError:
             raise CorpusError(f"{path}: the file vanished while indexing", "re-run mixtera index") from None
+        except OSError as exc:  # e.g. its permissions changed after discovery
+            raise CorpusError(f"{path}: cannot be read ({exc.strerror or exc})",
+                              "fix the file's permissions and re-run mixtera index") from None
     return FileResult(
         file_id=task.file_id,
         file=f,
@@ -303,7 +306,12 @@ def _hooked(hook: Any, record: dict[str, Any], ex: Extractor, values: dict[str, 
     """Run the user's hook; its declared keys override `values`, the others are automatic fields."""
     try:
         out = hook(record, ex.relpath)
-    except Exception as exc:  # noqa: BLE001 - a bug in the user's hook is the user's error, with its line
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as exc:  # in a pool worker it would kill the process and lose the task
+        raise _Bad(f"function {_hook_name(hook)} called sys.exit({exc.code!r}); a function must return "
+                   "a dict of properties (raise an exception for a bad record)") from None
+    except BaseException as exc:  # noqa: BLE001 - a bug in the user's hook is the user's error, with its line
         raise _Bad(f"function raised {type(exc).__name__}: {exc}") from None
     if not isinstance(out, dict):
         raise _Bad(f"function returned {type(out).__name__}, not a dict of properties")
@@ -320,6 +328,10 @@ def _hooked(hook: Any, record: dict[str, Any], ex: Extractor, values: dict[str, 
                 )
             extra[k] = v
     return extra
+
+
+def _hook_name(hook: Any) -> str:
+    return f"{getattr(hook, '__module__', '?')}:{getattr(hook, '__qualname__', repr(hook))}"
 
 
 def _convert(convert: Any, name: str, type_name: str, value: Any) -> Any:

@@ -26,33 +26,45 @@ Progress = Callable[[dict[str, Any]], None]
 
 
 class _SharedQueue:
-    """Tasks sorted largest first; workers pop the left end, this process the right end."""
+    """Tasks sorted largest first; workers pop the left end, this process the right end.
+
+    Every task handed to a worker is answered on ``results`` by its result (or error) followed by
+    one marker: ``_FED`` (the worker got its next task) or ``_IDLE``. After :meth:`stop` no task is
+    handed out, so the workers go idle one by one and the pool can be shut down with none of them
+    busy: terminating a worker while it writes its result to the pool's result pipe leaves that
+    pipe's lock held, and the pool's shutdown then waits for it forever.
+    """
 
     def __init__(self, tasks: list[indexer.FileTask], pool: Any) -> None:
         self._pending = deque(tasks)
         self._lock = threading.Lock()
         self._pool = pool
+        self._stopped = False
         self.results: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.outstanding = 0  # tasks handed to workers and not yet collected (main thread only)
 
     def take_small(self) -> indexer.FileTask | None:
         with self._lock:
             return self._pending.pop() if self._pending else None
 
-    def feed_worker(self) -> bool:
-        """Hand the largest pending task to the pool; False when none is left."""
+    def stop(self) -> None:
+        """Hand out no more tasks (after an error): what workers hold still reports back."""
         with self._lock:
-            if not self._pending:
+            self._stopped = True
+
+    def feed_worker(self) -> bool:
+        """Hand the largest pending task to the pool; False when none is left or after stop()."""
+        with self._lock:  # held while submitting: stop() cannot slip between the check and the submit
+            if self._stopped or not self._pending:
                 return False
             task = self._pending.popleft()
-        self._pool.apply_async(
-            indexer.run_task_safe, (task,), callback=self._done, error_callback=self.results.put
-        )
+            self._pool.apply_async(
+                indexer.run_task_safe, (task,), callback=self._done, error_callback=self._done
+            )
         return True
 
     def _done(self, result: Any) -> None:  # runs on the pool's result thread
         self.results.put(result)
-        with contextlib.suppress(ValueError):  # the pool is closing after an error
+        with contextlib.suppress(ValueError):  # the pool was terminated (Ctrl-C): nobody waits
             self.results.put(_FED if self.feed_worker() else _IDLE)
 
 
@@ -88,19 +100,43 @@ def run_tasks(
     # In workers one tokenizer thread each: N processes then use N cores, not N x cores.
     with _bare_main():
         pool = ctx.Pool(workers - 1, initializer=indexer.init_worker, initargs=(*init_args, False))
-    with pool:
+    with pool:  # __exit__ terminates the pool: by then no worker is busy, except after Ctrl-C
         shared = _SharedQueue(tasks, pool)
-        busy = sum(shared.feed_worker() for _ in range(workers - 1))  # workers holding a task
-        while True:
-            while not shared.results.empty():
-                busy = _receive(shared.results.get(), busy, results, state, progress)
-            task = shared.take_small()
-            if task is not None:
-                _collect(indexer.run_task_safe(task), results, state, progress)
-            elif busy == 0:
-                return results
-            else:
-                busy = _receive(shared.results.get(), busy, results, state, progress)
+        counter = [sum(shared.feed_worker() for _ in range(workers - 1))]  # workers holding a task
+        try:
+            return _share(shared, counter, results, state, progress)
+        except Exception:
+            shared.stop()
+            _wait_idle(shared, counter[0])
+            raise
+
+
+def _share(
+    shared: _SharedQueue,
+    busy: list[int],
+    results: dict[int, indexer.FileResult],
+    state: dict[str, Any],
+    progress: Progress | None,
+) -> dict[int, indexer.FileResult]:
+    """Index small tasks here while the workers take large ones; ``busy[0]``: workers holding a task."""
+    while True:
+        while not shared.results.empty():
+            busy[0] = _receive(shared.results.get(), busy[0], results, state, progress)
+        task = shared.take_small()
+        if task is not None:
+            _collect(indexer.run_task_safe(task), results, state, progress)
+        elif busy[0] == 0:
+            return results
+        else:
+            busy[0] = _receive(shared.results.get(), busy[0], results, state, progress)
+
+
+def _wait_idle(shared: _SharedQueue, busy: int) -> None:
+    """After an error: discard what the ``busy`` workers still report until each of them is idle."""
+    while busy:
+        item = shared.results.get()
+        if item is _IDLE:
+            busy -= 1
 
 
 def _receive(

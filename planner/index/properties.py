@@ -91,6 +91,12 @@ def load_hook(spec: str, search_path: str | None) -> Callable[[dict[str, Any], s
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"[index] function: cannot import module {module_name!r} ({exc})") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the user's module failed (or exited) while importing
+        raise ConfigError(f"[index] function: importing module {module_name!r} raised "
+                          f"{type(exc).__name__}: {exc}",
+                          "fix the module so that it imports cleanly") from None
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ConfigError(f"[index] function: module {module_name!r} has no function {func_name!r}")

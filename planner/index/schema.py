@@ -118,14 +118,51 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
             "rebuild the index with this version of mixtera",
         )
     _check_content_hashes(manifest, path)
+    _check_fields(manifest, path / INDEX_MANIFEST)
     return manifest
+
+
+# Fields every index manifest has, with their JSON types (what build, compile and inspect read).
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "corpus_root": str, "config": dict, "properties": dict, "files": list, "counts": dict,
+}
+_FILE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "file_id": int, "path": str, "format": str, "size": int, "mtime_ns": int, "content_hash": str,
+    "records": int,
+}
+
+
+def _check_fields(manifest: dict[str, Any], mpath: Path) -> None:
+    """Refuse a manifest whose fields are missing or of the wrong type, naming the field."""
+    hint = f"rebuild the index with `mixtera index CORPUS --out {mpath.parent}`"
+
+    def need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> None:
+        if key not in obj:
+            raise PlanError(f"{mpath}: field {where}{key!r} is missing", hint)
+        value = obj[key]
+        if isinstance(value, bool) and kind is int or not isinstance(value, kind):
+            raise PlanError(f"{mpath}: field {where}{key!r} is {type(value).__name__}, not "
+                            f"{getattr(kind, '__name__', kind)}", hint)
+
+    for key, kind in _FIELDS.items():
+        need(manifest, key, kind, "")
+    need(manifest["counts"], "samples", int, "counts.")
+    for name, prop in manifest["properties"].items():
+        if not isinstance(prop, dict) or prop.get("type") not in PROPERTY_TYPE_NAMES:
+            raise PlanError(f"{mpath}: property {name!r} has no type among {', '.join(PROPERTY_TYPE_NAMES)}",
+                            hint)
+    for i, entry in enumerate(manifest["files"]):
+        if not isinstance(entry, dict):
+            raise PlanError(f"{mpath}: files[{i}] is {type(entry).__name__}, not an object", hint)
+        for key, kind in _FILE_FIELDS.items():
+            need(entry, key, kind, f"files[{i}].")
 
 
 def _check_content_hashes(manifest: dict[str, Any], path: Path) -> None:
     """Refuse an index whose file fingerprints predate `mixtera.runtime.fingerprint` (blake2b, unprefixed)."""
     files = manifest.get("files")
     if not isinstance(files, list) or all(
-        isinstance(f, dict) and content_digest(f.get("content_hash")) is not None for f in files
+        not isinstance(f, dict) or content_digest(f.get("content_hash")) is not None for f in files
     ):
         return
     raise PlanError(
@@ -143,11 +180,14 @@ def load_index(path: Path | str, *, columns: list[str] | None = None) -> IndexTa
     path = Path(path)
     manifest = read_manifest(path)
     hint = f"rebuild it with `mixtera index CORPUS --out {path}`"
+    for name in (INDEX_SAMPLES, INDEX_FILES):
+        if not (path / name).is_file():
+            raise PlanError(f"index {path} is incomplete: {name} is missing", hint)
     try:
         samples = pq.read_table(path / INDEX_SAMPLES, columns=columns)
         files = pq.read_table(path / INDEX_FILES)
-    except FileNotFoundError as exc:
-        raise PlanError(f"index {path} is incomplete: {exc.filename} is missing", hint) from None
+    except FileNotFoundError as exc:  # removed while reading
+        raise PlanError(f"index {path} is incomplete: {exc}", hint) from None
     except (pa.ArrowInvalid, OSError) as exc:
         raise PlanError(f"index {path} has an unreadable table: {exc}", hint) from None
     if columns is None and samples.num_rows != manifest["counts"]["samples"]:

@@ -19,6 +19,7 @@ prior = "natural"          # natural | initial | { component = weight, ... }
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -44,15 +45,17 @@ class DynamicSpec:
     params: Any = None  # AdoParams (resolved) | LossProportionalParams | None
 
     def validate(self, where: str = "[dynamic]", segment_steps: int | None = None) -> None:
-        if not (isinstance(self.refit_every, int) and self.refit_every >= 1):
+        if type(self.refit_every) is not int or self.refit_every < 1:
             raise ConfigError(f"{where}: refit_every = {self.refit_every!r} must be an integer >= 1")
         if segment_steps is not None and self.refit_every < segment_steps:
             raise ConfigError(f"{where}: refit_every = {self.refit_every} is smaller than segment_steps = "
                               f"{segment_steps}", "refit at most once per segment: raise refit_every")
-        if self.lookahead is not None and not (isinstance(self.lookahead, int) and self.lookahead >= 0):
+        if self.lookahead is not None and (type(self.lookahead) is not int or self.lookahead < 0):
             raise ConfigError(f"{where}: lookahead = {self.lookahead!r} must be an integer >= 0 (steps)")
-        if not (isinstance(self.wait_timeout_s, (int, float)) and self.wait_timeout_s >= 0):
-            raise ConfigError(f"{where}: wait_timeout_s = {self.wait_timeout_s!r} must be a number >= 0")
+        if (isinstance(self.wait_timeout_s, bool) or not isinstance(self.wait_timeout_s, (int, float))
+                or not 0 <= self.wait_timeout_s < math.inf):
+            raise ConfigError(f"{where}: wait_timeout_s = {self.wait_timeout_s!r} must be a finite "
+                              "number >= 0", "ranks wait this long for a decision before on_missing applies")
         if self.on_missing not in ON_MISSING:
             raise ConfigError(f"{where}: on_missing = {self.on_missing!r} is unknown",
                               f"use one of {', '.join(ON_MISSING)}")
@@ -106,13 +109,23 @@ def resolve_prior(prior: str | dict[str, float], components: list[dict[str, Any]
         return sizes / sizes.sum()
     if prior == "initial":
         return np.asarray(initial, dtype=np.float64) / float(np.sum(initial))
-    names = [c["name"] for c in components]
+    return prior_weights(prior, [c["name"] for c in components], where)
+
+
+def prior_weights(prior: dict[str, Any], names: list[str], where: str = "[dynamic]") -> np.ndarray:
+    """A ``prior = { component = weight, ... }`` table as a distribution over the leaf ``names``."""
     unknown = sorted(set(prior) - set(names))
     missing = [n for n in names if n not in prior]
     if unknown or missing:
         raise ConfigError(f"{where}: prior names {unknown or 'no unknown'} components and misses "
                           f"{missing or 'none'}", f"give a weight to each of: {', '.join(names)}")
-    w = np.array([float(prior[n]) for n in names])
-    if np.any(w <= 0) or not np.all(np.isfinite(w)):
-        raise ConfigError(f"{where}: prior weights must be > 0, got {w.tolist()}")
+    values = [prior[n] for n in names]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+               for v in values):
+        raise ConfigError(f"{where}: prior weights must be finite numbers > 0, got {values}",
+                          "write e.g. prior = { web = 0.7, code = 0.3 }")
+    w = np.array(values, dtype=np.float64)
+    if not math.isfinite(float(w.sum())):
+        raise ConfigError(f"{where}: prior weights sum beyond the float64 range",
+                          "scale them down: only their ratios matter")
     return w / w.sum()

@@ -42,6 +42,8 @@ class Topology:
         if unit == "tokens" and self.seq_len < 1:
             raise fail(file, "topology.seq_len", f"must be >= 1 with unit = 'tokens', got {self.seq_len}",
                        "set seq_len to the model's context length, e.g. 2048")
+        for name in ("world_size", "batch_size", "seq_len"):
+            check_u32(getattr(self, name), file, f"topology.{name}")
 
     @property
     def global_batch(self) -> int:
@@ -152,6 +154,9 @@ class MixtureSpec:
         for name in ("steps", "segment_steps"):
             if getattr(self, name) < 1:
                 raise fail(f, f"mixture.{name}", f"must be >= 1, got {getattr(self, name)}")
+        check_u32(self.segment_steps, f, "mixture.segment_steps")
+        segments = -(-self.steps // self.segment_steps)
+        check_u32(segments, f, "mixture.steps", "segments (steps / segment_steps)")
         if not 0 <= self.seed < 2**63:
             raise fail(f, "mixture.seed", f"must be in [0, 2**63), got {self.seed}")
         self.topology.validate(unit=self.unit, file=f)
@@ -169,11 +174,12 @@ class MixtureSpec:
             if algo not in ALGORITHMS:
                 raise fail(f, "dynamic.algorithm", f"unknown algorithm {algo!r}",
                            f"use one of {', '.join(ALGORITHMS)}")
-            from mixtera.planner.mixture.dynamic import (
-                parse_dynamic,  # every other [dynamic] key (man/mixtera-feedback.md)
-            )
+            # every other [dynamic] key (man/mixtera-feedback.md)
+            from mixtera.planner.mixture.dynamic import parse_dynamic, prior_weights
 
-            parse_dynamic(self.dynamic, f"{f}: [dynamic]", self.segment_steps)
+            dyn = parse_dynamic(self.dynamic, f"{f}: [dynamic]", self.segment_steps)
+            if dyn is not None and isinstance(dyn.prior, dict):
+                prior_weights(dyn.prior, [leaf.name for leaf in self.leaves()], f"{f}: [dynamic] prior")
 
     def validate_schedule(self) -> None:
         f, nodes, prev_end = self.source, self.nodes(), 0
@@ -247,6 +253,15 @@ class MixtureSpec:
                 **({"validation": self.validation.to_dict()} if self.validation else {})}
 
 
+U32_MAX = 2**32 - 1  # rank files store ranks, world size, segment lengths and counts in 32 bits
+
+
+def check_u32(value: int, file: str, key: str, what: str = "it") -> None:
+    if value > U32_MAX:
+        raise fail(file, key, f"{what} must be at most {U32_MAX:,} (what plan files hold), got {value:,}",
+                   "check the value: it is far beyond any real training run")
+
+
 def check_weight(w: Any, file: str, key: str) -> None:
     if w == NATURAL:
         return
@@ -258,6 +273,9 @@ def check_weight(w: Any, file: str, key: str) -> None:
 def check_level(level: dict[str, Weight], normalize: bool, file: str, key: str) -> None:
     explicit = {n: float(w) for n, w in level.items() if w != NATURAL}
     total = sum(explicit.values())
+    if not math.isfinite(total):
+        raise fail(file, key, f"weights {', '.join(f'{n}={w:g}' for n, w in explicit.items())} sum beyond "
+                   "the float64 range", "scale them down: with `normalize = true` only their ratios matter")
     naturals = len(level) - len(explicit)
     if naturals and total >= 1 - WEIGHT_TOLERANCE and explicit:
         raise fail(file, key, f"explicit weights sum to {total:g}, leaving nothing for the \"natural\" "

@@ -13,7 +13,10 @@ Grammar (keywords are case-sensitive, lower case)::
 
 A bare NAME is a boolean property (``is_code`` means ``is_code == true``). Comparisons with a null
 property are null, which selects nothing, as in SQL (so ``x != 'a'`` and ``x not in [...]`` skip
-rows where ``x`` is null). Parsing is a tokenizer plus recursive descent: no ``eval``.
+rows where ``x`` is null). Parsing is a tokenizer plus recursive descent: no ``eval``. Parentheses
+and ``not`` nest at most ``MAX_DEPTH`` levels; flat ``or`` / ``and`` chains may be any length (they
+compile to a balanced tree). Integers fit in 64 bits, numbers are finite. :func:`unparse` prints a
+tree back as source that parses to the same tree.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ import pyarrow.compute as pc
 from mixtera.runtime.errors import ConfigError
 
 Literal = str | int | float | bool
+MAX_DEPTH = 64  # nested parentheses and `not`: the parser, the compiler and pyarrow recurse per level
+_INT64 = (-(2**63), 2**63 - 1)
+_MAX_DIGITS = 40  # longer number literals are refused before converting them
 KEYWORDS = frozenset({"and", "or", "not", "in", "contains", "is", "null", "true", "false"})
 _TOKEN = re.compile(r"""
     (?P<ws>\s+)
@@ -52,8 +58,13 @@ class QueryError(ConfigError):
     """A `where` expression is malformed or does not fit the index."""
 
 
+_SHOWN = 40  # characters of the expression shown on either side of an error's caret
+
+
 def _fail(source: str, pos: int, message: str, hint: str | None = None, where: str = "") -> QueryError:
-    caret = f"\n    {source}\n    {' ' * pos}^"
+    start, end = max(0, pos - _SHOWN), min(len(source), pos + _SHOWN)
+    head, tail = ("..." if start else ""), ("..." if end < len(source) else "")
+    caret = f"\n    {head}{source[start:end]}{tail}\n    {' ' * (len(head) + pos - start)}^"
     prefix = f"{where}: " if where else ""
     return QueryError(f"{prefix}invalid where expression at column {pos + 1}: {message}{caret}", hint)
 
@@ -136,6 +147,14 @@ class _Parser:
         self.where = where
         self.tokens = tokenize(source, where)
         self.i = 0
+        self.depth = 0
+
+    def deeper(self, tok: Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.fail(f"the expression nests deeper than {MAX_DEPTH} levels of parentheses and `not`",
+                            "flatten it: `a or b or c` needs no parentheses, and `x in [...]` lists "
+                            "alternatives", tok)
 
     @property
     def tok(self) -> Token:
@@ -178,14 +197,21 @@ class _Parser:
         return parts[0] if len(parts) == 1 else BoolOp("and", tuple(parts))
 
     def not_expr(self) -> Node:
+        tok = self.tok
         if self.accept("not"):
-            return Not(self.not_expr())
+            self.deeper(tok)
+            node = Not(self.not_expr())
+            self.depth -= 1
+            return node
         return self.atom()
 
     def atom(self) -> Node:
+        tok = self.tok
         if self.accept("("):
+            self.deeper(tok)
             node = self.or_expr()
             self.expect(")", "every `(` needs a matching `)`")
+            self.depth -= 1
             return node
         tok = self.tok
         if tok.kind != "name":
@@ -228,14 +254,29 @@ class _Parser:
             self.i += 1
             return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), tok.text[1:-1])
         if tok.kind == "number":
-            self.i += 1
-            is_float = any(c in tok.text for c in ".eE")
-            return float(tok.text) if is_float else int(tok.text)
+            return self.number(tok)
         if tok.kind == "keyword" and tok.text in ("true", "false"):
             self.i += 1
             return tok.text == "true"
         raise self.fail(f"expected a value (string, number, true or false), found {self.found()}",
                         "quote strings: language == 'en'")
+
+
+    def number(self, tok: Token) -> int | float:
+        if len(tok.text) > _MAX_DIGITS:
+            raise self.fail(f"a number literal of {len(tok.text)} characters is too long "
+                            f"(at most {_MAX_DIGITS})", "integers fit in 64 bits, floats in float64")
+        self.i += 1
+        if any(c in tok.text for c in ".eE"):
+            value = float(tok.text)
+            if not np.isfinite(value):
+                raise self.fail(f"number {tok.text} is beyond the float64 range", None, tok)
+            return value
+        number = int(tok.text)
+        if not _INT64[0] <= number <= _INT64[1]:
+            raise self.fail(f"integer {tok.text} does not fit in 64 bits", "integer properties are int64; "
+                            f"use a value in {_INT64[0]}..{_INT64[1]}", tok)
+        return number
 
 
 def parse(source: str, where: str = "") -> Node:
@@ -271,12 +312,31 @@ def _set_type(kind: str, values: tuple[Literal, ...]) -> pa.DataType:
     return {"string": pa.string(), "bool": pa.bool_()}.get(kind, pa.float64())
 
 
+# What the compiler makes: expressions, or (evaluated on a table) arrays, scalars as operands.
+Value = pc.Expression | pa.Array | pa.ChunkedArray | pa.Scalar
+
+
 class _Compiler:
-    def __init__(self, source: str, schema: dict[str, str], where: str) -> None:
-        self.source, self.schema, self.where = source, schema, where
+    """Compiles a tree to compute-function calls on ``ref(name)`` operands: pyarrow expressions
+    (``table`` None), or, given a ``table``, arrays evaluated on its columns right away."""
+
+    def __init__(self, source: str, schema: dict[str, str], where: str,
+                 table: pa.Table | None = None) -> None:
+        self.source, self.schema, self.where, self.table = source, schema, where, table
 
     def fail(self, pos: int, message: str, hint: str | None = None) -> QueryError:
         return _fail(self.source, pos, message, hint, self.where)
+
+    def call(self, fn: str, args: list[Value], options: pc.FunctionOptions | None = None) -> Value:
+        if self.table is None:
+            return pc.Expression._call(fn, args, options)
+        return pc.call_function(fn, args, options)
+
+    def ref(self, name: str) -> Value:
+        return pc.field(name) if self.table is None else self.table.column(name)
+
+    def lit(self, value: Literal) -> Value:
+        return pc.scalar(value) if self.table is None else pa.scalar(value)
 
     def type_of(self, name: str, pos: int) -> str:
         if name in self.schema:
@@ -295,24 +355,20 @@ class _Compiler:
             raise self.fail(pos, f"property {name!r} is {kind}, compared with {type(value).__name__} "
                                  f"{value!r}", f"use a {kind} value for {name!r}")
 
-    def compile(self, node: Node) -> pc.Expression:
+    def compile(self, node: Node) -> Value:
         if isinstance(node, BoolOp):
-            parts = [self.compile(p) for p in node.operands]
-            expr = parts[0]
-            for p in parts[1:]:
-                expr = (expr & p) if node.op == "and" else (expr | p)
-            return expr
+            return self.balanced([self.compile(p) for p in node.operands], f"{node.op}_kleene")
         if isinstance(node, Not):
-            return ~self.compile(node.operand)
+            return self.call("invert", [self.compile(node.operand)])
         kind = self.type_of(node.name, node.pos)
-        field = pc.field(node.name)
+        field = self.ref(node.name)
         if isinstance(node, IsNull):
-            return field.is_valid() if node.negated else field.is_null()
+            return self.call("is_valid" if node.negated else "is_null", [field])
         if isinstance(node, Truthy):
             if kind != "bool":
                 raise self.fail(node.pos, f"property {node.name!r} is {kind}, not bool",
                                 f"compare it, e.g. {node.name} == ...")
-            return field == pa.scalar(True)
+            return self.call("equal", [field, self.lit(True)])
         if isinstance(node, Contains):
             return self.contains(node, kind, field)
         if kind == "list[string]":
@@ -321,22 +377,30 @@ class _Compiler:
             for v in node.values:
                 self.check_literal(node.name, kind, v, node.pos)
             values = pa.array(node.values, type=_set_type(kind, node.values))
-            expr = field.isin(values)
-            return field.is_valid() & ~expr if node.negated else expr
+            expr = self.call("is_in", [field], pc.SetLookupOptions(values))
+            if not node.negated:
+                return expr
+            return self.call("and_kleene", [self.call("is_valid", [field]), self.call("invert", [expr])])
         self.check_literal(node.name, kind, node.value, node.pos)
         if kind == "bool" and node.op not in ("==", "!="):
             raise self.fail(node.pos, f"property {node.name!r} is bool: only == and != apply")
-        return pc.Expression._call(_CMP[node.op], [field, pc.scalar(node.value)])
+        return self.call(_CMP[node.op], [field, self.lit(node.value)])
 
-    def contains(self, node: Contains, kind: str, field: pc.Expression) -> pc.Expression:
+    def contains(self, node: Contains, kind: str, field: Value) -> Value:
         self.check_literal(node.name, kind, node.value, node.pos)
         if kind == "string":
-            return pc.Expression._call("match_substring", [field],
-                                       pc.MatchSubstringOptions(str(node.value)))
+            return self.call("match_substring", [field], pc.MatchSubstringOptions(str(node.value)))
         if kind != "list[string]":
             raise self.fail(node.pos, f"`contains` needs a list or string property; {node.name!r} is {kind}")
         _register_udf()
-        return pc.Expression._call(_LIST_CONTAINS, [field, pc.scalar(str(node.value))])
+        return self.call(_LIST_CONTAINS, [field, self.lit(str(node.value))])
+
+    def balanced(self, parts: list[Value], fn: str) -> Value:
+        """``parts`` joined by ``fn`` as a balanced tree (depth log2 n); Kleene and/or are associative."""
+        while len(parts) > 1:
+            pairs = [self.call(fn, [a, b]) for a, b in zip(parts[::2], parts[1::2], strict=False)]
+            parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
+        return parts[0]
 
 
 def referenced(node: Node) -> list[str]:
@@ -351,5 +415,49 @@ def referenced(node: Node) -> list[str]:
 
 
 def compile_where(source: str, schema: dict[str, str], where: str = "") -> pc.Expression:
-    """Compile ``source`` against ``schema`` (``{property: type name}``) to a pyarrow expression."""
+    """Compile ``source`` against ``schema`` (``{property: type name}``) to a pyarrow expression.
+
+    pyarrow flattens and/or chains back into one deep chain when it runs an expression, so one of
+    several thousand terms overflows its stack: evaluate such filters with :func:`where_mask`.
+    """
     return _Compiler(source, schema, where).compile(parse(source, where))
+
+
+def where_mask(source: str, schema: dict[str, str], table: pa.Table, where: str = "") -> pa.ChunkedArray:
+    """Evaluate ``source`` on ``table`` (which holds the referenced columns): the selection mask.
+
+    Same semantics as :func:`compile_where`, computed call by call, so chains of any length work.
+    """
+    mask = _Compiler(source, schema, where, table).compile(parse(source, where))
+    return mask if isinstance(mask, pa.ChunkedArray) else pa.chunked_array([mask])
+
+
+def unparse(node: Node) -> str:
+    """Source text for ``node``; ``parse(unparse(node))`` gives ``node`` back (positions aside)."""
+    if isinstance(node, BoolOp):
+        return f" {node.op} ".join(f"({unparse(p)})" if isinstance(p, BoolOp) else unparse(p)
+                                   for p in node.operands)
+    if isinstance(node, Not):
+        inner = unparse(node.operand)
+        return f"not ({inner})" if isinstance(node.operand, BoolOp) else f"not {inner}"
+    if isinstance(node, Compare):
+        return f"{node.name} {node.op} {_literal_source(node.value)}"
+    if isinstance(node, In):
+        items = ", ".join(_literal_source(v) for v in node.values)
+        return f"{node.name} {'not in' if node.negated else 'in'} [{items}]"
+    if isinstance(node, Contains):
+        return f"{node.name} contains {_literal_source(node.value)}"
+    if isinstance(node, IsNull):
+        return f"{node.name} is {'not null' if node.negated else 'null'}"
+    return node.name
+
+
+_QUOTE = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t"})
+
+
+def _literal_source(value: Literal) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return "'" + value.translate(_QUOTE) + "'"
+    return repr(value)

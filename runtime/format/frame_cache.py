@@ -21,7 +21,6 @@ Layout of a ``.mxz`` file (little-endian)::
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import mmap
 import struct
@@ -32,7 +31,7 @@ from typing import BinaryIO
 import numpy as np
 import zstandard
 
-from mixtera.runtime.atomic import atomic_file
+from mixtera.runtime.atomic import atomic_file, exclusive_lock, recover
 from mixtera.runtime.errors import CorpusError, PlanError
 from mixtera.runtime.fingerprint import cache_name, content_digest
 from mixtera.runtime.format.header import BinaryFormat, check_header, check_length, check_size
@@ -97,10 +96,10 @@ def build_frame_cache(
     frame_bytes = frame_bytes or FRAME_BYTES
     digest = _digest(content_hash)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.parent / ".build.lock", "wb") as lock:  # one builder at a time per cache dir
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(dest.parent / ".build.lock"):  # one builder at a time per cache dir
         if dest.exists():
             return  # another worker or rank built it while we waited
+        recover(dest)  # temporary files of builders that were killed
         with atomic_file(dest) as out:  # 0o666 & ~umask: a shared cache
             out.write(b"\0" * _HEADER.size)
             try:

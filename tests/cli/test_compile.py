@@ -125,3 +125,17 @@ def test_elastic_from_the_command_line(plan: Path, tmp_path: Path) -> None:
     summary = json.loads(out)
     assert summary["topology"]["world_size"] == 8 and summary["topology"]["batch_size"] == 1
     assert summary["elastic"]["from_step"] == 5
+
+
+def test_compile_onto_feedback_state_needs_the_flag_and_says_what_goes(plan: Path, tmp_path: Path) -> None:
+    mix = str(plan.parent / "mix.toml")
+    target = tmp_path / "p3"
+    assert run("compile", mix, "--out", str(target))[0] == 0
+    (target / "feedback").mkdir()
+    (target / "feedback" / "log.bin").write_bytes(b"losses")
+    code, _, stderr = run("compile", mix, "--out", str(target))
+    assert code == 1 and "error:" in stderr and "--replace-feedback-state" in stderr
+    assert (target / "feedback" / "log.bin").exists()
+    code, out, stderr = run("compile", mix, "--out", str(target), "--replace-feedback-state", "--json")
+    assert code == 0 and "replaced the feedback state" in stderr and "feedback/log.bin" in stderr
+    assert json.loads(out)["replaced_feedback_state"] == ["feedback/log.bin"]

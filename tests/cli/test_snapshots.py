@@ -82,6 +82,7 @@ index [TMP]/idx2
 │ files removed   │ 0                                              │
 │ files unchanged │ 0                                              │
 │ records skipped │ 0                                              │
+│ paths skipped   │ 0                                              │
 │ properties      │ language: string, score: float, source: string │
 │ read            │ 0.0 MB in [TIME]                               │
 └─────────────────┴────────────────────────────────────────────────┘

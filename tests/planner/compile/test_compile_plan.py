@@ -301,3 +301,24 @@ def test_packing_in_small_pieces_gives_the_same_plan(tmp_path: Path, index: Path
 
     monkeypatch.setattr(packing, "SUB_BLOCK_ENTRIES", 30)
     assert plan_bytes(compile_to(tmp_path, index)) == plan_bytes(plan_dir)
+
+
+def test_a_where_of_ten_thousand_terms_selects_like_one(tmp_path: Path, index: Path, plan_dir: Path) -> None:
+    mix = write_mixture(tmp_path / "long.toml", index)
+    long = " or ".join(["source == 'web'"] + [f"source == 'x{i}'" for i in range(10_000)])
+    mix.write_text(mix.read_text().replace("where = \"source == 'web'\"", f'where = "{long}"'))
+    compile_file(mix, tmp_path / "long")  # a pyarrow expression of 10,000 terms crashed the process
+    assert plan_bytes(tmp_path / "long")["samples.npy"] == plan_bytes(plan_dir)["samples.npy"]
+
+
+def test_a_segment_missing_from_the_manifest_names_the_manifest(tmp_path: Path, index: Path) -> None:
+    import json
+
+    plan_dir = compile_to(tmp_path, index)
+    manifest = json.loads((plan_dir / "manifest.json").read_text())
+    manifest["segments"].pop()
+    (plan_dir / "manifest.json").write_text(json.dumps(manifest))
+    wanted = "segment 3 .* not among the manifest's 3 segments"
+    with Plan.open(plan_dir) as plan, pytest.raises(PlanError, match=wanted) as exc:
+        plan.segment(0, 3)
+    assert str(plan_dir / "manifest.json") in exc.value.message

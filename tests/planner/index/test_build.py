@@ -304,3 +304,47 @@ def test_column_extraction_equals_the_per_record_rows() -> None:
         assert [tuple(col[i] for col in columns) for i in range(len(chunk))] == [ex.row(r) for r in chunk]
     assert ex.columns([{"lang": 3}]) is None  # a value to report: the per-record path names it
     assert ex.columns([{"meta": {"q": True}}]) is None
+
+
+def test_after_a_worker_error_the_pool_stops_with_no_worker_busy(tmp_path: Path, monkeypatch) -> None:
+    """Terminating a pool whose workers are busy can hang for good (a worker killed while writing its
+    result keeps the result pipe's lock); after an error the workers finish what they hold first."""
+    import multiprocessing.pool
+
+    from mixtera.runtime.errors import CorpusError
+
+    busy_at_terminate = []
+    terminate = multiprocessing.pool.Pool.terminate
+
+    def recording_terminate(self) -> None:  # noqa: ANN001 - the pool
+        busy_at_terminate.append(len(self._cache))  # jobs handed out and not answered yet
+        terminate(self)
+
+    monkeypatch.setattr(multiprocessing.pool.Pool, "terminate", recording_terminate)
+    corpus = tmp_path / "c"
+    # the largest file goes to a worker and fails at once; the other worker is still busy then
+    write(corpus / "a" / "bad.jsonl", b"{bad\n" + jsonl(docs("x", 20_000)))
+    write(corpus / "b" / "slow.jsonl", jsonl(docs("y", 15_000)))
+    for i in range(6):
+        write(corpus / "c" / f"f{i}.jsonl", jsonl(docs(f"f{i}", 50)))
+    with pytest.raises(CorpusError, match=r"bad\.jsonl:1: malformed JSON"):
+        build_index([corpus], tmp_path / "idx", None, processes=3)
+    assert busy_at_terminate == [0]
+
+
+def test_a_stopped_queue_hands_out_nothing() -> None:
+    from mixtera.planner.index.parallel import _IDLE, _SharedQueue
+
+    class Pool:
+        submitted = 0
+
+        def apply_async(self, *args, **kw) -> None:  # noqa: ANN002, ANN003
+            Pool.submitted += 1
+
+    tasks = [object(), object()]
+    shared = _SharedQueue(tasks, Pool())  # type: ignore[arg-type]
+    assert shared.feed_worker() and Pool.submitted == 1
+    shared.stop()
+    shared._done("result")
+    assert Pool.submitted == 1
+    assert [shared.results.get(), shared.results.get()] == ["result", _IDLE]

@@ -150,3 +150,33 @@ def test_schedule_out_of_order() -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="mixture file does not exist"):
         load_spec("/nonexistent/mix.toml")
+
+
+def test_weights_whose_sum_overflows_are_refused() -> None:
+    text = EXAMPLE.replace("seed = 1234", "seed = 1234\nnormalize = true")
+    for weight in ("0.5", "0.3"):
+        text = text.replace(f"weight = {weight}\n", "weight = 1e308\n", 1)
+    bad(text, "components", "sum beyond the float64 range", "scale them down")
+
+
+@pytest.mark.parametrize(("prior", "message"), [
+    ("{ web = 1.0 }", "prior names ['web'] components and misses ['web_en', 'code', 'other.de', "
+     "'other.rest']"),
+    ("{ web_en = 1, code = 1, 'other.de' = 1, 'other.rest' = 'x' }", "must be finite numbers > 0"),
+    ("{ web_en = 1, code = 1, 'other.de' = 1, 'other.rest' = 0 }", "must be finite numbers > 0"),
+])
+def test_a_prior_is_checked_against_the_components_at_compile(prior: str, message: str) -> None:
+    bad(EXAMPLE + f"prior = {prior}\n", "[dynamic] prior", message, "")
+    spec_of(EXAMPLE + "prior = { web_en = 1, code = 1, 'other.de' = 1, 'other.rest' = 2 }\n")
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("wait_timeout_s = inf", "wait_timeout_s = inf must be a finite number >= 0"),
+    ("wait_timeout_s = nan", "must be a finite number"),
+    ("refit_every = true", "refit_every = True must be an integer >= 1"),
+    ("lookahead = true", "lookahead = True must be an integer >= 0"),
+])
+def test_dynamic_values_of_the_wrong_kind_are_refused(line: str, message: str) -> None:
+    key = line.split(" = ")[0]
+    text = "\n".join(x for x in EXAMPLE.splitlines() if not x.startswith(f"{key} = "))
+    bad(f"{text}\n{line}\n", "[dynamic]", message)

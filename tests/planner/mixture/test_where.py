@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mixtera.planner.mixture.where import QueryError, compile_where, parse, referenced, tokenize
+from mixtera.planner.mixture.where import (
+    MAX_DEPTH,
+    BoolOp,
+    Compare,
+    Contains,
+    In,
+    IsNull,
+    Node,
+    Not,
+    QueryError,
+    Truthy,
+    compile_where,
+    parse,
+    referenced,
+    tokenize,
+    unparse,
+    where_mask,
+)
+from mixtera.runtime.errors import MixteraUserError
 
 TABLE = pa.table({
     "language": ["en", "de", None, "fr", "en"],
@@ -47,6 +67,9 @@ def rows(expr: str) -> list[int]:
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_semantics(expr: str, expected: list[int]) -> None:
     assert rows(expr) == expected
+    mask = where_mask(expr, SCHEMA, TABLE).to_numpy(zero_copy_only=False)
+    assert TABLE["n"].filter(pa.array(mask == True)).to_pylist() == expected  # noqa: E712 - nulls drop
+    assert rows(unparse(parse(expr))) == expected
 
 
 @pytest.mark.parametrize(("expr", "column", "message"), [
@@ -99,3 +122,81 @@ def test_in_lists_match_python(values: list[str], negated: bool) -> None:
     expected = [n for lang, n in zip(TABLE["language"].to_pylist(), TABLE["n"].to_pylist(), strict=True)
                 if lang is not None and ((lang in values) != negated)]
     assert rows(expr) == expected
+
+
+@pytest.mark.parametrize(("source", "column"), [("(" * 500 + "n > 1" + ")" * 500, MAX_DEPTH + 1),
+                                               ("not " * 5000 + "ok", 4 * MAX_DEPTH + 1)],
+                         ids=["parentheses", "not"])
+def test_deep_nesting_is_refused_with_the_limit(source: str, column: int) -> None:
+    with pytest.raises(QueryError, match=f"nests deeper than {MAX_DEPTH} levels") as exc:
+        parse(source)
+    assert f"at column {column}:" in exc.value.message
+    assert len(exc.value.message) < 400  # the caret shows a window of the expression, not all of it
+
+
+def test_nesting_up_to_the_limit_works() -> None:
+    assert rows("(" * MAX_DEPTH + "n > 3" + ")" * MAX_DEPTH) == [4, 5]
+    assert rows("not " * (MAX_DEPTH - 1) + "(n > 3)") == [1, 2, 3]  # 63 `not` (odd) and one `(`
+
+
+@pytest.mark.parametrize(("op", "term", "first", "expected"), [
+    ("and", "n != {}", 2, [True, False, False, False, False]),
+    ("or", "n == {}", 5, [False, False, False, False, True])])
+def test_long_flat_chains_work(op: str, term: str, first: int, expected: list[bool]) -> None:
+    source = f" {op} ".join(term.format(i) for i in range(first, first + 10_000))
+    assert where_mask(source, SCHEMA, TABLE).to_numpy(zero_copy_only=False).tolist() == expected
+
+
+@pytest.mark.parametrize(("literal", "message"), [
+    (str(2**63), "does not fit in 64 bits"), (str(-(2**63) - 1), "does not fit in 64 bits"),
+    ("9" * 5000, "too long"), ("1e999", "beyond the float64 range")])
+def test_number_literals_are_bounded(literal: str, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        parse(f"n == {literal}")
+    assert parse(f"n == {2**63 - 1}") == Compare("n", "==", 2**63 - 1, 0)
+
+
+_TOKENS = ["(", ")", "[", "]", ",", "and", "or", "not", "in", "is", "null", "contains", "true", "false",
+           "==", "!=", "<", ">=", "n", "language", "'en'", '"x\\"', "1", "-2.5e3", "'", "=", " ", "9" * 30]
+
+
+@given(st.one_of(st.text(max_size=60), st.lists(st.sampled_from(_TOKENS), max_size=30).map(" ".join)))
+def test_parsing_anything_gives_a_tree_or_a_user_error(source: str) -> None:
+    try:
+        node = parse(source)
+    except MixteraUserError:
+        return
+    assert parse(unparse(node)) is not None
+    with contextlib.suppress(MixteraUserError):
+        where_mask(source, SCHEMA, TABLE)
+
+
+_NAMES = st.sampled_from(["n", "language", "quality", "a.b"])
+_LITERALS = st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                      st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=6))
+_LEAVES = st.one_of(
+    st.builds(Compare, _NAMES, st.sampled_from(["==", "!=", "<", "<=", ">", ">="]), _LITERALS, st.just(0)),
+    st.builds(In, _NAMES, st.lists(_LITERALS, max_size=3).map(tuple), st.booleans(), st.just(0)),
+    st.builds(Contains, _NAMES, _LITERALS, st.just(0)),
+    st.builds(IsNull, _NAMES, st.booleans(), st.just(0)),
+    st.builds(Truthy, _NAMES, st.just(0)))
+
+
+def _trees(children: st.SearchStrategy[Node]) -> st.SearchStrategy[Node]:
+    return st.one_of(st.builds(Not, children),
+                     st.builds(BoolOp, st.sampled_from(["and", "or"]),
+                               st.lists(children, min_size=2, max_size=4).map(tuple)))
+
+
+def _shape(node: Node) -> object:
+    """``node`` without positions, with nested same-operator chains as the parser builds them."""
+    if isinstance(node, BoolOp):
+        return (node.op, tuple(_shape(p) for p in node.operands))
+    if isinstance(node, Not):
+        return ("not", _shape(node.operand))
+    return (type(node).__name__, *(getattr(node, f) for f in node.__slots__ if f != "pos"))
+
+
+@given(st.recursive(_LEAVES, _trees, max_leaves=12))
+def test_printing_and_parsing_round_trips(node: Node) -> None:
+    assert _shape(parse(unparse(node))) == _shape(node)
