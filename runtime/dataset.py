@@ -19,10 +19,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mixtera.runtime.batches import StepBatch, StepDocuments, collate_sequences
 from mixtera.runtime.data_parallel import data_parallel_rank
 from mixtera.runtime.errors import PlanError, StateError
 from mixtera.runtime.fingerprint import json_digest
 from mixtera.runtime.format.plan_dir import INDEX_MANIFEST, MANIFEST, VALIDATION, version_path
+from mixtera.runtime.packing import PackedStep
 from mixtera.runtime.plan import SPLITS, Plan
 from mixtera.runtime.replay import Replay, ReplayConfig
 from mixtera.runtime.state import ElasticOrigin, RuntimeState
@@ -245,7 +247,8 @@ class PlanDataset(IterableDataset):
             )
         return self._next_step
 
-    def __iter__(self) -> Iterator[Any]:
+    def _my_steps(self) -> tuple[range, int, Replay]:
+        """This process's steps, the number of loader workers, and its Replay."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         if info is None:
@@ -253,16 +256,30 @@ class PlanDataset(IterableDataset):
         first = self._first_step(worker, workers)
         runtime = self._open_runtime()
         runtime.workers = workers
-        for step in range(first, self.steps, workers):
+        return range(first, self.steps, workers), workers, runtime
+
+    def __iter__(self) -> Iterator[Any]:
+        steps, workers, runtime = self._my_steps()
+        for step in steps:
             if self.output == "documents":
                 docs = runtime.documents(step)
                 self._advance(step, workers)
                 yield docs
             else:
-                *head, last = runtime.sequences(step)
+                *head, last = StepBatch.of(runtime.packed(step)).sequences()
                 yield from head
                 self._advance(step, workers)  # before the last yield: the batch is complete
                 yield last
+
+    def compact_steps(self) -> Iterator[PackedStep | StepDocuments]:
+        """Each step as one object in the form that crosses processes cheaply (runtime/batches.py):
+        a PackedStep (tokens; ``StepBatch.of`` builds the tensors) or StepDocuments."""
+        steps, workers, runtime = self._my_steps()
+        make = runtime.documents if self.output == "documents" else runtime.packed
+        for step in steps:
+            out = make(step)
+            self._advance(step, workers)
+            yield out
 
     def rewind_finished_validation(self) -> None:
         """A validation split replays from its first step again after a complete pass: every
@@ -284,38 +301,61 @@ class PlanDataset(IterableDataset):
         return state
 
     # -- loading ---------------------------------------------------------------------------------
-    @staticmethod
-    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Stack a step's sequences; provenance stays a list (one list of slices per sequence)."""
-        out: dict[str, Any] = {
-            k: torch.stack([it[k] for it in items]) for k in ("input_ids", "labels", "domain_ids")
-        }
-        out["step"] = torch.tensor([it["step"] for it in items], dtype=torch.long)
-        if "provenance" in items[0]:
-            out["provenance"] = [it["provenance"] for it in items]
-        return out
+    collate = staticmethod(collate_sequences)  # what default_collate does with our sequences too
 
     def loader(self, num_workers: int = 0, **kwargs: Any) -> PlanLoader:
-        """A DataLoader that yields this rank's steps in plan order and keeps ``state_dict`` current."""
-        if self.output == "tokens":
-            kwargs.setdefault("collate_fn", self.collate)
+        """A DataLoader that yields this rank's steps in plan order and keeps ``state_dict`` current.
+
+        Each step crosses from a worker as one compact object and becomes a batch in this process
+        (runtime/batches.py). With a ``collate_fn`` of yours it gets the step's sequences instead.
+        """
+        if self.output == "tokens" and "collate_fn" in kwargs:
             return PlanLoader(self, batch_size=self.batch_size, num_workers=num_workers, **kwargs)
+        source = _CompactSteps(self) if self.output == "tokens" else self
         kwargs.setdefault("collate_fn", _as_is)  # the default would walk every document dict
-        return PlanLoader(self, batch_size=None, num_workers=num_workers, **kwargs)
+        return PlanLoader(source, batch_size=None, num_workers=num_workers, **kwargs)
 
 
 def _as_is(item: Any) -> Any:
     return item
 
 
+class _CompactSteps(IterableDataset):
+    """A PlanDataset's steps as compact objects (what PlanLoader's workers ship)."""
+
+    def __init__(self, dataset: PlanDataset) -> None:
+        super().__init__()
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator[PackedStep | StepDocuments]:
+        return self.dataset.compact_steps()
+
+
+def _step_of(batch: Any) -> int | None:
+    if isinstance(batch, StepBatch):
+        return batch.packed.step
+    if isinstance(batch, StepDocuments):
+        return batch.step
+    if isinstance(batch, dict):
+        return int(batch["step"][0])
+    return int(batch[0]["step"]) if batch else None
+
+
 class PlanLoader(DataLoader):
-    """DataLoader that tells its PlanDataset which step each yielded batch was."""
+    """DataLoader that builds each step's batch from its compact form and tells its PlanDataset which
+    step each yielded batch was."""
+
+    def __init__(self, dataset: PlanDataset | _CompactSteps, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.plan_dataset = dataset.dataset if isinstance(dataset, _CompactSteps) else dataset
 
     def __iter__(self) -> Iterator[Any]:
-        dataset: PlanDataset = self.dataset
-        dataset.rewind_finished_validation()  # before the workers get their copies
+        self.plan_dataset.rewind_finished_validation()  # before the workers get their copies
+        pin = self.pin_memory and torch.accelerator.is_available()  # as DataLoader decides
         for batch in super().__iter__():
-            step = batch["step"][0] if isinstance(batch, dict) else batch[0]["step"] if batch else None
+            if isinstance(batch, PackedStep):
+                batch = StepBatch.of(batch, pin_memory=pin)
+            step = _step_of(batch)
             if step is not None:
-                dataset.mark_consumed(int(step))
+                self.plan_dataset.mark_consumed(step)
             yield batch

@@ -4,7 +4,7 @@ The plan already cut the step's global token stream into sequences and split ent
 boundaries (man/mixtera-formats.md), so packing is a concatenation and a reshape; the code still
 slices provenance per sequence from the cumulative offsets, so it never assumes that split.
 Labels: ``labels[i] = input_ids[i + 1]`` and the last label is -100 (ignored), so no token is read
-twice and a sequence holds exactly ``seq_len`` planned tokens.
+twice and a sequence holds exactly ``seq_len`` planned tokens (the tensors are built in runtime/batches.py).
 """
 
 from __future__ import annotations
@@ -16,27 +16,27 @@ import numpy as np
 from mixtera.runtime.errors import PlanError
 
 IGNORE_INDEX = -100
+Provenance = list[list[tuple[str, int, int]]]  # per sequence: (sample_id, token_start, token_end)
 
 
 @dataclass(slots=True)
 class PackedStep:
-    input_ids: np.ndarray  # int64 [batch, seq_len]
-    labels: np.ndarray  # int64 [batch, seq_len]
-    domain_ids: np.ndarray  # int64 [batch, seq_len]
-    provenance: list[list[tuple[int, int, int]]] | None  # per sequence: (entry, token_start, token_end)
+    """One step's tokens in compact form; ``ids`` holds ``batch_size * seq_len`` planned ids."""
+
+    step: int
+    batch_size: int
+    seq_len: int
+    ids: np.ndarray  # [batch_size * seq_len], the source's dtype (uint16 / uint32 from token files)
+    component: np.ndarray  # per packed entry: its component (domain id)
+    sizes: np.ndarray  # per packed entry: its ids in ``ids``, in order
+    provenance: Provenance | None
 
 
 def pack_step(
-    flat: np.ndarray,
-    sizes: np.ndarray,
-    component: np.ndarray,
-    token_start: np.ndarray,
-    batch_size: int,
-    seq_len: int,
-    step: int,
-    provenance: bool,
+    flat: np.ndarray, sizes: np.ndarray, component: np.ndarray, batch_size: int, seq_len: int, step: int
 ) -> PackedStep:
-    """Cut ``flat`` (the entries' token ids, concatenated; entry i holds ``sizes[i]``) into sequences."""
+    """Check that ``flat`` (the entries' token ids, concatenated; entry i holds ``sizes[i]``) fills the
+    step's ``batch_size`` sequences exactly; the tensors are built from it by StepBatch.of."""
     total = int(flat.size)
     if total != batch_size * seq_len:
         raise PlanError(
@@ -44,16 +44,10 @@ def pack_step(
             f"{batch_size} x {seq_len} = {batch_size * seq_len}",
             "the plan is inconsistent with its topology; recompile it",
         )
-    ids = flat.astype(np.int64, copy=False).reshape(batch_size, seq_len)
-    labels = np.empty_like(ids)
-    labels[:, :-1] = ids[:, 1:]
-    labels[:, -1] = IGNORE_INDEX
-    domains = np.repeat(component.astype(np.int64), sizes).reshape(batch_size, seq_len)
-    prov = _provenance(sizes, token_start, seq_len, batch_size) if provenance else None
-    return PackedStep(ids, labels, domains, prov)
+    return PackedStep(step, batch_size, seq_len, flat, component.astype(np.int64), sizes, None)
 
 
-def _provenance(
+def provenance_slices(
     sizes: np.ndarray, token_start: np.ndarray, seq_len: int, batch_size: int
 ) -> list[list[tuple[int, int, int]]]:
     """Per sequence, the (entry, document token start, end) slices it holds."""

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from mixtera.runtime.batches import StepDocuments
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.rank_frames import Segment
-from mixtera.runtime.packing import pack_step
+from mixtera.runtime.packing import PackedStep, pack_step, provenance_slices
 from mixtera.runtime.plan import Plan, ResolvedEntries
 from mixtera.runtime.readers import FileEntry
 from mixtera.runtime.sources import PretokenizedSource, TextSource, TokenizingSource, check_index_unchanged
@@ -25,6 +25,7 @@ from mixtera.runtime.tokenizer import load_tokenizer
 from mixtera.runtime.versions import VersionResolver
 
 _LIST_COLUMNS = ("file", "offset", "length", "record", "component", "token_start", "token_end")
+_DOC_COLUMNS = ("file", "record", "component", "token_start", "token_end")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,7 +105,8 @@ class Replay:
             self._lists = {name: getattr(resolved, name).tolist() for name in _LIST_COLUMNS}
         return {name: values[lo:hi] for name, values in self._lists.items()}
 
-    def sequences(self, step: int) -> list[dict[str, Any]]:
+    def packed(self, step: int) -> PackedStep:
+        """The step's token ids, checked against the topology, in compact form (runtime/batches.py)."""
         ent = self.entries(step)
         cols = {
             "file": ent.file,
@@ -114,50 +116,25 @@ class Replay:
             "token_offset": ent.token_offset,
         }
         flat = self.tokens.flat(ent.row, cols, ent.token_start, ent.token_end)
-        packed = pack_step(
-            flat,
-            ent.token_end - ent.token_start,
-            ent.component,
-            ent.token_start,
-            self.cfg.batch_size,
-            self.cfg.seq_len,
-            step,
-            self.cfg.with_provenance,
-        )
-        ids, labels, domains = (
-            torch.from_numpy(a) for a in (packed.input_ids, packed.labels, packed.domain_ids)
-        )
-        items = [
-            {"input_ids": ids[b], "labels": labels[b], "domain_ids": domains[b], "step": step}
-            for b in range(self.cfg.batch_size)
-        ]
-        if packed.provenance is not None:
+        sizes = ent.token_end - ent.token_start
+        packed = pack_step(flat, sizes, ent.component, self.cfg.batch_size, self.cfg.seq_len, step)
+        if self.cfg.with_provenance:
             files, records, paths = ent.file.tolist(), ent.record.tolist(), self.paths
-            for b, slices in enumerate(packed.provenance):
-                items[b]["provenance"] = [(f"{paths[files[i]]}#{records[i]}", s, e) for i, s, e in slices]
-        return items
+            packed.provenance = [
+                [(f"{paths[files[i]]}#{records[i]}", s, e) for i, s, e in slices]
+                for slices in provenance_slices(sizes, ent.token_start, self.cfg.seq_len, self.cfg.batch_size)
+            ]
+        return packed
 
-    def documents(self, step: int) -> list[dict[str, Any]]:
-        cols = self.entry_lists(step)
-        # Texts first, in the readers' tight loop (orjson.loads of a mapped slice for JSON lines),
-        # then the items: two simple loops run faster than one that does both.
-        texts = self.texts.texts(cols["file"], cols["offset"], cols["length"])
-        names, paths = self.cfg.domains, self.paths
-        return [
-            {
-                "text": text,
-                "sample_id": f"{paths[f]}#{r}",
-                "domain": names[c],
-                "domain_id": c,
-                "step": step,
-                "token_start": s,
-                "token_end": e,
-            }
-            for text, f, r, c, s, e in zip(
-                texts, cols["file"], cols["record"], cols["component"], cols["token_start"],
-                cols["token_end"], strict=True,
-            )
-        ]
+    def documents(self, step: int) -> StepDocuments:
+        lists = self.entry_lists(step)
+        # The texts in the readers' tight loop (orjson.loads of a mapped slice for JSON lines); the
+        # dicts are built where the batch is used (runtime/batches.py).
+        texts = self.texts.texts(lists["file"], lists["offset"], lists["length"])
+        cols: dict[str, Any] = {name: lists[name] for name in _DOC_COLUMNS}
+        cols["paths"] = {f: self.paths[f] for f in set(lists["file"])}
+        cols["domains"] = self.cfg.domains
+        return StepDocuments(step, texts, cols)
 
 
 def _worker_share(seg: Segment, phase: int, workers: int) -> tuple[Segment, dict[int, tuple[int, int]]]:

@@ -218,17 +218,18 @@ class PretokenizedSource:
                 f"{tf.path}: the plan reads tokens [{lo[bad[0]]}, {hi[bad[0]]}) of its {tf.tokens}",
                 "the plan and the token files disagree; re-index and recompile",
             )
+        # Copy each range into its place in one array of the files' dtype (StepBatch.of widens it),
+        # then write every end-of-document id at once: no per-entry pieces to concatenate.
+        with_eos = end > stored if self.eos_id is not None else np.zeros(len(files), dtype=bool)
+        sizes = hi - lo + with_eos
+        at = np.cumsum(sizes) - sizes
+        dtype = np.result_type(*{tf.ids.dtype for tf in maps.values()}, np.min_scalar_type(self.eos_id or 0))
+        out = np.empty(int(sizes.sum()), dtype=dtype)
         arrays = {f: tf.ids for f, tf in maps.items()}
-        eos = np.array([self.eos_id if self.eos_id is not None else 0], dtype=np.int64)
-        pieces = []
-        append = pieces.append
-        for f, a, b, with_eos in zip(files, lo.tolist(), hi.tolist(), (end > stored).tolist(), strict=True):
-            append(arrays[f][a:b])
-            if with_eos:
-                append(eos)
-        if not pieces:
-            return np.empty(0, dtype=np.int64)
-        return np.concatenate(pieces, dtype=np.int64, casting="safe")
+        for f, a, b, o in zip(files, lo.tolist(), hi.tolist(), at.tolist(), strict=True):
+            out[o : o + b - a] = arrays[f][a:b]
+        out[(at + sizes - 1)[with_eos]] = self.eos_id or 0
+        return out
 
     def close(self) -> None:
         while self._open:

@@ -1,0 +1,197 @@
+"""What one plan step looks like to a training loop, and how it crosses from a loader worker.
+
+A DataLoader worker hands every batch to the main process through a pipe (pickle); tensors go
+through shared memory, one new segment and one file-descriptor hand-over per tensor storage. So
+a step travels in its compact form and the main process builds what the loop reads:
+
+- tokens: a ``PackedStep`` (runtime/packing.py: the step's ids in their narrow on-disk dtype, one
+  component per packed entry) crosses; :class:`StepBatch` is built from it, its ``input_ids``, ``labels``,
+  ``domain_ids`` and ``step`` all views of one int64 buffer (labels and domains are derived, never
+  shipped). Per-sequence items (:class:`SequenceItem`, what iterating a PlanDataset yields for a
+  plain ``DataLoader(ds, batch_size=plan batch size)``) collate back into their step's StepBatch
+  without a copy: their type is registered in torch's ``default_collate_fn_map``.
+- documents: :class:`StepDocuments`, a list-like batch of dicts that crosses as one string of all
+  texts plus offsets and columns; its dicts are built on first use, in the process that uses them.
+  It is neither a Sequence nor a Mapping, so torch's ``default_convert`` passes it through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data._utils.collate import default_collate_fn_map
+
+from mixtera.runtime.packing import IGNORE_INDEX, PackedStep
+
+TENSOR_KEYS = ("input_ids", "labels", "domain_ids", "step")
+
+
+class StepBatch(dict):
+    """A step's batch: ``input_ids``, ``labels``, ``domain_ids`` LongTensor[batch, seq_len] and ``step``
+    LongTensor[batch], views of one buffer; ``provenance`` (a list per sequence) when asked for."""
+
+    __slots__ = ("packed", "_views")
+
+    @classmethod
+    def of(cls, packed: PackedStep, pin_memory: bool = False) -> StepBatch:
+        b, n = packed.batch_size, packed.seq_len
+        size = b * n
+        buffer = torch.empty(3 * size + b, dtype=torch.int64, pin_memory=pin_memory)
+        flat = buffer.numpy()
+        ids, labels = flat[:size].reshape(b, n), flat[size : 2 * size].reshape(b, n)
+        np.copyto(ids, packed.ids.reshape(b, n), casting="safe")
+        labels[:, :-1] = ids[:, 1:]
+        labels[:, -1] = IGNORE_INDEX
+        flat[2 * size : 3 * size] = np.repeat(packed.component, packed.sizes)
+        flat[3 * size :] = packed.step
+        views = (*buffer[: 3 * size].view(3, b, n).unbind(0), buffer[3 * size :])
+        batch = cls(zip(TENSOR_KEYS, views, strict=True))
+        if packed.provenance is not None:
+            batch["provenance"] = packed.provenance
+        batch.packed, batch._views = packed, views
+        return batch
+
+    def _unchanged(self) -> bool:
+        return len(self) == len(TENSOR_KEYS) + (self.packed.provenance is not None) and all(
+            self.get(k) is v for k, v in zip(TENSOR_KEYS, self._views, strict=True)
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._unchanged():  # the compact form, rebuilt where it arrives
+            return StepBatch.of, (self.packed,)
+        return dict, (dict(self),)  # changed by the user: travels as the plain dict it now is
+
+    def __copy__(self) -> StepBatch:  # pin_memory and default_convert copy mappings shallowly
+        out = StepBatch(self)
+        out.packed, out._views = self.packed, self._views
+        return out
+
+    def sequences(self) -> list[SequenceItem]:
+        """One item per sequence (views of this batch's rows)."""
+        step, rows = self.packed.step, [v.unbind(0) for v in self._views[:3]]
+        prov = self.packed.provenance
+        items = []
+        for row, (ids, labels, domains) in enumerate(zip(*rows, strict=True)):
+            item = SequenceItem(input_ids=ids, labels=labels, domain_ids=domains, step=step)
+            if prov is not None:
+                item["provenance"] = prov[row]
+            item.batch, item.row, item._values = self, row, dict(item)
+            items.append(item)
+        return items
+
+
+class SequenceItem(dict):
+    """One planned sequence: ``input_ids``, ``labels``, ``domain_ids`` (LongTensor[seq_len]), ``step``
+    (int) and, with provenance, its slices. Remembers its batch, so that a whole step collates to
+    that batch without stacking."""
+
+    __slots__ = ("batch", "row", "_values")
+
+    def unchanged(self) -> bool:
+        return len(self) == len(self._values) and all(self.get(k) is v for k, v in self._values.items())
+
+
+def collate_sequences(items: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
+    """Stack sequences; provenance stays a list (one list of slices per sequence).
+
+    The unchanged items of exactly one step, in order, give back their StepBatch (no copy); any
+    other list of items is stacked.
+    """
+    batch = getattr(items[0], "batch", None)
+    if (
+        batch is not None
+        and len(items) == batch.packed.batch_size
+        and batch._unchanged()
+        and all(getattr(it, "batch", None) is batch and it.row == i and it.unchanged()
+                for i, it in enumerate(items))
+    ):
+        return batch
+    out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in TENSOR_KEYS[:3]}
+    out["step"] = torch.tensor([it["step"] for it in items], dtype=torch.long)
+    if "provenance" in items[0]:
+        out["provenance"] = [it["provenance"] for it in items]
+    return out
+
+
+default_collate_fn_map[SequenceItem] = collate_sequences  # torch's documented extension point
+
+
+class StepDocuments:
+    """One step's documents, in plan order: ``len``, indexing, slicing, iteration and ``==`` as a list
+    of dicts with ``text``, ``sample_id``, ``domain``, ``domain_id``, ``step``, ``token_start``,
+    ``token_end``. The dicts are built once, on first use."""
+
+    __slots__ = ("step", "_texts", "_cols", "_items")
+
+    def __init__(self, step: int, texts: list[str] | tuple[str, list[int]], cols: dict[str, Any]) -> None:
+        self.step = step
+        self._texts = texts  # the texts, or (all texts joined, their end offsets) after a crossing
+        self._cols = cols  # file, record, component, token_start, token_end (lists); paths; domains
+        self._items: list[dict[str, Any]] | None = None
+
+    def texts(self) -> list[str]:
+        """The texts alone, in order (no dicts built)."""
+        if self._items is not None:
+            return [d["text"] for d in self._items]
+        if isinstance(self._texts, list):
+            return self._texts
+        joined, ends = self._texts
+        return [joined[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+    def _materialize(self) -> list[dict[str, Any]]:
+        if self._items is None:
+            c, step = self._cols, self.step
+            paths, names = c["paths"], c["domains"]
+            self._items = [
+                {
+                    "text": text,
+                    "sample_id": f"{paths[f]}#{r}",
+                    "domain": names[k],
+                    "domain_id": k,
+                    "step": step,
+                    "token_start": s,
+                    "token_end": e,
+                }
+                for text, f, r, k, s, e in zip(
+                    self.texts(), c["file"], c["record"], c["component"], c["token_start"],
+                    c["token_end"], strict=True,
+                )
+            ]
+            self._texts = self._cols = None  # the dicts hold everything now
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._items if self._items is not None else self._cols["file"])
+
+    def __getitem__(self, i: int | slice) -> Any:
+        return self._materialize()[i]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._materialize())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StepDocuments):
+            other = other._materialize()
+        return isinstance(other, list) and self._materialize() == other
+
+    __hash__ = None  # type: ignore[assignment] # mutable, like the list it stands for
+
+    def __repr__(self) -> str:
+        return f"StepDocuments(step={self.step}, {self._materialize()!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._items is not None:  # used (maybe changed) here: travels as its dicts
+            return _documents_of_items, (self.step, self._items)
+        texts = self._texts
+        if isinstance(texts, list):
+            texts = ("".join(texts), np.cumsum([len(t) for t in texts], dtype=np.int64).tolist())
+        return StepDocuments, (self.step, texts, self._cols)
+
+
+def _documents_of_items(step: int, items: list[dict[str, Any]]) -> StepDocuments:
+    docs = StepDocuments(step, [], {})
+    docs._items = items
+    return docs
