@@ -11,7 +11,11 @@ token mixture (`mixtera compile`), then measures in this one process (one loader
 - tokens path (tokenizer) vs (b) the tokenizer alone (`encode_batch_fast`) on the same texts;
 - pre-tokenized path (token files), in tokens/s;
 - (c) a plain sequential read of the corpus files;
-- the share of step time the tiny GPT example waits for data (torchrun, 1 process).
+- the share of step time the tiny GPT example waits for data (torchrun, 1 process);
+- the loader path (wall clock, since workers are other processes): steps through `ds.loader()`
+  with 0, 1 and 2 workers and through a plain `DataLoader(ds, batch_size=None, num_workers=2)`,
+  pre-tokenized at batch 64 x 1,024 and 8 x 1,024 and documents (each document's text is read,
+  as a training loop would); and (d) a plain numpy memmap read of the same token ids.
 
 The tokenizer runs single-threaded (TOKENIZERS_PARALLELISM=false) so that numbers are per worker.
 Rates are per second of this process's CPU time (user + system, all threads) by default: every
@@ -167,8 +171,8 @@ CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 CLOCK = ["cpu"]  # set by --clock
 
 
-def timed(fn):  # noqa: ANN001, ANN201 - tiny helper
-    clock = CLOCKS[CLOCK[0]]
+def timed(fn, clock_name: str | None = None):  # noqa: ANN001, ANN201 - tiny helper
+    clock = CLOCKS[clock_name or CLOCK[0]]
     t0 = clock()
     out = fn()
     return out, clock() - t0
@@ -177,14 +181,15 @@ def timed(fn):  # noqa: ANN001, ANN201 - tiny helper
 REPEATS = 3  # every rate is the best of REPEATS runs, ours and baselines alike (the machine is shared)
 
 
-def best_rates(*make_runs) -> list[tuple[int, float]]:  # noqa: ANN002 - each returns a timed callable
-    """(items, best items per second) of each run over REPEATS rounds; the runs alternate within a
-    round so that a load spike on the shared machine hits ours and the baseline alike."""
+def best_rates(*make_runs, clock: str | None = None) -> list[tuple[int, float]]:  # noqa: ANN002
+    """(items, best items per second) of each run (a callable returning a timed callable) over
+    REPEATS rounds; the runs alternate within a round so that a load spike on the shared machine
+    hits ours and the baseline alike."""
     best = [(0, 0.0)] * len(make_runs)
     for _ in range(REPEATS):
         for i, make in enumerate(make_runs):
             run = make()
-            items, seconds = timed(run)
+            items, seconds = timed(run, clock)
             best[i] = (items, max(best[i][1], items / seconds))
     return best
 
@@ -278,6 +283,137 @@ def bench_tokens(plan: Path, tok: Path, steps: int) -> dict:
     }
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loader_run(plan: Path, steps: int, workers: int, plain: bool = False, **kwargs) -> object:  # noqa: ANN003
+    """A callable that takes steps 1..steps from a new loader (step 0, which starts the workers and
+    opens the files, is untimed); documents are read as a training loop would (every text). It
+    returns (items, wall seconds, CPU seconds of this process, CPU seconds of each worker)."""
+    from torch.utils.data import DataLoader
+
+    from mixtera.runtime import PlanDataset
+
+    ds = PlanDataset(plan, rank=0, world_size=1, **kwargs)
+    loader = DataLoader(ds, batch_size=None, num_workers=workers) if plain else ds.loader(num_workers=workers)
+    it = iter(loader)
+    next(it)
+    if kwargs.get("output") == "documents":
+        def count(batch) -> int:  # noqa: ANN001
+            return sum(1 for d in batch if d["text"] is not None)
+    else:
+        def count(batch) -> int:  # noqa: ANN001
+            return batch["input_ids"].numel()
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+
+    def run() -> tuple[int, float, float, list[float]]:
+        w0, c0, p0 = time.perf_counter(), time.process_time(), [process_cpu(p) for p in pids]
+        items = sum(count(next(it)) for _ in range(steps))
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        return items, wall, cpu, [process_cpu(p) - t for p, t in zip(pids, p0, strict=True)]
+
+    return run
+
+
+def memmap_run(plan: Path, steps: int) -> object:
+    """(d): the same token ranges of steps 1..steps read from np.memmap's of the token files (no
+    end-of-document ids, no labels or domains), one concatenation per step; ranges are untimed."""
+    from mixtera.runtime.format.token_file import HEADER_SIZE, TokenFile
+    from mixtera.runtime.plan import Plan
+
+    with Plan.open(plan) as p:
+        token_dir = Path(p.manifest["token_files"]["dir"])
+        ranges = []
+        for s in range(1, steps + 1):
+            e = p.step_entries(0, s)
+            stored = e.doc_tokens - 1 if p.eos else e.doc_tokens
+            first = e.token_offset.astype(np.int64)
+            lo, hi = first + e.token_start, first + np.minimum(e.token_end, stored)
+            ranges.append(list(zip(e.file.tolist(), lo.tolist(), hi.tolist(), strict=True)))
+    maps = {}
+    for f in {f for r in ranges for f, _, _ in r}:
+        tf = TokenFile(token_dir / f"{f}.bin")
+        dtype, count = tf.ids.dtype, tf.tokens
+        tf.close()
+        maps[f] = np.memmap(token_dir / f"{f}.bin", dtype=dtype, mode="r", offset=HEADER_SIZE, shape=(count,))
+    return lambda: sum(np.concatenate([maps[f][a:b] for f, a, b in r]).size for r in ranges)
+
+
+def loader_rates(*make_runs) -> list[tuple[float, float]]:  # noqa: ANN002
+    """Per run: (best items per wall second, best items per second of a dedicated 2-core machine)
+    over REPEATS alternating rounds. The second is load-independent: a run can go no faster than
+    its main process's CPU time, nor than any one worker's, nor than all its CPU time on 2 cores."""
+    best = [(0.0, 0.0)] * len(make_runs)
+    for _ in range(REPEATS):
+        for i, make in enumerate(make_runs):
+            items, wall, cpu, workers = make()()
+            model = max([cpu, *workers, (cpu + sum(workers)) / 2])
+            best[i] = (max(best[i][0], items / wall), max(best[i][1], items / model))
+    return best
+
+
+def bench_loaders(index: Path, pre_steps: int, doc_steps: int) -> dict:
+    """Loader rates (see loader_rates); in-process against (d) per CPU second (single-threaded)."""
+    out = {}
+    steps64 = max(pre_steps, doc_steps)
+    for batch, steps in ((64, pre_steps), (8, pre_steps * 8)):
+        plan = compile_plan(index, f"plan-loader-{batch}", max(steps, steps64) + 2, (batch, 1024))
+        rates = loader_rates(
+            lambda: loader_run(plan, steps, 0, pretokenized=True),  # noqa: B023
+            lambda: loader_run(plan, steps, 2, pretokenized=True),  # noqa: B023
+            lambda: loader_run(plan, steps, 1, pretokenized=True),  # noqa: B023
+        )
+        in_process = best_rates(
+            lambda: lambda: loader_run(plan, steps, 0, pretokenized=True)()[0],  # noqa: B023
+            lambda: memmap_run(plan, steps),  # noqa: B023
+            clock="cpu",
+        )
+        out[batch] = (rates, [r for _, r in in_process])
+    doc_plan = compile_plan(index, "plan-loader-64", steps64 + 2, (64, 1024))
+    out["documents"] = loader_rates(
+        lambda: loader_run(doc_plan, doc_steps, 0, output="documents"),
+        lambda: loader_run(doc_plan, doc_steps, 2, output="documents"),
+        lambda: loader_run(doc_plan, doc_steps, 2, plain=True, output="documents"),
+        lambda: loader_run(doc_plan, doc_steps, 1, output="documents"),
+    )
+    return out
+
+
+def print_loaders(lo: dict) -> None:
+    print("loader path: rates per wall second [per second of a dedicated 2-core machine, from CPU times]")
+
+    def kept(rates: list[tuple[float, float]], i: int, j: int = 0) -> str:
+        return f"{rates[i][0] / rates[j][0]:.2f} [{rates[i][1] / rates[j][1]:.2f}]"
+
+    for batch in (64, 8):
+        rates, (inproc_cpu, mm) = lo[batch]
+        (w0, m0), (w2, m2), (w1, m1) = rates
+        print(
+            f"    pre-tokenized batch {batch:2d} x 1,024, M tokens/s: in-process {w0 / 1e6:.1f} "
+            f"[{m0 / 1e6:.1f}], 1 worker {w1 / 1e6:.1f} [{m1 / 1e6:.1f}], "
+            f"2 workers {w2 / 1e6:.1f} [{m2 / 1e6:.1f}]; "
+            f"kept with 2 workers {kept(rates, 1)} (target >= {0.5 if batch == 64 else 0.3})"
+        )
+        print(
+            f"    (d) numpy memmap read of the same ids {mm / 1e6:6.1f} M tokens/s per CPU second; in-process"
+            f" {inproc_cpu / 1e6:6.1f} M, ratio to (d) {inproc_cpu / mm:.2f} (target >= 0.5)"
+        )
+    rates = lo["documents"]
+    (w0, m0), (w2, m2), (wp, mp), (w1, m1) = rates
+    print(
+        f"    documents, k docs/s: in-process {w0 / 1e3:.0f} [{m0 / 1e3:.0f}], 1 worker {w1 / 1e3:.0f} "
+        f"[{m1 / 1e3:.0f}], ds.loader(num_workers=2) {w2 / 1e3:.0f} [{m2 / 1e3:.0f}]; kept {kept(rates, 1)} "
+        f"(target >= 0.6)"
+    )
+    print(
+        f"    documents: plain DataLoader(ds, batch_size=None, num_workers=2) {wp / 1e3:.0f} "
+        f"[{mp / 1e3:.0f}] k docs/s, ratio to ds.loader {kept(rates, 2, 1)} (target >= 0.90)"
+    )
+
+
 def bench_sequential(plan: Path) -> dict:
     files = sorted((Path(json.loads((plan / "manifest.json").read_text())["corpus_root"])).rglob("*.jsonl"))
 
@@ -328,6 +464,8 @@ def main() -> None:
     ap.add_argument("--doc-steps", type=int, default=300)
     ap.add_argument("--token-steps", type=int, default=20)
     ap.add_argument("--gpt-steps", type=int, default=12)
+    ap.add_argument("--loader-steps", type=int, default=300, help="batch-64 steps per loader run (0: skip)")
+    ap.add_argument("--only-loaders", action="store_true", help="measure the loader path only")
     ap.add_argument(
         "--clock",
         choices=sorted(CLOCKS),
@@ -340,6 +478,11 @@ def main() -> None:
     index = prepare(args.mb, tok)
     plan = compile_plan(index, f"plan-{args.mb}mb", max(args.doc_steps, args.token_steps * 20) + 2, TOPOLOGY)
     gpt_plan = compile_plan(index, f"plan-{args.mb}mb-gpt", args.gpt_steps + 1, GPT_TOPOLOGY)
+    loaders = bench_loaders(index, args.loader_steps, args.doc_steps) if args.loader_steps else None
+    if args.only_loaders:
+        print(f"corpus: {args.mb} MB of JSON lines, tokenizer {tok.name}")
+        print_loaders(loaders)
+        return
     seq = bench_sequential(plan)
     docs = bench_documents(plan, args.doc_steps)
     toks = bench_tokens(plan, tok, args.token_steps)
@@ -371,6 +514,8 @@ def main() -> None:
         f"    worker anonymous RSS growth over {toks['anon_steps']} pre-tokenized steps: "
         f"{toks['anon_growth_mb']:+.1f} MB"
     )
+    if loaders:
+        print_loaders(loaders)
     if wait is not None:
         print(
             f"tiny GPT (batch {GPT_TOPOLOGY[0]} x seq_len {GPT_TOPOLOGY[1]}, 1 loader worker): data wait "

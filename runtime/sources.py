@@ -211,8 +211,9 @@ class PretokenizedSource:
         first = cols["token_offset"].astype(np.int64)
         lo, hi = first + start, first + np.minimum(end, stored)
         limit = np.array([maps[f].tokens for f in files], dtype=np.int64)
-        bad = np.flatnonzero((hi > limit) | (lo < 0))
-        if bad.size:
+        outside = (hi > limit) | (lo < 0)
+        if outside.any():
+            bad = np.flatnonzero(outside)
             tf = maps[files[int(bad[0])]]
             raise PlanError(
                 f"{tf.path}: the plan reads tokens [{lo[bad[0]]}, {hi[bad[0]]}) of its {tf.tokens}",
@@ -237,9 +238,9 @@ class PretokenizedSource:
 
 
 def _check_ranges(start: np.ndarray, end: np.ndarray, doc: np.ndarray) -> None:
-    bad = np.flatnonzero((start < 0) | (start >= end) | (end > doc))
-    if bad.size:
-        i = int(bad[0])
+    outside = (start < 0) | (start >= end) | (end > doc)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
         raise PlanError(
             f"plan entry token range [{start[i]}, {end[i]}) is outside its document of {doc[i]} tokens",
             "the plan does not match the index; recompile the plan",
