@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 from torch.utils.data._utils.collate import default_collate_fn_map
 
 from mixtera.runtime.packing import IGNORE_INDEX, PackedStep
@@ -36,10 +37,10 @@ class StepBatch(dict):
     __slots__ = ("packed", "_views")
 
     @classmethod
-    def of(cls, packed: PackedStep, pin_memory: bool = False) -> StepBatch:
+    def of(cls, packed: PackedStep) -> StepBatch:
         b, n = packed.batch_size, packed.seq_len
         size = b * n
-        buffer = torch.empty(3 * size + b, dtype=torch.int64, pin_memory=pin_memory)
+        buffer = torch.empty(3 * size + b, dtype=torch.int64)
         flat = buffer.numpy()
         ids, labels = flat[:size].reshape(b, n), flat[size : 2 * size].reshape(b, n)
         np.copyto(ids, packed.ids.reshape(b, n), casting="safe")
@@ -54,19 +55,29 @@ class StepBatch(dict):
         batch.packed, batch._views = packed, views
         return batch
 
+    @classmethod
+    def in_transit(cls, packed: PackedStep) -> StepBatch:
+        """The batch as a loader worker hands it to the queue: no tensors yet, only what crosses;
+        the receiving process unpickles it into ``StepBatch.of(packed)``."""
+        batch = cls()
+        batch.packed, batch._views = packed, None
+        return batch
+
     def _unchanged(self) -> bool:
-        return len(self) == len(TENSOR_KEYS) + (self.packed.provenance is not None) and all(
-            self.get(k) is v for k, v in zip(TENSOR_KEYS, self._views, strict=True)
-        )
+        views = getattr(self, "_views", None)
+        if views is None:
+            return False
+        keys = len(TENSOR_KEYS) + (self.packed.provenance is not None)
+        return len(self) == keys and all(self.get(k) is v for k, v in zip(TENSOR_KEYS, views, strict=True))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        if self._unchanged():  # the compact form, rebuilt where it arrives
-            return StepBatch.of, (self.packed,)
-        return dict, (dict(self),)  # changed by the user: travels as the plain dict it now is
+        if getattr(self, "packed", None) is not None and (self._views is None or self._unchanged()):
+            return StepBatch.of, (self.packed,)  # the compact form, rebuilt where it arrives
+        return dict, (dict(self),)  # changed (or rebuilt by someone): travels as the plain dict it is
 
     def __copy__(self) -> StepBatch:  # pin_memory and default_convert copy mappings shallowly
         out = StepBatch(self)
-        out.packed, out._views = self.packed, self._views
+        out.packed, out._views = getattr(self, "packed", None), getattr(self, "_views", None)
         return out
 
     def sequences(self) -> list[SequenceItem]:
@@ -117,6 +128,16 @@ def collate_sequences(items: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
 
 
 default_collate_fn_map[SequenceItem] = collate_sequences  # torch's documented extension point
+
+
+def collate_step(item: Any) -> Any:
+    """PlanLoader's collate_fn (``batch_size=None``: one item per step): a PackedStep becomes its
+    StepBatch, built here in-process, or in transit from a loader worker (built on arrival); other
+    items (StepDocuments) pass as they are. A DataLoader rebuilt from ``loader.dataset`` and
+    ``loader.collate_fn`` (as accelerate does) therefore yields the same batches."""
+    if isinstance(item, PackedStep):
+        return StepBatch.in_transit(item) if get_worker_info() is not None else StepBatch.of(item)
+    return item
 
 
 class StepDocuments:

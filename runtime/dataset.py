@@ -16,10 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mixtera.runtime.batches import StepBatch, StepDocuments, collate_sequences
+from mixtera.runtime.batches import StepBatch, StepDocuments, collate_sequences, collate_step
 from mixtera.runtime.data_parallel import data_parallel_rank
 from mixtera.runtime.errors import PlanError, StateError
 from mixtera.runtime.fingerprint import json_digest
@@ -306,18 +305,14 @@ class PlanDataset(IterableDataset):
     def loader(self, num_workers: int = 0, **kwargs: Any) -> PlanLoader:
         """A DataLoader that yields this rank's steps in plan order and keeps ``state_dict`` current.
 
-        Each step crosses from a worker as one compact object and becomes a batch in this process
-        (runtime/batches.py). With a ``collate_fn`` of yours it gets the step's sequences instead.
+        Each step crosses from a worker as one compact object and becomes its batch in this process
+        (runtime/batches.py). A ``collate_fn`` of yours gets the step's sequences instead.
         """
         if self.output == "tokens" and "collate_fn" in kwargs:
             return PlanLoader(self, batch_size=self.batch_size, num_workers=num_workers, **kwargs)
         source = _CompactSteps(self) if self.output == "tokens" else self
-        kwargs.setdefault("collate_fn", _as_is)  # the default would walk every document dict
+        kwargs.setdefault("collate_fn", collate_step)  # the default would walk every document dict
         return PlanLoader(source, batch_size=None, num_workers=num_workers, **kwargs)
-
-
-def _as_is(item: Any) -> Any:
-    return item
 
 
 class _CompactSteps(IterableDataset):
@@ -332,8 +327,6 @@ class _CompactSteps(IterableDataset):
 
 
 def _step_of(batch: Any) -> int | None:
-    if isinstance(batch, StepBatch):
-        return batch.packed.step
     if isinstance(batch, StepDocuments):
         return batch.step
     if isinstance(batch, dict):
@@ -342,8 +335,7 @@ def _step_of(batch: Any) -> int | None:
 
 
 class PlanLoader(DataLoader):
-    """DataLoader that builds each step's batch from its compact form and tells its PlanDataset which
-    step each yielded batch was."""
+    """DataLoader that tells its PlanDataset which step each yielded batch was."""
 
     def __init__(self, dataset: PlanDataset | _CompactSteps, **kwargs: Any) -> None:
         super().__init__(dataset, **kwargs)
@@ -351,10 +343,7 @@ class PlanLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         self.plan_dataset.rewind_finished_validation()  # before the workers get their copies
-        pin = self.pin_memory and torch.accelerator.is_available()  # as DataLoader decides
         for batch in super().__iter__():
-            if isinstance(batch, PackedStep):
-                batch = StepBatch.of(batch, pin_memory=pin)
             step = _step_of(batch)
             if step is not None:
                 self.plan_dataset.mark_consumed(step)

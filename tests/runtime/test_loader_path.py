@@ -64,6 +64,14 @@ def test_plain_dataloader_equals_the_loader(plan: Path, expected: dict, workers:
     assert [_plain(d) for d in got_docs] == expected["documents"]
 
 
+def test_a_dataloader_rebuilt_from_the_loader_yields_the_same(plan: Path, expected: dict) -> None:
+    """What accelerate and other wrappers do: a new DataLoader of loader.dataset and loader.collate_fn."""
+    loader = _ds(plan, "tokens", provenance=True).loader()
+    rebuilt = DataLoader(loader.dataset, batch_size=None, collate_fn=loader.collate_fn, num_workers=2)
+    got = [_plain(b) for b in rebuilt]
+    assert len(got) == STEPS and all(_same(a, b) for a, b in zip(got, expected["tokens"], strict=True))
+
+
 def test_batches_are_views_of_one_buffer(plan: Path) -> None:
     batch = next(iter(_ds(plan, "tokens").loader(num_workers=2)))
     storages = {batch[k].untyped_storage().data_ptr() for k in ("input_ids", "labels", "domain_ids", "step")}
