@@ -289,6 +289,18 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids() -> list[int]:
+    """Processes whose parent is this one (/proc)."""
+    me, out = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+    return out
+
+
 def loader_run(plan: Path, steps: int, workers: int, plain: bool = False, **kwargs) -> object:  # noqa: ANN003
     """A callable that takes steps 1..steps from a new loader (step 0, which starts the workers and
     opens the files, is untimed); documents are read as a training loop would (every text). It
@@ -307,7 +319,7 @@ def loader_run(plan: Path, steps: int, workers: int, plain: bool = False, **kwar
     else:
         def count(batch) -> int:  # noqa: ANN001
             return batch["input_ids"].numel()
-    pids = [w.pid for w in getattr(it, "_workers", [])]
+    pids = child_pids()  # the loader's workers (PlanLoader's iterator is a generator around them)
 
     def run() -> tuple[int, float, float, list[float]]:
         w0, c0, p0 = time.perf_counter(), time.process_time(), [process_cpu(p) for p in pids]
