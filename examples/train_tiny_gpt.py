@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,6 +27,7 @@ from torch import nn
 
 from mixtera.runtime import PlanDataset
 from mixtera.runtime.atomic import atomic_file, write_atomic
+from mixtera.runtime.document_masks import dense_document_mask, flex_block_mask
 from mixtera.runtime.packing import IGNORE_INDEX
 
 DomainHook = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step, tokens[D], loss_sum[D]) of this rank
@@ -39,10 +41,17 @@ class Block(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Any = None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if mask is None:
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif isinstance(mask, torch.Tensor):  # --document-mask on CPU: a dense boolean mask
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:  # --document-mask on a GPU: a FlexAttention block mask
+            from torch.nn.attention.flex_attention import flex_attention
+
+            att = flex_attention(q, k, v, block_mask=mask)
         x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
         return x + self.mlp(self.ln2(x))
 
@@ -52,13 +61,27 @@ class TinyGPT(nn.Module):
         super().__init__()
         self.tok = nn.Embedding(vocab, dim)
         self.pos = nn.Embedding(seq_len, dim)
-        self.blocks = nn.Sequential(*[Block(dim, heads) for _ in range(layers)])
+        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(layers)])
         self.ln = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab, bias=False)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
-        return self.head(self.ln(self.blocks(x)))
+    def forward(self, ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                mask: Any = None) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1]) if position_ids is None else position_ids
+        x = self.tok(ids) + self.pos(positions)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.ln(x))
+
+
+def model_inputs(batch: dict[str, torch.Tensor], document_mask: bool) -> dict[str, Any]:
+    """With --document-mask: positions restart and attention stays inside every packed document
+    (FlexAttention on a GPU; its backward pass does not run on the CPU, so there a dense mask)."""
+    if not document_mask:
+        return {}
+    docs = batch["document_ids"]
+    mask = flex_block_mask(docs) if docs.is_cuda else dense_document_mask(docs)
+    return {"position_ids": batch["position_ids"], "mask": mask}
 
 
 def domain_losses(
@@ -141,6 +164,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--feedback", nargs="?", const="report", choices=["report", "inprocess"],
                    help="report per-domain losses to the plan; `inprocess`: rank 0 also runs the rewrite")
     p.add_argument("--json", action="store_true", help="log one JSON object per step on stdout")
+    p.add_argument("--document-mask", action="store_true",
+                   help="attend within each packed document only (FlexAttention), positions per document")
     p.add_argument("--eval-every", type=int, default=0,
                    help="every N steps, the per-domain loss on the plan's [validation] split (0: never)")
     return p.parse_args()
@@ -152,7 +177,8 @@ def main() -> None:
     rank = dist.get_rank()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    ds = PlanDataset(args.plan, tokenizer=args.tokenizer)  # rank and world size from torch.distributed
+    ds = PlanDataset(args.plan, tokenizer=args.tokenizer,  # rank and world size from torch.distributed
+                     document_masks=args.document_mask)
     vocab = int(ds.tokenizer_info["vocab_size"])
     model = nn.parallel.DistributedDataParallel(TinyGPT(vocab, ds.seq_len))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
@@ -194,7 +220,8 @@ def train(
         if int(batch["step"][0]) != step:
             raise RuntimeError(f"loader yielded step {int(batch['step'][0])}, expected {step}")
         loss, tokens, loss_sum = domain_losses(
-            model(batch["input_ids"]), batch["labels"], batch["domain_ids"], domains
+            model(batch["input_ids"], **model_inputs(batch, args.document_mask)), batch["labels"],
+            batch["domain_ids"], domains,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -212,7 +239,8 @@ def train(
 
 def evaluation_hook(args: argparse.Namespace, model: nn.Module, rank: int) -> DomainHook:
     """Every ``--eval-every`` steps: mean loss per domain over the whole validation split."""
-    val = PlanDataset(args.plan, tokenizer=args.tokenizer, split="validation")
+    val = PlanDataset(args.plan, tokenizer=args.tokenizer, split="validation",
+                      document_masks=args.document_mask)
 
     def evaluate(step: int, _tokens: torch.Tensor, _loss_sum: torch.Tensor) -> None:
         if (step + 1) % args.eval_every:
@@ -222,8 +250,8 @@ def evaluation_hook(args: argparse.Namespace, model: nn.Module, rank: int) -> Do
         loss_sum = torch.zeros_like(tokens)
         with torch.no_grad():
             for batch in val.loader(num_workers=0):  # the same batches at every evaluation
-                _, t, s = domain_losses(model(batch["input_ids"]), batch["labels"], batch["domain_ids"],
-                                        len(val.domains))
+                logits = model(batch["input_ids"], **model_inputs(batch, args.document_mask))
+                _, t, s = domain_losses(logits, batch["labels"], batch["domain_ids"], len(val.domains))
                 tokens, loss_sum = tokens + t, loss_sum + s
         model.train()
         both = torch.stack([tokens, loss_sum])

@@ -25,9 +25,15 @@ import torch
 from torch.utils.data import get_worker_info
 from torch.utils.data._utils.collate import default_collate_fn_map
 
+from mixtera.runtime.document_masks import document_layout
 from mixtera.runtime.packing import IGNORE_INDEX, PackedStep
 
 TENSOR_KEYS = ("input_ids", "labels", "domain_ids", "step")
+MASK_KEYS = ("position_ids", "document_ids")  # with PlanDataset(document_masks=True)
+
+
+def _keys(packed: PackedStep) -> tuple[str, ...]:
+    return TENSOR_KEYS + (MASK_KEYS if packed.token_start is not None else ())
 
 
 class StepBatch(dict):
@@ -40,16 +46,23 @@ class StepBatch(dict):
     def of(cls, packed: PackedStep) -> StepBatch:
         b, n = packed.batch_size, packed.seq_len
         size = b * n
-        buffer = torch.empty(3 * size + b, dtype=torch.int64)
+        planes = 5 if packed.token_start is not None else 3  # ids, labels, domains (+ positions, docs)
+        buffer = torch.empty(planes * size + b, dtype=torch.int64)
         flat = buffer.numpy()
         ids, labels = flat[:size].reshape(b, n), flat[size : 2 * size].reshape(b, n)
         np.copyto(ids, packed.ids.reshape(b, n), casting="safe")
         labels[:, :-1] = ids[:, 1:]
         labels[:, -1] = IGNORE_INDEX
         flat[2 * size : 3 * size] = np.repeat(packed.component, packed.sizes)
-        flat[3 * size :] = packed.step
-        views = (*buffer[: 3 * size].view(3, b, n).unbind(0), buffer[3 * size :])
-        batch = cls(zip(TENSOR_KEYS, views, strict=True))
+        if packed.token_start is not None:
+            positions, documents = document_layout(packed.sizes, packed.token_start, b, n,
+                                                   packed.continue_positions)
+            flat[3 * size : 4 * size] = positions.reshape(-1)
+            flat[4 * size : 5 * size] = documents.reshape(-1)
+        flat[planes * size :] = packed.step
+        rows = buffer[: planes * size].view(planes, b, n).unbind(0)
+        views = (*rows[:3], buffer[planes * size :], *rows[3:])  # in the order of _keys(packed)
+        batch = cls(zip(_keys(packed), views, strict=True))
         if packed.provenance is not None:
             batch["provenance"] = packed.provenance
         batch.packed, batch._views = packed, views
@@ -67,8 +80,9 @@ class StepBatch(dict):
         views = getattr(self, "_views", None)
         if views is None:
             return False
-        keys = len(TENSOR_KEYS) + (self.packed.provenance is not None)
-        return len(self) == keys and all(self.get(k) is v for k, v in zip(TENSOR_KEYS, views, strict=True))
+        keys = _keys(self.packed)
+        return len(self) == len(keys) + (self.packed.provenance is not None) and all(
+            self.get(k) is v for k, v in zip(keys, views, strict=True))
 
     def __reduce__(self) -> tuple[Any, ...]:
         if getattr(self, "packed", None) is not None and (self._views is None or self._unchanged()):
@@ -82,11 +96,12 @@ class StepBatch(dict):
 
     def sequences(self) -> list[SequenceItem]:
         """One item per sequence (views of this batch's rows)."""
-        step, rows = self.packed.step, [v.unbind(0) for v in self._views[:3]]
-        prov = self.packed.provenance
+        step, prov = self.packed.step, self.packed.provenance
+        keys = [k for k in _keys(self.packed) if k != "step"]
+        rows = [v.unbind(0) for k, v in zip(_keys(self.packed), self._views, strict=True) if k != "step"]
         items = []
-        for row, (ids, labels, domains) in enumerate(zip(*rows, strict=True)):
-            item = SequenceItem(input_ids=ids, labels=labels, domain_ids=domains, step=step)
+        for row, values in enumerate(zip(*rows, strict=True)):
+            item = SequenceItem(zip(keys, values, strict=True), step=step)
             if prov is not None:
                 item["provenance"] = prov[row]
             item.batch, item.row, item._values = self, row, dict(item)
@@ -120,7 +135,8 @@ def collate_sequences(items: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
                 for i, it in enumerate(items))
     ):
         return batch
-    out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in TENSOR_KEYS[:3]}
+    stacked = [k for k in (*TENSOR_KEYS[:3], *MASK_KEYS) if k in items[0]]
+    out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in stacked}
     out["step"] = torch.tensor([it["step"] for it in items], dtype=torch.long)
     if "provenance" in items[0]:
         out["provenance"] = [it["provenance"] for it in items]

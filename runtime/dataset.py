@@ -74,10 +74,15 @@ class PlanDataset(IterableDataset):
         device_mesh: Any | None = None,
         process_group: Any | None = None,
         split: str = "train",
+        document_masks: bool = False,
+        continue_positions: bool = False,
     ) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise PlanError(f"output={output!r} is not one of {', '.join(OUTPUTS)}")
+        if (document_masks or continue_positions) and output != "tokens":
+            raise PlanError("document_masks / continue_positions need output='tokens'",
+                            "documents carry their boundaries already: each item is one document")
         self.split = split
         self.plan_path = split_path(Path(plan), split)
         self.output = output
@@ -109,6 +114,7 @@ class PlanDataset(IterableDataset):
             domains=tuple(self.domains), text_field=self.text_field, cache_dir=self.cache_dir,
             pretokenized=self.pretokenized, tokenizer_path=self.tokenizer_path,
             tokenizer_info=self.tokenizer_info, tokenizer_blake2b=self.tokenizer_blake2b,
+            document_masks=document_masks, continue_positions=continue_positions,
         )
         self._next_step = 0  # position of this copy: first step not yet consumed / yielded
         self._stride = 1  # 1: a rank position; w: the position of one of w loader workers

@@ -30,6 +30,9 @@ class PackedStep:
     component: np.ndarray  # per packed entry: its component (domain id)
     sizes: np.ndarray  # per packed entry: its ids in ``ids``, in order
     provenance: Provenance | None
+    # With document masks: per packed entry, the document token its first id is (0: a document start).
+    token_start: np.ndarray | None = None
+    continue_positions: bool = False
 
 
 def pack_step(

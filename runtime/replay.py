@@ -46,6 +46,8 @@ class ReplayConfig:
     tokenizer_path: Path | None
     tokenizer_info: dict[str, Any] | None  # the plan's tokenizer record
     tokenizer_blake2b: str | None  # the digest checked at construction
+    document_masks: bool = False  # tokens: add position_ids and document_ids (runtime/document_masks.py)
+    continue_positions: bool = False
 
 
 class Replay:
@@ -118,6 +120,9 @@ class Replay:
         flat = self.tokens.flat(ent.row, cols, ent.token_start, ent.token_end)
         sizes = ent.token_end - ent.token_start
         packed = pack_step(flat, sizes, ent.component, self.cfg.batch_size, self.cfg.seq_len, step)
+        if self.cfg.document_masks:
+            packed.token_start = ent.token_start.astype(np.int64)
+            packed.continue_positions = self.cfg.continue_positions
         if self.cfg.with_provenance:
             files, records, paths = ent.file.tolist(), ent.record.tolist(), self.paths
             packed.provenance = [
