@@ -70,6 +70,7 @@ def test_varlen_metadata_gives_every_slice_its_length(plan: Path, tiny_tokenizer
     assert cu.dtype == torch.int32 and torch.diff(cu).tolist() == lengths and longest == max(lengths)
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager on CPU: fine here
 def test_the_flex_block_mask_keeps_attention_inside_each_document() -> None:
     pytest.importorskip("torch.nn.attention.flex_attention")
     from torch.nn.attention.flex_attention import flex_attention
