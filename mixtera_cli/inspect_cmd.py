@@ -81,7 +81,8 @@ def render_index(stats: dict[str, Any]) -> None:
 
 
 def _tokenizer_text(tok: dict[str, Any]) -> str:
-    return f"{tok['name']} (vocab {tok['vocab_size']:,}, eos id {tok['eos_id']}, eos={tok['eos']})"
+    bos = f", bos id {tok['bos_id']}" if tok.get("bos") else ""
+    return f"{tok['name']} (vocab {tok['vocab_size']:,}, eos id {tok['eos_id']}, eos={tok['eos']}{bos})"
 
 
 def _property_table(name: str, prop: dict[str, Any]) -> Table:

@@ -23,6 +23,7 @@ from mixtera.runtime.format.rank_file import RankFileReader
 from mixtera.runtime.format.rank_frames import Segment
 from mixtera.runtime.shuffle import stream_samples
 from mixtera.runtime.stream_rows import stream_rows
+from mixtera.runtime.tokenizer import framing_tokens
 from mixtera.runtime.versions import VersionResolver
 
 PLAN_KIND = "mixtera-plan"
@@ -87,6 +88,8 @@ class Plan:
         self.unit: str = manifest["unit"]
         tokenizer = manifest.get("tokenizer") or {}
         self.eos: bool = bool(tokenizer.get("eos", False))
+        self.bos: bool = bool(tokenizer.get("bos", False))
+        self.framing = framing_tokens(tokenizer)  # eos and bos tokens around every document
         self.components = [PlanComponent(id=c["id"], name=c["name"], stream=c["stream"],
                                          first_row=c["first_row"], rows=c["rows"])
                            for c in manifest["components"]]
@@ -179,7 +182,7 @@ class Plan:
         rows = stream_rows(segment.component, segment.position, self._comp_rows, self._comp_first,
                            self.seed, self._comp_streams)  # every component at once: one walk
         meta = np.take(self.samples, rows)  # a plain gather; memmap fancy indexing is ~3x slower
-        doc = meta["tokens"].astype(np.int64) + (1 if self.eos else 0)
+        doc = meta["tokens"].astype(np.int64) + self.framing
         start = segment.token_start.astype(np.int64)
         end = segment.token_end.astype(np.int64)
         end = np.where(end == 0, doc, end)

@@ -67,16 +67,17 @@ class Replay:
         }
         info = cfg.tokenizer_info or {}
         self.eos_id = int(info["eos_id"]) if self.plan.eos else None
+        self.bos_id = int(info["bos_id"]) if self.plan.bos else None
         self.texts = TextSource(files, cfg.text_field, cfg.cache_dir)
         self.paths = {int(f["file_id"]): f["path"] for f in self.plan.files}
         self.tokens: Any = None
         if cfg.output == "tokens" and cfg.pretokenized:
             token_dir = Path(manifest["token_files"]["dir"])
             check_index_unchanged(manifest, token_dir.parent)
-            self.tokens = PretokenizedSource(token_dir, self.eos_id)
+            self.tokens = PretokenizedSource(token_dir, self.eos_id, self.bos_id)
         elif cfg.output == "tokens":
             tok, _ = load_tokenizer(cfg.tokenizer_path, cfg.tokenizer_info)
-            self.tokens = TokenizingSource(self.texts, tok, self.eos_id)
+            self.tokens = TokenizingSource(self.texts, tok, self.eos_id, self.bos_id)
         # The one choice of version: waits for a pending decision, publishes "keep" on timeout.
         self.resolver = VersionResolver(self.plan.path, manifest, who=f"rank {cfg.rank}")
         self.workers = 1  # loader workers: each resolves only its own steps of a segment
@@ -114,7 +115,7 @@ class Replay:
             "file": ent.file,
             "offset": ent.offset,
             "length": ent.length,
-            "tokens": ent.doc_tokens - (1 if self.eos_id is not None else 0),
+            "tokens": ent.doc_tokens - (self.eos_id is not None) - (self.bos_id is not None),
             "token_offset": ent.token_offset,
         }
         flat = self.tokens.flat(ent.row, cols, ent.token_start, ent.token_end)

@@ -95,10 +95,13 @@ class DocCache:
 class TokenizingSource:
     """Token ids by reading and tokenizing texts; documents that are continued later stay cached."""
 
-    def __init__(self, texts: TextSource, tokenizer: Any, eos_id: int | None) -> None:
+    def __init__(self, texts: TextSource, tokenizer: Any, eos_id: int | None,
+                 bos_id: int | None = None) -> None:
         self.text_source = texts
         self.tokenizer = tokenizer
         self.eos_id = eos_id
+        self.bos_id = bos_id
+        self.specials = (eos_id is not None) + (bos_id is not None)  # framing tokens per document
         self.cache = DocCache()
 
     def documents(self, rows: np.ndarray, cols: dict[str, np.ndarray], keep: np.ndarray) -> list[np.ndarray]:
@@ -126,6 +129,8 @@ class TokenizingSource:
                 _check_count(len(ids), int(cols["tokens"][i]), r)
                 if self.eos_id is not None:
                     ids.append(self.eos_id)  # a fresh list: one conversion, no copy
+                if self.bos_id is not None:
+                    ids.insert(0, self.bos_id)
                 found[r] = np.array(ids, dtype=np.int64)
                 if r in keep_rows:
                     self.cache.put(r, found[r])
@@ -135,7 +140,7 @@ class TokenizingSource:
         self, rows: np.ndarray, cols: dict[str, np.ndarray], start: np.ndarray, end: np.ndarray
     ) -> np.ndarray:
         """The ids of ranges ``[start, end)`` of every row's document, concatenated."""
-        doc = cols["tokens"].astype(np.int64) + (self.eos_id is not None)
+        doc = cols["tokens"].astype(np.int64) + self.specials
         docs = self.documents(rows, cols, keep=end < doc)
         _check_ranges(start, end, doc)  # documents() checked every length against ``doc``
         pieces = [d[s:e] for d, s, e in zip(docs, start.tolist(), end.tolist(), strict=True)]
@@ -175,9 +180,10 @@ def check_index_unchanged(plan_manifest: dict[str, Any], index_dir: Path) -> Non
 class PretokenizedSource:
     """Token ids sliced from the memory-mapped ``tokens/<file_id>.bin`` files of the index."""
 
-    def __init__(self, token_dir: Path, eos_id: int | None) -> None:
+    def __init__(self, token_dir: Path, eos_id: int | None, bos_id: int | None = None) -> None:
         self.token_dir = token_dir
         self.eos_id = eos_id
+        self.bos_id = bos_id
         self._open: OrderedDict[int, TokenFile] = OrderedDict()
 
     def _file(self, file_id: int) -> TokenFile:
@@ -200,16 +206,19 @@ class PretokenizedSource:
     ) -> np.ndarray:
         """The ids of ranges ``[start, end)`` of every row's document, concatenated.
 
-        Each range is a view of the mapped token file; the end-of-document id, which the files do
-        not store, is appended where a range reaches it.
+        Each range is a view of the mapped token file; the begin- and end-of-document ids, which the
+        files do not store, are inserted where a range covers them (document coordinate 0 is the
+        begin-of-document id when the index has one).
         """
         stored = cols["tokens"].astype(np.int64)
-        _check_ranges(start, end, stored + (self.eos_id is not None))
+        bos = int(self.bos_id is not None)
+        _check_ranges(start, end, stored + (self.eos_id is not None) + bos)
         files = cols["file"].tolist()
         self._trim()
         maps = {f: self._file(f) for f in set(files)}
         first = cols["token_offset"].astype(np.int64)
-        lo, hi = first + start, first + np.minimum(end, stored)
+        lo = first + np.maximum(start - bos, 0)
+        hi = np.maximum(first + np.minimum(end - bos, stored), lo)
         limit = np.array([maps[f].tokens for f in files], dtype=np.int64)
         outside = (hi > limit) | (lo < 0)
         if outside.any():
@@ -221,15 +230,20 @@ class PretokenizedSource:
             )
         # Copy each range into its place in one array of the files' dtype (StepBatch.of widens it),
         # then write every end-of-document id at once: no per-entry pieces to concatenate.
-        with_eos = end > stored if self.eos_id is not None else np.zeros(len(files), dtype=bool)
-        sizes = hi - lo + with_eos
+        none = np.zeros(len(files), dtype=bool)
+        with_eos = end > stored + bos if self.eos_id is not None else none
+        with_bos = (start == 0) & (end > 0) if bos else none
+        sizes = hi - lo + with_eos + with_bos
         at = np.cumsum(sizes) - sizes
-        dtype = np.result_type(*{tf.ids.dtype for tf in maps.values()}, np.min_scalar_type(self.eos_id or 0))
+        specials = np.min_scalar_type(max(self.eos_id or 0, self.bos_id or 0))
+        dtype = np.result_type(*{tf.ids.dtype for tf in maps.values()}, specials)
         out = np.empty(int(sizes.sum()), dtype=dtype)
         arrays = {f: tf.ids for f, tf in maps.items()}
-        for f, a, b, o in zip(files, lo.tolist(), hi.tolist(), at.tolist(), strict=True):
+        body = (at + with_bos).tolist()
+        for f, a, b, o in zip(files, lo.tolist(), hi.tolist(), body, strict=True):
             out[o : o + b - a] = arrays[f][a:b]
         out[(at + sizes - 1)[with_eos]] = self.eos_id or 0
+        out[at[with_bos]] = self.bos_id or 0
         return out
 
     def close(self) -> None:

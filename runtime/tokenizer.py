@@ -56,3 +56,10 @@ def load_tokenizer(path: Path | str, expected: dict[str, Any] | None) -> tuple[A
     """Load a HF ``tokenizer.json`` after checking it against the plan's tokenizer record."""
     digest = check_tokenizer(path, expected)
     return cached_tokenizer(str(Path(path).resolve()), digest), digest
+
+
+def framing_tokens(tokenizer: dict[str, Any] | None) -> int:
+    """Tokens a document's frame adds to its span: the end-of-document token with ``eos``, the
+    begin-of-document token with ``bos`` (the index's tokenizer record)."""
+    record = tokenizer or {}
+    return int(bool(record.get("eos"))) + int(bool(record.get("bos")))

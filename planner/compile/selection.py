@@ -16,6 +16,7 @@ from mixtera.planner.index import IndexTables
 from mixtera.planner.mixture.spec import NATURAL, ComponentSpec, MixtureSpec, Weight
 from mixtera.planner.mixture.where import parse, referenced, where_mask
 from mixtera.runtime.errors import ConfigError
+from mixtera.runtime.tokenizer import framing_tokens
 
 FILTER_COLUMNS = ("tokens", "text_bytes")  # reserved columns a `where` may also use
 
@@ -26,7 +27,7 @@ class Selection:
 
     names: tuple[str, ...]
     rows: tuple[np.ndarray, ...]
-    spans: tuple[np.ndarray, ...]  # tokens (+1 with eos) per member, or 1 per member for samples
+    spans: tuple[np.ndarray, ...]  # tokens (+1 with eos, +1 with bos) per member, or 1 for samples
     dropped: tuple[int, ...]  # members left out because they hold no token
 
     def sizes(self) -> np.ndarray:
@@ -71,8 +72,7 @@ def _token_spans(spec: MixtureSpec, index: IndexTables) -> np.ndarray | None:
                           f"{index.path} has none (it was built without a tokenizer)",
                           "re-index with a tokenizer (`tokenizer = \"tokenizer.json\"` under [index] in "
                           "the index config), or use unit = \"samples\"")
-    eos = 1 if tokenizer.get("eos") else 0
-    return pc.fill_null(col, 0).to_numpy().astype(np.int64) + eos
+    return pc.fill_null(col, 0).to_numpy().astype(np.int64) + framing_tokens(tokenizer)
 
 
 def _match(spec: MixtureSpec, leaf: ComponentSpec, index: IndexTables) -> np.ndarray:

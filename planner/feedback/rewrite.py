@@ -40,6 +40,7 @@ from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
 from mixtera.runtime.format.rank_frames import BlockEncoder
 from mixtera.runtime.plan import read_manifest
 from mixtera.runtime.shuffle import stream_samples
+from mixtera.runtime.tokenizer import framing_tokens
 from mixtera.runtime.versions import DECISION_KIND, DecisionSchedule, VersionResolver, publish_version
 
 
@@ -86,8 +87,8 @@ class PlanContext:
 
     @property
     def eos(self) -> int:
-        """Tokens a document's end-of-text adds to its span (1 when the tokenizer has one)."""
-        return 1 if (self.manifest.get("tokenizer") or {}).get("eos") else 0
+        """Tokens a document's frame (end- and begin-of-document tokens) adds to its span."""
+        return framing_tokens(self.manifest.get("tokenizer"))
 
     def samples(self) -> np.ndarray:
         if self._samples is None:

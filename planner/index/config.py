@@ -61,6 +61,8 @@ class IndexConfig:
     tokenizer: str | None = None  # absolute path once resolved
     eos: bool = True
     eos_token: str | None = None
+    bos: bool = False  # a begin-of-document token before every document, counted like eos
+    bos_token: str | None = None
     function: str | None = None  # "module:function" mapping (record, relpath) -> dict
     properties: tuple[PropertySpec, ...] = ()
     base_dir: str | None = field(default=None, compare=False)  # folder of the config file
@@ -96,10 +98,12 @@ class IndexConfig:
                 p.name: {"type": p.type, "from": list(p.from_), "path": p.path, "default": p.default}
                 for p in sorted(self.properties, key=lambda p: p.name)
             },
+            # only when set, so that indexes without a begin-of-document token keep their bytes
+            **({"bos": True, "bos_token": self.bos_token} if self.bos else {}),
         }
 
 
-_INDEX_KEYS = {"text", "on_error", "tokenizer", "eos", "eos_token", "function"}
+_INDEX_KEYS = {"text", "on_error", "tokenizer", "eos", "eos_token", "bos", "bos_token", "function"}
 _PROPERTY_KEYS = {"type", "from", "path", "default"}
 _TOP_KEYS = {"index", "properties"}
 
@@ -121,6 +125,8 @@ def parse_config(text: str, *, where: str = "index config", base_dir: Path | Non
         tokenizer=tokenizer,
         eos=_bool(index, "eos", True, where),
         eos_token=_opt_str(index, "eos_token", where),
+        bos=_bool(index, "bos", False, where),
+        bos_token=_opt_str(index, "bos_token", where),
         function=_opt_str(index, "function", where),
         properties=specs,
         base_dir=str(base_dir) if base_dir is not None else None,

@@ -10,6 +10,7 @@ from mixtera.runtime.errors import ConfigError
 from mixtera.runtime.tokenizer import cached_tokenizer, tokenizer_blake2b
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
+BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>")
 
 
 def tokenizer_identity(cfg: IndexConfig) -> dict[str, Any]:
@@ -26,7 +27,22 @@ def tokenizer_identity(cfg: IndexConfig) -> dict[str, Any]:
         "vocab_size": tok.get_vocab_size(with_added_tokens=True),
         "eos_id": _eos_id(tok, cfg, path),
         "eos": cfg.eos,
+        **({"bos": True, "bos_id": _bos_id(tok, cfg, path)} if cfg.bos else {}),
     }
+
+
+def _bos_id(tok: Any, cfg: IndexConfig, path: Path) -> int:
+    names = (cfg.bos_token,) if cfg.bos_token else BOS_CANDIDATES
+    for name in names:
+        token_id = tok.token_to_id(name)
+        if token_id is not None:
+            return int(token_id)
+    if cfg.bos_token:
+        raise ConfigError(f"tokenizer {path} has no token {cfg.bos_token!r} (bos_token)",
+                          "set [index] bos_token to a token of the vocabulary")
+    raise ConfigError(
+        f"tokenizer {path} has none of the begin-of-document tokens {', '.join(BOS_CANDIDATES)}",
+        'set [index] bos_token = "...", or drop bos = true')
 
 
 def _eos_id(tok: Any, cfg: IndexConfig, path: Path) -> int | None:

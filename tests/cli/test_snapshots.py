@@ -121,7 +121,7 @@ exit code: 1
 ----- stderr -----
 error: typo-index.toml: unknown key [index] 'on_eror'
 
-hint: allowed keys there: eos, eos_token, function, on_error, text, tokenizer (see man/mixtera-index.md)
+hint: allowed keys there: bos, bos_token, eos, eos_token, function, on_error, text, tokenizer (see man/mixtera-index.md)
 """)
 
 
