@@ -87,23 +87,43 @@ class Plan:
         self.unit: str = manifest["unit"]
         tokenizer = manifest.get("tokenizer") or {}
         self.eos: bool = bool(tokenizer.get("eos", False))
-        self.components = [PlanComponent(id=c["id"], name=c["name"], stream=c["stream"],
-                                         first_row=c["first_row"], rows=c["rows"])
+        self._samples: np.ndarray | None = None
+        self.components = [PlanComponent(id=c.get("id"), name=c.get("name"), stream=c.get("stream"),
+                                         first_row=c.get("first_row"), rows=c.get("rows"))
                            for c in manifest["components"]]
+        self._check_components()
         self._comp_rows = np.array([c.rows for c in self.components], dtype=np.int64)
         self._comp_first = np.array([c.first_row for c in self.components], dtype=np.int64)
         self._comp_streams = [c.stream for c in self.components]
         self.files: list[dict[str, Any]] = manifest["files"]
         self.corpus_root = Path(manifest["corpus_root"])
-        self._samples: np.ndarray | None = None
         self._readers: dict[tuple[int, int], RankFileReader] = {}
         self.versions = VersionResolver(path, manifest)  # for reads: never waits, never publishes
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: Path | str) -> Plan:
+        """Open a plan; its components must tile ``samples.npy`` (checked from the npy header)."""
         path = Path(path)
         return cls(path, read_manifest(path))
+
+    def _check_components(self) -> None:
+        """Component ``k`` owns rows ``[first_row, first_row + rows)`` of samples.npy; the compiler lays
+        them out in id order, back to back, covering the table: anything else would read other rows."""
+        where, hint = self.path / MANIFEST, "the manifest was edited or is damaged: recompile the plan"
+        at = 0
+        for k, c in enumerate(self.components):
+            fields = (c.id, c.first_row, c.rows)
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in fields) or c.id != k \
+                    or c.first_row != at or c.rows < 0:
+                raise PlanError(f"{where}: component {k} ({c.name!r}) has id {c.id!r}, first_row "
+                                f"{c.first_row!r}, rows {c.rows!r}; expected id {k}, first_row {at} and "
+                                "rows >= 0 (components own consecutive rows of the sample table)", hint)
+            at += c.rows
+        table = len(self.samples)
+        if at != table:
+            raise PlanError(f"{where}: the components own {at} rows, {self.path / SAMPLES} holds {table}",
+                            hint)
 
     @property
     def fingerprint(self) -> str:
