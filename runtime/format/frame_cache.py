@@ -162,9 +162,8 @@ class FramedFile:
         if table_at < _HEADER.size:
             raise PlanError(f"{cache_path}: its header declares {frames} frames, more than its {size} "
                             "bytes hold", fmt.hint)
-        # a copy (8 bytes per frame), so that no view pins the map
-        table = np.frombuffer(self._map, dtype="<u8", count=frames + 1, offset=table_at)
-        self._offsets = table.astype(np.int64)
+        # a copy (8 bytes per frame; slicing a map copies), so that no view pins the map
+        self._offsets = np.frombuffer(self._map[table_at:], dtype="<u8").astype(np.int64)
         check_size(cache_path, fmt, size=size, declared=int(self._offsets[-1]) + (frames + 1) * 8,
                    by=f"its seek table ({frames} frames ending at byte {int(self._offsets[-1])})")
         if self.frame_bytes == 0 or frames != -(-self.size // self.frame_bytes):
