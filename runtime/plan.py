@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mixtera.runtime.confine import recorded_dir
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.plan_dir import MANIFEST, SAMPLES, rank_file_path
 from mixtera.runtime.format.rank_file import RankFileReader
@@ -28,6 +29,7 @@ from mixtera.runtime.versions import VersionResolver
 PLAN_KIND = "mixtera-plan"
 PLAN_FORMAT_VERSION = "1.0"
 SPLITS = ("train", "validation")  # PLAN/validation/ (plan_dir.VALIDATION) holds the validation split
+_EDITED = "the manifest was edited or is damaged: recompile the plan"
 NO_TOKEN_OFFSET = np.uint64(2**64 - 1)
 SAMPLE_DTYPE = np.dtype([("file", "<u4"), ("record", "<u8"), ("offset", "<u8"), ("length", "<u8"),
                          ("tokens", "<u4"), ("token_offset", "<u8")])
@@ -96,7 +98,8 @@ class Plan:
         self._comp_first = np.array([c.first_row for c in self.components], dtype=np.int64)
         self._comp_streams = [c.stream for c in self.components]
         self.files: list[dict[str, Any]] = manifest["files"]
-        self.corpus_root = Path(manifest["corpus_root"])
+        self.corpus_root = recorded_dir(manifest.get("corpus_root"), what="corpus_root",
+                                        where=str(path / MANIFEST), hint=_EDITED)
         self._readers: dict[tuple[int, int], RankFileReader] = {}
         self.versions = VersionResolver(path, manifest)  # for reads: never waits, never publishes
 
@@ -110,7 +113,7 @@ class Plan:
     def _check_components(self) -> None:
         """Component ``k`` owns rows ``[first_row, first_row + rows)`` of samples.npy; the compiler lays
         them out in id order, back to back, covering the table: anything else would read other rows."""
-        where, hint = self.path / MANIFEST, "the manifest was edited or is damaged: recompile the plan"
+        where, hint = self.path / MANIFEST, _EDITED
         at = 0
         for k, c in enumerate(self.components):
             fields = (c.id, c.first_row, c.rows)
