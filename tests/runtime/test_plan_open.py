@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from mixtera.planner.compile.pipeline import compile_file
 from mixtera.planner.index.schema import load_index
 from mixtera.runtime import PlanDataset
 from mixtera.runtime.errors import PlanError
-from mixtera.runtime.plan import Plan
+from mixtera.runtime.plan import CHECKSUMS, Plan
+from tests.helpers.plan_checks import write_mixture
 from tests.helpers.small_plan import WORLD, small_plan
 from tests.helpers.synthetic_index import write_synthetic_index
 
@@ -81,3 +83,53 @@ def test_an_index_whose_paths_leave_the_corpus_root_is_refused_by_compile(tmp_pa
     (index / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PlanError, match=r"files\[0\]: corpus file path '../../x/secret.jsonl' leaves"):
         load_index(index)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("compiled")
+    index = write_synthetic_index(root / "index", 400, tokens=(5, 100))
+    compile_file(write_mixture(root / "mix.toml", index), root / "plan")
+    return root / "plan"
+
+
+def _copy(plan: Path, tmp: Path) -> Path:
+    shutil.copytree(plan, tmp / "plan")
+    return tmp / "plan"
+
+
+@pytest.mark.parametrize("edit", ["seed", "rows", "format_version", "files"])
+def test_an_edited_manifest_is_refused_at_open(compiled: Path, tmp_path: Path, edit: str) -> None:
+    """Edits that the fingerprint or the layout checks cannot see (a seed, rows moved between
+    components) would replay other data: the manifest's checksum refuses them."""
+    plan = _copy(compiled, tmp_path)
+    def move_row(m: dict) -> None:  # the layout still tiles the table
+        a, b = m["components"][0], m["components"][1]
+        a["rows"], b["first_row"], b["rows"] = a["rows"] - 1, b["first_row"] - 1, b["rows"] + 1
+
+    changes = {"seed": lambda m: m.__setitem__("seed", m["seed"] + 1), "rows": move_row,
+               "format_version": lambda m: m.__setitem__("format_version", "1.0"),
+               "files": lambda m: m["files"][0].__setitem__("size", m["files"][0]["size"] + 1)}
+    _edit_manifest(plan, changes[edit])
+    with pytest.raises(PlanError, match="manifest.json: its content hash .* differs") as err:
+        Plan.open(plan)
+    assert "recompile" in err.value.hint
+
+
+def test_a_manifest_that_drops_its_checksums_is_refused(compiled: Path, tmp_path: Path) -> None:
+    plan = _copy(compiled, tmp_path)
+    _edit_manifest(plan, lambda m: m.pop(CHECKSUMS))
+    with pytest.raises(PlanError, match="records no valid checksums"):
+        Plan.open(plan)
+
+
+def test_a_flipped_bit_in_the_sample_table_is_refused_before_anything_is_resolved(compiled: Path,
+                                                                                   tmp_path: Path) -> None:
+    plan = _copy(compiled, tmp_path)
+    data = bytearray((plan / "samples.npy").read_bytes())
+    data[len(data) // 2] ^= 0x04  # e.g. a record offset: the wrong bytes of a corpus file
+    (plan / "samples.npy").write_bytes(bytes(data))
+    with Plan.open(plan) as p, pytest.raises(PlanError, match=r"samples.npy: its content hash differs"):
+        p.step_entries(0, 0)
+    with Plan.open(compiled) as p:  # the intact plan resolves
+        assert len(p.step_entries(0, 0)) > 0
