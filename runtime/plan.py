@@ -94,7 +94,7 @@ class Plan:
         self._samples: np.ndarray | None = None
         self.components = [PlanComponent(id=c.get("id"), name=c.get("name"), stream=c.get("stream"),
                                          first_row=c.get("first_row"), rows=c.get("rows"))
-                           for c in manifest["components"]]
+                           for c in (x if isinstance(x, dict) else {} for x in manifest["components"])]
         self._check_components()
         self._comp_rows = np.array([c.rows for c in self.components], dtype=np.int64)
         self._comp_first = np.array([c.first_row for c in self.components], dtype=np.int64)

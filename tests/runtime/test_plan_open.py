@@ -31,9 +31,12 @@ def _edit_manifest(plan: Path, edit) -> None:
     path.write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("value", [10**9, 1, -1, "0", 2.0, None])
+@pytest.mark.parametrize("value", [10**9, 1, -1, "0", 2.0, None, "not a component"])
 def test_a_corrupted_first_row_is_refused_at_open(plan: Path, value: object) -> None:
-    _edit_manifest(plan, lambda m: m["components"][1].__setitem__("first_row", value))
+    if value == "not a component":
+        _edit_manifest(plan, lambda m: m["components"].__setitem__(1, value))
+    else:
+        _edit_manifest(plan, lambda m: m["components"][1].__setitem__("first_row", value))
     with pytest.raises(PlanError, match=r"manifest.json: component 1 .*first_row") as err:
         Plan.open(plan)
     assert "recompile" in err.value.hint
