@@ -9,7 +9,9 @@ count is the hypothesis profile's (tests/conftest.py: 100 in CI); run longer wit
 
 from __future__ import annotations
 
+import atexit
 import gzip
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +31,8 @@ from mixtera.runtime.format.token_file import TokenFile, write_token_file
 
 FP = "ab" * 16
 DOMAINS = 3
-_DIR = Path(tempfile.mkdtemp(prefix="mixtera-fuzz-"))
+_DIR = Path(tempfile.mkdtemp(prefix="mixtera-fuzz-"))  # module-level: hypothesis examples share it
+atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
 
 
 def _rank_seed() -> bytes:
