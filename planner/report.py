@@ -65,8 +65,11 @@ def replayed(path: Path | str) -> Replayed:
                 lo, hi = k * seg, min((k + 1) * seg, plan.steps)
                 full[lo:hi] = arrays[v][lo - first[v]: hi - first[v]]
         out[name] = full
-    by_version = {0: plan.manifest["segments"], **{int(d["version"]): d["segments"] for d in found}}
-    first_seg = {0: 0, **{int(d["version"]): int(d["first_segment"]) for d in found}}
+    # Segments are served by data versions: the compiled plan and rewrites; a "keep" decision has
+    # no files (and no segments) of its own, its data_version names the rewrite that keeps serving.
+    rewrites = [d for d in found if int(d["data_version"]) == int(d["version"])]
+    by_version = {0: plan.manifest["segments"], **{int(d["version"]): d["segments"] for d in rewrites}}
+    first_seg = {0: 0, **{int(d["version"]): int(d["first_segment"]) for d in rewrites}}
     entries = sum(int(by_version[v][k - first_seg[v]].get("entries", 0)) for k, v in enumerate(versions))
     return Replayed(quotas=out[QUOTAS], weights=out[WEIGHTS], versions=versions, decided=decided,
                     entries=entries)

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from mixtera.runtime.confine import recorded_dir
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.fingerprint import ContentHasher, canonical_json, file_content_hash
 from mixtera.runtime.format.plan_dir import MANIFEST, SAMPLES, rank_file_path
 from mixtera.runtime.format.rank_file import RankFileReader
 from mixtera.runtime.format.rank_frames import Segment
@@ -27,8 +29,10 @@ from mixtera.runtime.tokenizer import framing_tokens
 from mixtera.runtime.versions import VersionResolver
 
 PLAN_KIND = "mixtera-plan"
-PLAN_FORMAT_VERSION = "1.0"
+PLAN_FORMAT_VERSION = "1.1"  # 1.1: the manifest's "checksums" (manifest, samples.npy)
+CHECKSUMS = "checksums"  # {"manifest": <content hash>, "samples.npy": <content hash>}
 SPLITS = ("train", "validation")  # PLAN/validation/ (plan_dir.VALIDATION) holds the validation split
+_EDITED = "the manifest was edited or is damaged: recompile the plan"
 NO_TOKEN_OFFSET = np.uint64(2**64 - 1)
 SAMPLE_DTYPE = np.dtype([("file", "<u4"), ("record", "<u8"), ("offset", "<u8"), ("length", "<u8"),
                          ("tokens", "<u4"), ("token_offset", "<u8")])
@@ -90,23 +94,44 @@ class Plan:
         self.eos: bool = bool(tokenizer.get("eos", False))
         self.bos: bool = bool(tokenizer.get("bos", False))
         self.framing = framing_tokens(tokenizer)  # eos and bos tokens around every document
-        self.components = [PlanComponent(id=c["id"], name=c["name"], stream=c["stream"],
-                                         first_row=c["first_row"], rows=c["rows"])
-                           for c in manifest["components"]]
+        self._samples: np.ndarray | None = None
+        self.components = [PlanComponent(id=c.get("id"), name=c.get("name"), stream=c.get("stream"),
+                                         first_row=c.get("first_row"), rows=c.get("rows"))
+                           for c in (x if isinstance(x, dict) else {} for x in manifest["components"])]
+        self._check_components()
         self._comp_rows = np.array([c.rows for c in self.components], dtype=np.int64)
         self._comp_first = np.array([c.first_row for c in self.components], dtype=np.int64)
         self._comp_streams = [c.stream for c in self.components]
         self.files: list[dict[str, Any]] = manifest["files"]
-        self.corpus_root = Path(manifest["corpus_root"])
-        self._samples: np.ndarray | None = None
+        self.corpus_root = recorded_dir(manifest.get("corpus_root"), what="corpus_root",
+                                        where=str(path / MANIFEST), hint=_EDITED)
         self._readers: dict[tuple[int, int], RankFileReader] = {}
         self.versions = VersionResolver(path, manifest)  # for reads: never waits, never publishes
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: Path | str) -> Plan:
+        """Open a plan; its components must tile ``samples.npy`` (checked from the npy header)."""
         path = Path(path)
         return cls(path, read_manifest(path))
+
+    def _check_components(self) -> None:
+        """Component ``k`` owns rows ``[first_row, first_row + rows)`` of samples.npy; the compiler lays
+        them out in id order, back to back, covering the table: anything else would read other rows."""
+        where, hint = self.path / MANIFEST, _EDITED
+        at = 0
+        for k, c in enumerate(self.components):
+            fields = (c.id, c.first_row, c.rows)
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in fields) or c.id != k \
+                    or c.first_row != at or c.rows < 0:
+                raise PlanError(f"{where}: component {k} ({c.name!r}) has id {c.id!r}, first_row "
+                                f"{c.first_row!r}, rows {c.rows!r}; expected id {k}, first_row {at} and "
+                                "rows >= 0 (components own consecutive rows of the sample table)", hint)
+            at += c.rows
+        table = len(self._sample_table())  # from the npy header
+        if at != table:
+            raise PlanError(f"{where}: the components own {at} rows, {self.path / SAMPLES} holds {table}",
+                            hint)
 
     @property
     def fingerprint(self) -> str:
@@ -118,18 +143,28 @@ class Plan:
 
     @property
     def samples(self) -> np.ndarray:
-        """The plan's sample table (memory-mapped structured array, see SAMPLE_DTYPE)."""
+        """The plan's sample table (memory-mapped structured array, see SAMPLE_DTYPE), its content
+        hash checked against the manifest on first use (once per Plan: ~10 GB/s, xxh3_128)."""
         if self._samples is None:
-            spath = self.path / SAMPLES
-            try:
-                arr = np.load(spath, mmap_mode="r")
-            except (OSError, ValueError) as exc:
-                raise PlanError(f"{spath}: cannot be read ({exc})", "recompile the plan") from None
-            if arr.dtype != SAMPLE_DTYPE:
-                raise PlanError(f"{spath}: dtype {arr.dtype} is not the plan sample dtype",
-                                "recompile the plan with this version of mixtera")
+            spath, arr = self.path / SAMPLES, self._sample_table()
+            expected = (self.manifest.get(CHECKSUMS) or {}).get(SAMPLES)
+            if expected is not None and file_content_hash(spath) != expected:
+                raise PlanError(f"{spath}: its content hash differs from the one the manifest records "
+                                f"({expected}): the sample table is damaged", "recompile the plan")
             self._samples = arr
         return self._samples
+
+    def _sample_table(self) -> np.ndarray:
+        """samples.npy memory-mapped, its dtype checked (its content is not read)."""
+        spath = self.path / SAMPLES
+        try:
+            arr = np.load(spath, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise PlanError(f"{spath}: cannot be read ({exc})", "recompile the plan") from None
+        if arr.dtype != SAMPLE_DTYPE:
+            raise PlanError(f"{spath}: dtype {arr.dtype} is not the plan sample dtype",
+                            "recompile the plan with this version of mixtera")
+        return arr
 
     # -- segments ------------------------------------------------------------------------------
     def segment_of_step(self, step: int) -> int:
@@ -230,7 +265,40 @@ def read_manifest(plan_dir: Path) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise PlanError(f"{mpath} is not valid JSON ({exc})", "recompile the plan") from None
     check_manifest(manifest, mpath)
+    check_manifest_checksum(manifest, mpath)
     return manifest
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """Content hash of the manifest's canonical JSON, its own ``checksums.manifest`` left out."""
+    sums = {k: v for k, v in (manifest.get(CHECKSUMS) or {}).items() if k != "manifest"}
+    h = ContentHasher()
+    h.update(canonical_json({**manifest, CHECKSUMS: sums}))
+    return h.hexdigest()
+
+
+def seal_manifest(manifest: dict[str, Any], samples_hash: str) -> dict[str, Any]:
+    """``manifest`` with its checksums: that of samples.npy (``samples_hash``) and its own."""
+    out = {**manifest, CHECKSUMS: {SAMPLES: samples_hash}}
+    out[CHECKSUMS]["manifest"] = manifest_checksum(out)
+    return out
+
+
+def check_manifest_checksum(manifest: dict[str, Any], where: Path) -> None:
+    """Format 1.1 on records checksums: an edited field (seed, a component's rows) or a flipped bit
+    would otherwise be replayed as other data. 1.0 manifests have none."""
+    sums = manifest.get(CHECKSUMS)
+    minor = str(manifest.get("format_version", "")).partition(".")[2]
+    if sums is None and minor in ("", "0"):
+        return
+    if not isinstance(sums, dict) or not isinstance(sums.get("manifest"), str) \
+            or not isinstance(sums.get(SAMPLES), str):
+        raise PlanError(f"{where}: format {manifest.get('format_version')} records no valid checksums",
+                        "the manifest was edited or is damaged: recompile the plan")
+    found = manifest_checksum(manifest)
+    if found != sums["manifest"]:
+        raise PlanError(f"{where}: its content hash {found} differs from the one it records "
+                        f"({sums['manifest']}): the manifest was edited or is damaged", "recompile the plan")
 
 
 def check_manifest(manifest: Any, where: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from mixtera.runtime.confine import corpus_path
 from mixtera.runtime.errors import CorpusError, PlanError
 from mixtera.runtime.fingerprint import content_digest, file_content_hash
 from mixtera.runtime.format.frame_cache import FramedFile, open_framed
@@ -47,16 +48,19 @@ class FileEntry:
     content_hash: str  # mixtera.runtime.fingerprint: "xxh3_128:<hex>"
 
     @classmethod
-    def from_manifest(cls, entry: dict, corpus_root: Path) -> FileEntry:
+    def from_manifest(cls, entry: dict, corpus_root: Path, *, where: str = "the plan manifest") -> FileEntry:
+        """The file as ``entry`` (of the manifest at ``where``) records it, confined to ``corpus_root``."""
+        path = corpus_path(corpus_root, entry.get("path"), where=f"{where}: file {entry.get('file_id')!r}",
+                           hint="the manifest was edited or is damaged: recompile the plan")
         if content_digest(entry.get("content_hash")) is None:
             raise PlanError(
-                f"{corpus_root / entry['path']}: the plan records no content hash this mixtera reads "
+                f"{path}: the plan records no content hash this mixtera reads "
                 "(it was compiled from an index of an older mixtera)",
                 _REINDEX,
             )
         return cls(
             file_id=int(entry["file_id"]),
-            path=corpus_root / entry["path"],
+            path=path,
             format=entry["format"],
             size=int(entry["size"]),
             mtime_ns=int(entry["mtime_ns"]),

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from mixtera.runtime.batches import StepDocuments
+from mixtera.runtime.confine import recorded_dir
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.format.plan_dir import MANIFEST, TOKENS_DIR
 from mixtera.runtime.format.rank_frames import Segment
 from mixtera.runtime.packing import PackedStep, pack_step, provenance_slices
 from mixtera.runtime.plan import Plan, ResolvedEntries
@@ -61,9 +63,10 @@ class Replay:
             raise PlanError(f"{cfg.plan_path}: the plan changed since the dataset was created (fingerprint "
                             f"{self.plan.fingerprint}, the dataset checked {cfg.fingerprint})",
                             "create the PlanDataset again after recompiling the plan")
-        manifest = self.plan.manifest
+        manifest, mpath = self.plan.manifest, self.plan.path / MANIFEST
         files = {
-            int(f["file_id"]): FileEntry.from_manifest(f, self.plan.corpus_root) for f in self.plan.files
+            int(f["file_id"]): FileEntry.from_manifest(f, self.plan.corpus_root, where=str(mpath))
+            for f in self.plan.files
         }
         info = cfg.tokenizer_info or {}
         self.eos_id = int(info["eos_id"]) if self.plan.eos else None
@@ -72,7 +75,9 @@ class Replay:
         self.paths = {int(f["file_id"]): f["path"] for f in self.plan.files}
         self.tokens: Any = None
         if cfg.output == "tokens" and cfg.pretokenized:
-            token_dir = Path(manifest["token_files"]["dir"])
+            token_dir = recorded_dir((manifest["token_files"] or {}).get("dir"), what="token_files.dir",
+                                     where=str(mpath), name=TOKENS_DIR,
+                                     hint="the manifest was edited or is damaged: recompile the plan")
             check_index_unchanged(manifest, token_dir.parent)
             self.tokens = PretokenizedSource(token_dir, self.eos_id, self.bos_id)
         elif cfg.output == "tokens":

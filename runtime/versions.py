@@ -132,12 +132,20 @@ def publish_version(plan_dir: Path | str, version: int, build: Callable[[Path], 
     ``build`` must write ``decision.json`` last; a crash anywhere leaves only a hidden stage.
     """
     root = Path(plan_dir) / VERSIONS_DIR
-    root.mkdir(exist_ok=True)
     final = root / version_name(version)
     if final.exists():
         return False
-    recover(final)  # stages of writers that were killed
-    stage = temp_dir(root, prefix=f".{final.name}.")
+    try:
+        root.mkdir(exist_ok=True)
+        recover(final)  # stages of writers that were killed
+        stage = temp_dir(root, prefix=f".{final.name}.")
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise PlanError(f"{root if root.is_dir() else plan_dir}: cannot publish decision {version} "
+                        f"({exc.strerror})", "the plan folder must be writable by the training job (a rank "
+                        "publishes \"keep\" there when a decision is late) and by `mixtera feedback`: fix "
+                        "its permissions, or its mount if it is read-only") from None
     try:
         build(stage)
         fsync_path(stage)

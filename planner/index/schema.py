@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mixtera.planner.index.columns import PROPERTY_TYPE_NAMES, SAMPLE_COLUMN_NAMES
+from mixtera.runtime.confine import corpus_path, recorded_dir
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.fingerprint import ALGORITHM as CONTENT_HASH
 from mixtera.runtime.fingerprint import content_digest
@@ -196,4 +197,18 @@ def load_index(path: Path | str, *, columns: list[str] | None = None) -> IndexTa
             f"{manifest['counts']['samples']}",
             hint,
         )
+    _check_paths(path, manifest, files)
     return IndexTables(path=path, manifest=manifest, samples=samples, files=files)
+
+
+def _check_paths(path: Path, manifest: dict[str, Any], files: pa.Table) -> None:
+    """Every recorded corpus path stays inside the corpus root (runtime/confine.py)."""
+    hint = f"the index was edited or is damaged: rebuild it with `mixtera index CORPUS --out {path}`"
+    where = str(path / INDEX_MANIFEST)
+    root = recorded_dir(manifest["corpus_root"], what="corpus_root", where=where, hint=hint)
+    for i, f in enumerate(manifest["files"]):
+        corpus_path(root, f.get("path") if isinstance(f, dict) else None,
+                    where=f"{where}: files[{i}]", hint=hint)
+    if "path" in files.column_names:
+        for i, rel in enumerate(files.column("path").to_pylist()):
+            corpus_path(root, rel, where=f"{path / INDEX_FILES}: row {i}", hint=hint)

@@ -6,10 +6,13 @@ Layout (little-endian)::
     record   u32 payload length, u32 crc32 of the payload, payload
     payload  step u64, plan version u32, reserved u32, tokens int64[domains], loss_sum float64[domains]
 
-Only rank 0 appends, one ``write`` per record. A crash can leave a torn last record; readers stop
-at the first record whose length or checksum does not match, and the writer truncates such a
-tail before appending, so a half record is never read. A step may appear more than once (a job
-resumed from a checkpoint reports its steps again): the last record of a step wins.
+Only rank 0 appends, one ``write`` per record. A crash can leave a torn last record: fewer bytes
+than a record after the last intact one, or exactly one record that fails its length or checksum.
+Readers ignore it and the writer truncates it before appending, so a half record is never read.
+Damage anywhere before the last record (more than one record's bytes after the first bad one) is
+an error naming that record: it is never truncated, since the records after it would be lost.
+A step may appear more than once (a job resumed from a checkpoint reports its steps again): the
+last record of a step wins.
 """
 
 from __future__ import annotations
@@ -101,6 +104,12 @@ def read_log(path: Path | str, domains: int, fingerprint: str) -> LogRecords:
             break
         rows.append(body)
         at += _PREFIX.size + length
+    if len(raw) - at > _PREFIX.size + size:  # more than one record follows the bad one: not a torn tail
+        raise PlanError(f"{path}: record {len(rows)} (at byte {at}) fails its length or crc32 check, and "
+                        f"{len(raw) - at} bytes follow it: the log is damaged before its end",
+                        "restore the log from a backup; moving it away starts a new log (its records "
+                        "are then lost). mixtera does not truncate it: the records after the damage "
+                        "would be lost")
     return _records(rows, domains, at, len(raw) - at)
 
 

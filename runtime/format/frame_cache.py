@@ -15,14 +15,22 @@ Layout of a ``.mxz`` file (little-endian)::
 
     header   48 bytes: magic b"MXZFRAME", version u16, flags u16 (none defined), frame_bytes u32,
              source content hash (xxh3_128, 16 bytes raw), uncompressed size u64, frame count u64
-    frames   one zstd frame per FRAME_BYTES of the uncompressed stream (the last may be shorter)
+    frames   one zstd frame per FRAME_BYTES of the uncompressed stream (the last may be shorter), each
+             with its content size and zstd's content checksum (xxh64) in the frame
     table    (frame count + 1) u64: byte offset of every frame, then the end of the last frame
+
+Damage is never served: the header, the seek table and the file size are checked at open, each
+frame's declared size and checksum when it is decoded. A damaged cache file is an error naming it
+(:class:`CacheError`) with the hint to delete it; mixtera does not delete it itself, because the
+cache may be shared by other jobs and a damaged file there is a disk fault worth seeing. Deleting it
+is always safe: the next reader rebuilds it from the corpus file.
 """
 
 from __future__ import annotations
 
 import gzip
 import mmap
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +40,7 @@ import numpy as np
 import zstandard
 
 from mixtera.runtime.atomic import atomic_file, exclusive_lock, recover
-from mixtera.runtime.errors import CorpusError, PlanError
+from mixtera.runtime.errors import CorpusError, FileFormatError, PlanError
 from mixtera.runtime.fingerprint import cache_name, content_digest
 from mixtera.runtime.format.header import BinaryFormat, check_header, check_length, check_size
 from mixtera.runtime.lru import LRU
@@ -44,8 +52,16 @@ _HEADER = struct.Struct("<8sHHI16sQQ")
 _DECODED_FRAMES = 8
 
 
+class CacheError(FileFormatError):
+    """A frame-cache file is damaged, or the cache folder is not a usable folder."""
+
+
+def _damaged_hint(path: Path) -> str:
+    return f"the cache file is damaged (a disk fault?); delete {path}: the next read rebuilds it"
+
+
 def _format(path: Path) -> BinaryFormat:
-    hint = f"delete {path} so that it is rebuilt"
+    hint = _damaged_hint(path)
     return BinaryFormat(name="frame cache", magic=MAGIC, major=VERSION, header_size=_HEADER.size, hint=hint,
                         version_hint=hint)
 
@@ -58,7 +74,7 @@ def _open_source(path: Path, codec: str) -> BinaryIO:
 
 
 def _write_frames(source: BinaryIO, out: BinaryIO, frame_bytes: int) -> tuple[int, list[int]]:
-    cctx = zstandard.ZstdCompressor(level=3)
+    cctx = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=True)
     offsets, at, total = [], _HEADER.size, 0
     while True:
         chunk = source.read(frame_bytes)
@@ -121,10 +137,23 @@ class FramedFile:
     def __init__(self, cache_path: Path, content_hash: str) -> None:
         self.path = cache_path
         fmt = _format(cache_path)
-        with open(cache_path, "rb") as f:
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        size = len(self._map)
-        check_length(cache_path, fmt, size)
+        try:
+            with open(cache_path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                check_length(cache_path, fmt, size)  # before mmap, which refuses an empty file
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise CacheError(f"{cache_path}: cannot read the frame cache ({exc.strerror or exc})",
+                             "check its permissions, or point MIXTERA_CACHE at a readable folder") from None
+        try:
+            self._check_layout(cache_path, content_hash, fmt, size)
+        except BaseException:
+            self._map.close()
+            raise
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frames: LRU[int, bytes] = LRU(_DECODED_FRAMES)
+
+    def _check_layout(self, cache_path: Path, content_hash: str, fmt: BinaryFormat, size: int) -> None:
         magic, version, flags, self.frame_bytes, digest, self.size, frames = _HEADER.unpack_from(self._map, 0)
         check_header(cache_path, fmt, size=size, magic=magic, major=version, flags=flags)
         if digest != _digest(content_hash):
@@ -133,17 +162,41 @@ class FramedFile:
         if table_at < _HEADER.size:
             raise PlanError(f"{cache_path}: its header declares {frames} frames, more than its {size} "
                             "bytes hold", fmt.hint)
-        self._offsets = np.frombuffer(self._map, dtype="<u8", count=frames + 1, offset=table_at)
+        # a copy (8 bytes per frame; slicing a map copies), so that no view pins the map
+        self._offsets = np.frombuffer(self._map[table_at:], dtype="<u8").astype(np.int64)
         check_size(cache_path, fmt, size=size, declared=int(self._offsets[-1]) + (frames + 1) * 8,
                    by=f"its seek table ({frames} frames ending at byte {int(self._offsets[-1])})")
-        self._dctx = zstandard.ZstdDecompressor()
-        self._frames: LRU[int, bytes] = LRU(_DECODED_FRAMES)
+        if self.frame_bytes == 0 or frames != -(-self.size // self.frame_bytes):
+            raise CacheError(f"{cache_path}: its header declares {frames} frames of {self.frame_bytes} bytes "
+                             f"for a {self.size}-byte stream", fmt.hint)
+        if self._offsets[0] != _HEADER.size or np.any(np.diff(self._offsets) <= 0):
+            raise CacheError(f"{cache_path}: its seek table does not list increasing frame offsets from byte "
+                             f"{_HEADER.size}", fmt.hint)
+
+    def _frame_size(self, i: int) -> int:
+        return min(self.frame_bytes, self.size - i * self.frame_bytes)
+
+    def _decode(self, i: int) -> bytes:
+        """Frame ``i``, checked: its declared size and zstd's content checksum."""
+        start, end = int(self._offsets[i]), int(self._offsets[i + 1])
+        frame, want = self._map[start:end], self._frame_size(i)
+        where = f"{self.path}: frame {i} (bytes {start}..{end})"
+        try:
+            declared = zstandard.frame_content_size(frame)
+            if declared != want:  # checked before decoding, which allocates the declared size
+                raise CacheError(f"{where} declares {declared} uncompressed bytes, not {want}",
+                                 _damaged_hint(self.path))
+            data = self._dctx.decompress(frame)
+        except zstandard.ZstdError as exc:
+            raise CacheError(f"{where} cannot be decoded ({exc})", _damaged_hint(self.path)) from None
+        if len(data) != want:
+            raise CacheError(f"{where} decodes to {len(data)} bytes, not {want}", _damaged_hint(self.path))
+        return data
 
     def _frame(self, i: int) -> bytes:
         data = self._frames.get(i)
         if data is None:
-            start, end = int(self._offsets[i]), int(self._offsets[i + 1])
-            data = self._frames.put(i, self._dctx.decompress(self._map[start:end]))
+            data = self._frames.put(i, self._decode(i))
         return data
 
     def read(self, offset: int, length: int) -> bytes:
@@ -169,14 +222,17 @@ def open_framed(
     path: Path, codec: str, content_hash: str, cache_dir: Path, on_build: Callable[[Path], None] | None = None
 ) -> FramedFile:
     """The framed view of a compressed corpus file, building its cache on first use."""
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise CacheError(f"{cache_dir}: the frame-cache folder (for {path}) is not a folder",
+                         "point MIXTERA_CACHE (or cache_dir=) at a folder, or remove that file")
     dest = cache_dir / f"{cache_name(content_hash)}.mxz"
     if not dest.exists():
         if on_build:
             on_build(path)
         try:
             build_frame_cache(path, codec, content_hash, dest)
-        except PermissionError as exc:
-            raise PlanError(
+        except (PermissionError, NotADirectoryError, FileExistsError) as exc:
+            raise CacheError(
                 f"{cache_dir}: cannot write the frame cache of {path} ({exc})",
                 "point MIXTERA_CACHE (or cache_dir=) at a writable folder",
             ) from exc

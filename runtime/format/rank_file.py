@@ -14,6 +14,12 @@ The frames (what a segment holds and how its columns are stored) are
 Compatibility (checked by :mod:`mixtera.runtime.format.header`): readers refuse a different major
 version and any flag bit they do not define; a minor bump only adds what older readers may ignore
 (reserved header bytes).
+
+Minor 1 adds ``layout_crc32`` (the header's last 4 bytes, once reserved): the crc32 of the header
+with that field zeroed, the seek table and the footer. A flipped ``first_step``, rank or segment
+count would otherwise replay other steps; every frame's own crc32 is in the seek table, so the
+layout checksum and the frame checksums together cover every byte of the file. Readers check it
+when the file is opened (minor >= 1; a minor-0 file has none).
 """
 
 from __future__ import annotations
@@ -31,11 +37,12 @@ from mixtera.runtime.format.rank_frames import EncodedSegment, Segment, decode_s
 MAGIC = b"MXPLAN\0\0"
 FOOTER_MAGIC = b"MXSEEK\0\0"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1
 
 # magic, major, minor, rank, world_size, total steps, segment_steps, first segment, segment count,
-# fingerprint (16 bytes), flags; padded to 64 bytes.
-_HEADER = struct.Struct("<8sHHIIQIII16sI")
+# fingerprint (16 bytes), flags, layout crc32 (minor >= 1; see above): 64 bytes.
+_HEADER = struct.Struct("<8sHHIIQIII16sII")
+_LAYOUT_CRC_AT = _HEADER.size - 4
 HEADER_SIZE = 64
 # offset, length, first step, steps, entries, version, crc32 of the compressed frame.
 _SEEK = struct.Struct("<QQQIQII4x")
@@ -75,8 +82,8 @@ def rank_file_bytes(header: RankHeader, encoded: list[EncodedSegment]) -> bytes:
         raise ValueError("fingerprint must be 16 bytes")
     head = _HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, header.rank, header.world_size,
                         header.steps, header.segment_steps, header.first_segment,
-                        header.segment_count, header.fingerprint, header.flags)
-    parts = [head.ljust(HEADER_SIZE, b"\0")]
+                        header.segment_count, header.fingerprint, header.flags, 0)
+    parts = [head]
     seeks, offset = [], HEADER_SIZE
     for enc in encoded:
         seeks.append(_SEEK.pack(offset, len(enc.frame), enc.first_step, enc.steps, enc.entries,
@@ -85,7 +92,19 @@ def rank_file_bytes(header: RankHeader, encoded: list[EncodedSegment]) -> bytes:
         offset += len(enc.frame)
     parts.extend(seeks)
     parts.append(_FOOTER.pack(offset, FOOTER_MAGIC))
-    return b"".join(parts)
+    return seal_layout(b"".join(parts))
+
+
+def seal_layout(data: bytes) -> bytes:
+    """``data`` (a complete rank file) with its layout crc32 set from its header, seek table and footer."""
+    table_at, _ = _FOOTER.unpack_from(data, len(data) - _FOOTER.size)
+    crc = _layout_crc32(data[:HEADER_SIZE], data[table_at:len(data) - _FOOTER.size], data[-_FOOTER.size:])
+    return data[:_LAYOUT_CRC_AT] + struct.pack("<I", crc) + data[HEADER_SIZE:]
+
+
+def _layout_crc32(head: bytes, seeks: bytes, footer: bytes) -> int:
+    """crc32 of the header (its checksum field zeroed), the seek table and the footer."""
+    return zlib.crc32(footer, zlib.crc32(seeks, zlib.crc32(head[:_LAYOUT_CRC_AT] + b"\0\0\0\0")))
 
 
 def write_rank_file(path: Path | str, header: RankHeader, segments: list[Segment]) -> int:
@@ -115,12 +134,14 @@ class RankFileReader:
         size = f.seek(0, 2)
         check_length(self.path, FORMAT, size)
         f.seek(0)
-        fields = _HEADER.unpack(f.read(HEADER_SIZE)[: _HEADER.size])
+        head = f.read(HEADER_SIZE)
+        fields = _HEADER.unpack(head)
         check_header(self.path, FORMAT, size=size, magic=fields[0], major=fields[1], minor=fields[2],
-                     flags=fields[-1])
-        header = RankHeader(*fields[3:])
+                     flags=fields[10])
+        header = RankHeader(*fields[3:11])
         f.seek(size - _FOOTER.size)
-        table_at, magic = _FOOTER.unpack(f.read(_FOOTER.size))
+        footer = f.read(_FOOTER.size)
+        table_at, magic = _FOOTER.unpack(footer)
         if magic != FOOTER_MAGIC:
             raise FileSizeError(f"{self.path}: no seek table footer at its end (bad footer magic "
                                 f"{magic!r}): truncated or trailing bytes", FORMAT.hint)
@@ -129,6 +150,8 @@ class RankFileReader:
                    by=f"its seek table ({header.segment_count} segments from byte {table_at})")
         f.seek(table_at)
         raw = f.read(header.segment_count * _SEEK.size)
+        if fields[2] >= 1 and _layout_crc32(head, raw, footer) != fields[11]:
+            raise self._fail("header or seek table checksum mismatch (layout crc32)")
         table = [SeekEntry(*_SEEK.unpack_from(raw, i * _SEEK.size)) for i in range(header.segment_count)]
         return header, table
 

@@ -162,3 +162,26 @@ def test_a_long_fit_reason_is_shown_whole() -> None:
     render_feedback(report, ["web", "code"], console)
     shown = " ".join(console.file.getvalue().replace("│", " ").split())
     assert all(word in shown for word in f"not used: {reason}".split())
+
+
+def test_inspect_shows_a_plan_whose_rank_published_keep(tmp_path: Path) -> None:
+    """A late decision ends as "keep" (the documented default): inspect reads it like any other."""
+    plan = make_plan(tmp_path, steps=600, segment_steps=50, refit=200, wait=0.05)
+    run_job(plan, range(240))
+    runner.invoke(app, ["feedback", str(plan)])  # decision 1: rewrite
+    run_job(plan, range(240, 460))  # nobody decides 2: the ranks wait, then publish keep of version 1
+    assert read_decision(plan, 2)["action"] == "keep" and read_decision(plan, 2)["data_version"] == 1
+    res = runner.invoke(app, ["inspect", str(plan), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert [d["action"] for d in report["feedback"]["decisions"]] == ["rewrite", "keep"]
+    assert report["feedback"]["segment_versions"][9:] == [1, 1, 1]
+    with Plan.open(plan) as p:
+        assert report["replayed_entries"] == sum(
+            len(p.segment(r, k, v).position) for r in range(p.world_size)
+            for k, v in enumerate(report["feedback"]["segment_versions"]))
+    text = runner.invoke(app, ["inspect", str(plan)], env={"NO_COLOR": "1", "COLUMNS": "200"})
+    assert text.exit_code == 0 and "keep" in text.stdout
+    ranked = runner.invoke(app, ["inspect", str(plan), "--rank", "0", "--steps", "440:460", "--json"])
+    assert ranked.exit_code == 0, ranked.output
+    assert {e["version"] for e in json.loads(ranked.stdout) if e["step"] >= 450} == {1}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mixtera.runtime.plan import Plan, ResolvedEntries
+from mixtera.runtime.plan import CHECKSUMS, Plan, ResolvedEntries, manifest_checksum
 
 MIXTURE = """
 [mixture]
@@ -105,3 +108,14 @@ def assert_sequences_exact(plan: Plan) -> None:
 
 def plan_bytes(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(Path(path).iterdir()) if p.is_file()}
+
+
+def edit_manifest(plan_dir: Path, edit: Callable[[dict[str, Any]], object]) -> None:
+    """Apply ``edit`` to a plan's manifest and record the checksum of the result, as a deliberate
+    editor would (what is tested is then the check behind the checksum)."""
+    path = plan_dir / "manifest.json"
+    manifest = json.loads(path.read_bytes())
+    edit(manifest)
+    if CHECKSUMS in manifest:
+        manifest[CHECKSUMS]["manifest"] = manifest_checksum(manifest)
+    path.write_text(json.dumps(manifest))

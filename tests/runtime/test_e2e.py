@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from mixtera.runtime import PlanDataset
 from mixtera.runtime.plan import Plan
 from tests.helpers import ROOT
+from tests.helpers.plan_checks import edit_manifest
 from tests.helpers.runtime_plans import make_docs, write_corpus_file
 
 WEIGHTS = {"web": 0.5, "code": 0.3, "books": 0.2}
@@ -109,9 +110,7 @@ def test_rebuilt_index_is_refused_for_stored_tokens(pipeline: Path, tmp_path: Pa
     shutil.copytree(pipeline / "plan", plan)
     index = tmp_path / "index"
     shutil.copytree(pipeline / "index", index)
-    manifest = json.loads((plan / "manifest.json").read_text())
-    manifest["token_files"]["dir"] = str(index / "tokens")
-    (plan / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(plan, lambda m: m["token_files"].__setitem__("dir", str(index / "tokens")))
     assert len(list(PlanDataset(plan, rank=0, world_size=2).loader())) == 6  # same index: fine
     index_manifest = json.loads((index / "manifest.json").read_text())
     index_manifest["counts"]["samples"] += 1  # what a re-index of a changed corpus does

@@ -18,6 +18,7 @@ from mixtera.runtime.shuffle import permute
 from tests.helpers.plan_checks import (
     assert_sequences_exact,
     assert_streams_contiguous,
+    edit_manifest,
     per_step_units,
     plan_bytes,
     write_mixture,
@@ -312,12 +313,8 @@ def test_a_where_of_ten_thousand_terms_selects_like_one(tmp_path: Path, index: P
 
 
 def test_a_segment_missing_from_the_manifest_names_the_manifest(tmp_path: Path, index: Path) -> None:
-    import json
-
     plan_dir = compile_to(tmp_path, index)
-    manifest = json.loads((plan_dir / "manifest.json").read_text())
-    manifest["segments"].pop()
-    (plan_dir / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(plan_dir, lambda m: m["segments"].pop())
     wanted = "segment 3 .* not among the manifest's 3 segments"
     with Plan.open(plan_dir) as plan, pytest.raises(PlanError, match=wanted) as exc:
         plan.segment(0, 3)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+import mixtera.runtime.versions as versions
 from mixtera.planner.feedback.orchestrate import run_pending
 from mixtera.runtime.atomic import staging_dir, temp_dir, temp_file, write_atomic
+from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.plan_dir import version_path
 from tests.helpers.feedback_plans import make_plan, run_job
 
@@ -67,3 +69,20 @@ def test_a_compiled_and_rewritten_plan_is_readable_by_others(tmp_path: Path) -> 
         for path in [root, *root.rglob("*")]:
             want = 0o755 if path.is_dir() else 0o644
             assert _mode(path) == want, f"{path} has mode {oct(_mode(path))}, not {oct(want)}"
+
+
+def test_a_rank_that_must_publish_keep_into_a_read_only_plan_gets_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = make_plan(tmp_path, steps=400, segment_steps=50, refit=200, wait=0.05)
+    if os.geteuid() == 0:  # root writes anywhere: the stage's mkdir fails as it does for a user
+        def denied(parent: Path, prefix: str, suffix: str = "") -> Path:
+            raise PermissionError(13, "Permission denied", str(parent))
+
+        monkeypatch.setattr(versions, "temp_dir", denied)
+    plan.chmod(0o555)
+    try:
+        with pytest.raises(PlanError, match=r"cannot publish decision 1 \(Permission denied\)") as err:
+            run_job(plan, range(300))  # nobody decides 1: rank 0 times out and must publish keep
+    finally:
+        plan.chmod(0o755)
+    assert str(plan) in str(err.value) and "writable" in err.value.hint

@@ -49,14 +49,36 @@ def test_a_torn_tail_is_never_read_and_is_truncated_before_the_next_append(tmp_p
     assert list(recs.step) == [0, 1, 2, 3, 4] and recs.torn_bytes == 0
 
 
-def test_a_corrupt_record_ends_the_readable_log(tmp_path: Path) -> None:
+def _flip(path: Path, record: int, records: int, at: int = 12) -> bytes:
+    data = bytearray(path.read_bytes())
+    size = (len(data) - HEADER_SIZE) // records
+    data[HEADER_SIZE + record * size + at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("at", [0, 5, 12, 40], ids=lambda a: f"byte-{a}")
+def test_a_corrupt_record_before_the_end_is_an_error_and_the_log_is_kept(tmp_path: Path, at: int) -> None:
     path = tmp_path / "log.bin"
     _write(path, range(4))
-    data = bytearray(path.read_bytes())
-    size = (len(data) - HEADER_SIZE) // 4
-    data[HEADER_SIZE + 2 * size + 12] ^= 0xFF  # flip a bit inside record 2
-    path.write_bytes(bytes(data))
-    assert list(read_log(path, 3, FP).step) == [0, 1]
+    damaged = _flip(path, 2, 4, at)  # record 2 of 4: records 3 would be lost by a repair
+    size = (len(damaged) - HEADER_SIZE) // 4
+    with pytest.raises(PlanError, match=rf"log.bin: record 2 \(at byte {HEADER_SIZE + 2 * size}\)") as err:
+        read_log(path, 3, FP)
+    assert "restore the log" in err.value.hint
+    with pytest.raises(PlanError, match="record 2"):  # the next FeedbackReporter start
+        LogWriter(path, 3, FP, fsync=False)
+    assert path.read_bytes() == damaged  # nothing truncated
+
+
+def test_a_corrupt_last_record_is_a_torn_tail(tmp_path: Path) -> None:
+    path = tmp_path / "log.bin"
+    _write(path, range(4))
+    _flip(path, 3, 4)  # e.g. a crash left the last record's bytes unwritten
+    recs = read_log(path, 3, FP)
+    assert list(recs.step) == [0, 1, 2] and recs.torn_bytes > 0
+    _write(path, range(3, 5))
+    assert list(read_log(path, 3, FP).step) == [0, 1, 2, 3, 4]
 
 
 def test_a_log_of_another_plan_is_refused(tmp_path: Path) -> None:

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import zstandard
 
-from mixtera.runtime.errors import FileSizeError, FormatVersionError, NotThisFormatError, ReservedFlagsError
-from mixtera.runtime.format.rank_file import RankFileReader, RankHeader, write_rank_file
+from mixtera.runtime.errors import (
+    FileSizeError,
+    FormatVersionError,
+    NotThisFormatError,
+    PlanError,
+    ReservedFlagsError,
+)
+from mixtera.runtime.format.rank_file import RankFileReader, RankHeader, seal_layout, write_rank_file
 from mixtera.runtime.format.rank_frames import BlockEntries, Segment, decode_segment, frame_payloads
 
 # Steps [0, 2): 2 entries then 1; positions 5, 7, 6 (deltas per component: 5, 7, 6 - 5 = 1).
@@ -52,13 +58,31 @@ def test_a_rank_file_reads_back_its_segment(tmp_path: Path) -> None:
 
 
 def test_a_newer_minor_version_is_read(tmp_path: Path) -> None:
-    with RankFileReader(_patched(_rank_file(tmp_path), 10, (7).to_bytes(2, "little"))) as reader:
+    path = _patched(_rank_file(tmp_path), 10, (7).to_bytes(2, "little"))
+    path.write_bytes(seal_layout(path.read_bytes()))  # a newer writer sets the checksum for its header
+    with RankFileReader(path) as reader:
         assert reader.header.segment_count == 1
+
+
+@pytest.mark.parametrize("field", ["rank", "steps", "first_segment", "first_step", "entries", "offset",
+                                   "table_at"])
+def test_a_flipped_header_or_seek_table_field_is_refused(tmp_path: Path, field: str) -> None:
+    path = _rank_file(tmp_path)
+    size = path.stat().st_size
+    table_at = size - 16 - 48
+    at = {"rank": 12, "steps": 20, "first_segment": 32, "offset": table_at, "first_step": table_at + 16,
+          "entries": table_at + 28, "table_at": size - 16}[field]
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(PlanError, match=f"{path.name}: .*(checksum|size)") as err:
+        RankFileReader(path)
+    assert "recompile" in err.value.hint
 
 
 @pytest.mark.parametrize(("at", "value", "error", "message"), [
     (0, b"NOTAPLAN", NotThisFormatError, "bad magic b'NOTAPLAN', not a mixtera rank file"),
-    (8, (2).to_bytes(2, "little"), FormatVersionError, r"rank file format 2\.0, this mixtera reads 1\.x"),
+    (8, (2).to_bytes(2, "little"), FormatVersionError, r"rank file format 2\.1, this mixtera reads 1\.x"),
     (56, (4).to_bytes(4, "little"), ReservedFlagsError, "reserved flag bits 0x4 are set"),
 ])
 def test_a_bad_header_is_refused_with_a_hint(tmp_path: Path, at: int, value: bytes, error: type,
