@@ -74,6 +74,11 @@ def render(r: dict[str, Any]) -> None:
         e = r["elastic"]
         head.add_row("elastic", f"from {e['from_plan']} ({e['old_world_size']} ranks), resume at step "
                      f"{e['from_step']}")
+    if r.get("validation"):
+        v, names = r["validation"], [c["name"] for c in r["components"]]
+        held = ", ".join(f"{n} {h:,}" for n, h in zip(names, v["held_out"], strict=True))
+        head.add_row("validation", f"{v['dir']}/: {v['steps']:,} steps x batch {v['batch_size']}; held out "
+                     f"({r['unit']}): {held}")
     out.print(head)
     out.print(_components_table(r))
     if r["schedule"]:

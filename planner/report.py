@@ -121,7 +121,8 @@ def plan_report(path: Path | str) -> dict[str, Any]:
                                         None),
             "undecided_from_step": undecided[0] * plan.segment_steps if undecided else None,
             "schedule": m.get("schedule", []), "dynamic": m.get("dynamic"),
-            "elastic": m.get("elastic"), "index": m.get("index"), "feedback": feedback_report(path)}
+            "elastic": m.get("elastic"), "index": m.get("index"), "feedback": feedback_report(path),
+            "validation": m.get("validation")}
 
 
 def component_report(components: list[dict[str, Any]], rep: Replayed, compiled: np.ndarray

@@ -112,3 +112,17 @@ def test_elastic_repartition_carries_the_validation_split(tmp_path: Path, index:
         a, b = all_entries(old), all_entries(val)
         for field in ("step", "component", "position", "token_start", "token_end"):
             assert np.array_equal(getattr(a, field), getattr(b, field)), field
+
+
+def test_inspect_shows_the_validation_split(tmp_path: Path, index: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mixtera.cli.app import app
+
+    plan = _compile(tmp_path, index)
+    result = CliRunner().invoke(app, ["inspect", str(plan)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    held = json.loads((plan / "manifest.json").read_bytes())["validation"]["held_out"]
+    line = next(row for row in result.output.splitlines() if "validation" in row)
+    assert f"validation/: {-(-4 * 1000 // 512)} steps x batch 2" in line  # 4 components x 1000 tokens
+    assert f"web {held[0]:,}" in line
