@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from mixtera.runtime.errors import PlanError
 
 DP_DIM = "dp"
@@ -79,8 +81,6 @@ def _of_mesh(device_mesh: Any) -> DataParallelRank:
 
 def mesh_data_group_ranks(device_mesh: Any) -> list[list[int]]:
     """Global ranks of every data-parallel group of ``device_mesh`` (one per replica coordinate)."""
-    import numpy as np
-
     dims = mesh_data_dims(device_mesh)
     mesh = np.asarray(device_mesh.mesh.tolist())
     if not dims:

@@ -86,7 +86,7 @@ class PlanContext:
         return len(self.manifest["components"])
 
     @property
-    def eos(self) -> int:
+    def framing(self) -> int:
         """Tokens a document's frame (end- and begin-of-document tokens) adds to its span."""
         return framing_tokens(self.manifest.get("tokenizer"))
 
@@ -97,12 +97,12 @@ class PlanContext:
 
     def streams(self) -> Streams:
         if self._streams is None:
-            samples, eos = self.samples(), self.eos
+            samples, framing = self.samples(), self.framing
             lengths = []
             for c in self.manifest["components"]:
                 rows = slice(int(c["first_row"]), int(c["first_row"]) + int(c["rows"]))
                 if self.manifest["unit"] == "tokens":
-                    lengths.append(samples["tokens"][rows].astype(np.int64) + eos)
+                    lengths.append(samples["tokens"][rows].astype(np.int64) + framing)
                 else:
                     lengths.append(np.ones(int(c["rows"]), np.int64))
             # The compiler's narrow lengths: the shuffle's random gathers stay in cache (same result).
@@ -179,14 +179,14 @@ class PlanContext:
         """Tokens of one step's quota (= the quota with unit = tokens; the documents' tokens otherwise)."""
         if self.manifest["unit"] == "tokens":
             return quota
-        samples, eos = self.samples(), self.eos
+        samples, framing = self.samples(), self.framing
         out = np.zeros_like(quota)
         for k, c in enumerate(self.manifest["components"]):
             if quota[k]:
                 pos = np.arange(state.position[k], state.position[k] + quota[k], dtype=np.int64)
                 rows = int(c["first_row"]) + stream_samples(pos, int(c["rows"]), int(self.manifest["seed"]),
                                                             c["stream"])
-                out[k] = int(samples["tokens"][rows].astype(np.int64).sum()) + eos * int(quota[k])
+                out[k] = int(samples["tokens"][rows].astype(np.int64).sum()) + framing * int(quota[k])
         return out
 
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +17,8 @@ from mixtera.runtime.document_masks import (
     varlen_metadata,
 )
 from mixtera.runtime.errors import PlanError
-from tests.helpers import ROOT
 from tests.helpers.small_plan import STEPS, WORLD, small_plan
+from tests.helpers.tiny_gpt import run_tiny_gpt
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +90,7 @@ def test_document_masks_need_the_tokens_output(plan: Path) -> None:
 @pytest.mark.slow
 def test_the_example_trains_with_document_masks(plan: Path, tiny_tokenizer: Path, tmp_path: Path) -> None:
     def train(*extra: str) -> list[dict]:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(ROOT / "examples" / "train_tiny_gpt.py"), "--plan", str(plan), "--tokenizer",
-               str(tiny_tokenizer), "--steps", "3", "--checkpoint-dir", str(tmp_path / str(len(extra))),
-               "--json", "--workers", "0", *extra]
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert run.returncode == 0, run.stderr[-3000:]
-        return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+        return run_tiny_gpt(plan, tiny_tokenizer, tmp_path / str(len(extra)), 3, "--workers", "0", *extra)
 
     plain, masked = train(), train("--document-mask")
     assert [r["step"] for r in masked] == [0, 1, 2]

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -18,9 +15,9 @@ from tokenizers import Tokenizer
 
 from mixtera.runtime import PlanDataset
 from mixtera.runtime.plan import Plan
-from tests.helpers import ROOT
 from tests.helpers.plan_checks import edit_manifest
 from tests.helpers.runtime_plans import make_docs, write_corpus_file
+from tests.helpers.tiny_gpt import run_tiny_gpt
 
 WEIGHTS = {"web": 0.5, "code": 0.3, "books": 0.2}
 MIXTURE = """[mixture]
@@ -153,29 +150,7 @@ def test_documents_are_the_corpus_records(pipeline: Path) -> None:
 def _torchrun(
     pipeline: Path, tok: Path, ckpt: Path, steps: int, *extra: str, nproc: int = 2, plan: str = "plan"
 ) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        str(ROOT / "examples" / "train_tiny_gpt.py"),
-        "--plan",
-        str(pipeline / plan),
-        "--tokenizer",
-        str(tok),
-        "--steps",
-        str(steps),
-        "--checkpoint-dir",
-        str(ckpt),
-        "--json",
-        *extra,
-    ]
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "data wait:" in run.stderr
-    return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    return run_tiny_gpt(pipeline / plan, tok, ckpt, steps, *extra, nproc=nproc, timeout=120)
 
 
 @pytest.fixture(scope="module")

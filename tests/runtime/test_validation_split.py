@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +9,8 @@ import torch
 
 from mixtera.runtime import PlanDataset
 from mixtera.runtime.errors import PlanError
-from tests.helpers import ROOT
 from tests.helpers.runtime_plans import make_docs, write_corpus_file
+from tests.helpers.tiny_gpt import run_tiny_gpt
 
 MIXTURE = """[mixture]
 index = "index"
@@ -93,22 +89,12 @@ def test_a_plan_without_validation_says_how_to_add_it(plan: Path, tiny_tokenizer
         PlanDataset(plan, rank=0, world_size=2, split="test")
 
 
-def _train(plan: Path, tokenizer: Path, ckpt: Path, *extra: str) -> list[dict]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "examples" / "train_tiny_gpt.py"), "--plan", str(plan), "--tokenizer", str(tokenizer),
-           "--steps", "6", "--checkpoint-dir", str(ckpt), "--json", "--workers", "0", *extra]
-    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         timeout=180)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-
-
 @pytest.mark.slow
 def test_the_example_reports_per_domain_validation_loss_without_changing_training(
     plan: Path, tiny_tokenizer: Path, tmp_path: Path
 ) -> None:
-    plain = _train(plan, tiny_tokenizer, tmp_path / "a")
-    logged = _train(plan, tiny_tokenizer, tmp_path / "b", "--eval-every", "3")
+    plain = run_tiny_gpt(plan, tiny_tokenizer, tmp_path / "a", 6, "--workers", "0")
+    logged = run_tiny_gpt(plan, tiny_tokenizer, tmp_path / "b", 6, "--workers", "0", "--eval-every", "3")
     evals = [r for r in logged if "eval_after_step" in r]
     assert [r["eval_after_step"] for r in evals] == [2, 5]
     assert all(set(r["validation_loss"]) == {"web", "code"} for r in evals)
