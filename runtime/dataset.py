@@ -49,7 +49,8 @@ def plan_text_field(plan: Plan) -> str:
 def split_path(plan: Path, split: str) -> Path:
     """The plan directory of ``split``: the plan itself, or its ``validation/`` plan."""
     if split not in SPLITS:
-        raise PlanError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+        raise PlanError(f"split={split!r} is not one of {', '.join(SPLITS)}",
+                        "split='train' replays the plan, split='validation' its [validation] split")
     if split == "train":
         return plan
     if not (plan / VALIDATION / MANIFEST).is_file():
