@@ -239,6 +239,9 @@ class PretokenizedSource:
         dtype = np.result_type(*{tf.ids.dtype for tf in maps.values()}, specials)
         out = np.empty(int(sizes.sum()), dtype=dtype)
         arrays = {f: tf.ids for f, tf in maps.items()}
+        for f, tf in maps.items():  # checksums of the blocks read for the first time
+            mine = slice(None) if len(maps) == 1 else cols["file"] == f
+            tf.check_ranges(lo[mine], hi[mine])
         body = (at + with_bos).tolist()
         for f, a, b, o in zip(files, lo.tolist(), hi.tolist(), body, strict=True):
             out[o : o + b - a] = arrays[f][a:b]

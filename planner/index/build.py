@@ -29,6 +29,7 @@ from mixtera.runtime.atomic import check_writable, staging_dir
 from mixtera.runtime.errors import ConfigError, CorpusError, MixteraUserError
 from mixtera.runtime.fingerprint import file_content_hash
 from mixtera.runtime.format.plan_dir import INDEX_FILES, INDEX_MANIFEST, INDEX_SAMPLES, TOKENS_DIR
+from mixtera.runtime.format.token_file import VERSION as TOKEN_FORMAT
 
 
 @dataclass(slots=True, kw_only=True)
@@ -111,6 +112,8 @@ def build_index(
         "config": cfg.to_dict(),
         "tokenizer": tok,
         "store_tokens": store_tokens,
+        # token files of an older format are rewritten, not carried over into the new index
+        "token_format": TOKEN_FORMAT if store_tokens else None,
     }
     prev = previous_index(out, identity)
     plan = _plan(files, prev)

@@ -13,6 +13,7 @@ import torch
 
 from mixtera.runtime import PlanDataset
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.format.token_file import HEADER_SIZE
 from mixtera.runtime.plan import Plan
 from tests.helpers import ROOT
 from tests.helpers.runtime_plans import HandPlan, expected_tokens, make_docs
@@ -165,3 +166,14 @@ def test_a_plan_replaced_after_the_dataset_was_made_is_refused(hand: HandPlan, t
     with pytest.raises(PlanError, match="the plan changed since the dataset was created") as exc:
         next(iter(ds))
     assert "create the PlanDataset again" in (exc.value.hint or "")
+
+
+def test_a_flipped_token_id_is_an_error_naming_the_token_file(tmp_path: Path, tiny_tokenizer: Path) -> None:
+    damaged = small_plan(tmp_path, tiny_tokenizer)
+    token_dir = Path(json.loads((damaged.path / "manifest.json").read_text())["token_files"]["dir"])
+    for path in token_dir.glob("*.bin"):
+        data = bytearray(path.read_bytes())
+        data[HEADER_SIZE] ^= 0x01  # the first id: every read of the file touches its block
+        path.write_bytes(bytes(data))
+    with pytest.raises(PlanError, match=r"tokens/\d+\.bin: block 0 .* fails its checksum"):
+        _batches(PlanDataset(damaged.path, rank=0, world_size=WORLD, pretokenized=True), 0)

@@ -12,7 +12,13 @@ import pytest
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.fingerprint import file_content_hash
 from mixtera.runtime.format import frame_cache as zframes
-from mixtera.runtime.format.token_file import HEADER_SIZE, TokenFile, write_token_file
+from mixtera.runtime.format.token_file import (
+    BLOCK_BYTES,
+    HEADER_SIZE,
+    TokenFile,
+    trailer_size,
+    write_token_file,
+)
 from mixtera.runtime.readers import FileEntry, open_reader, verify_file
 from tests.helpers.runtime_plans import make_docs, write_corpus_file
 
@@ -120,4 +126,47 @@ def test_token_file_round_trip_and_checks(tmp_path: Path, code: int) -> None:
     (tmp_path / "2.bin").write_bytes(b"NOTMXTOK" + raw[8:])
     with pytest.raises(PlanError, match="bad magic"):
         TokenFile(tmp_path / "2.bin")
-    assert len(raw) == HEADER_SIZE + 7 * code
+    assert len(raw) == HEADER_SIZE + 7 * code + trailer_size(7 * code)
+
+
+def _flipped(path: Path, at: int) -> Path:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    out = path.with_name(f"flipped-{at}.bin")
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_token_file_block_checksums_catch_a_flipped_id(tmp_path: Path) -> None:
+    """Three blocks of uint16 ids; a bit flip in the last one fails only the reads that touch it,
+    named by block, and a range spanning all three checks the middle block too."""
+    ids = np.arange(3 * BLOCK_BYTES // 2 - 100) % 60_000
+    write_token_file(tmp_path / "0.bin", [ids], 2)
+    per_block = BLOCK_BYTES // 2
+    bad = TokenFile(_flipped(tmp_path / "0.bin", HEADER_SIZE + 2 * BLOCK_BYTES + 10))
+    assert bad.slice(0, per_block).tolist() == ids[:per_block].tolist()
+    with pytest.raises(PlanError, match=r"block 2 \(bytes .*\) fails its checksum"):
+        bad.slice(2 * per_block, 2 * per_block + 8)
+    bad.close()
+    middle = TokenFile(_flipped(tmp_path / "0.bin", HEADER_SIZE + BLOCK_BYTES + 3))
+    with pytest.raises(PlanError, match="block 1 "):
+        middle.slice(10, 2 * per_block + 10)
+    middle.close()
+
+
+@pytest.mark.parametrize("where", ["samples", "checksum table"])
+def test_token_file_layout_checksum_covers_header_and_table(tmp_path: Path, where: str) -> None:
+    write_token_file(tmp_path / "0.bin", [np.arange(10)], 4)
+    at = 16 if where == "samples" else HEADER_SIZE + 40 + 2
+    with pytest.raises(PlanError, match="layout checksum mismatch"):
+        TokenFile(_flipped(tmp_path / "0.bin", at))
+
+
+def test_token_file_of_version_1_asks_for_a_reindex(tmp_path: Path) -> None:
+    write_token_file(tmp_path / "0.bin", [np.arange(10)], 2)
+    data = bytearray((tmp_path / "0.bin").read_bytes())
+    data[8] = 1
+    (tmp_path / "0.bin").write_bytes(bytes(data))
+    with pytest.raises(PlanError, match="format version 1, this mixtera reads version 2") as err:
+        TokenFile(tmp_path / "0.bin")
+    assert "--store-tokens" in err.value.hint

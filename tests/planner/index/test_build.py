@@ -13,6 +13,7 @@ import pytest
 import zstandard
 
 from mixtera.planner.index import IndexReport, build_index, load_index, parse_config
+from mixtera.runtime.format.token_file import VERSION as TOKEN_FORMAT
 from mixtera.runtime.format.token_file import TokenFile
 from tests.helpers.index_helpers import CONFIG, docs, jsonl, make_corpus, write
 
@@ -175,6 +176,23 @@ def test_tokens_counted_and_stored(corpus: Path, tmp_path: Path, tiny_tokenizer:
     got = stored.slice(moved["token_offset"], moved["token_offset"] + moved["tokens"]).tolist()
     assert got == tok.encode("code 6", add_special_tokens=False).ids
     stored.close()
+
+
+def test_token_files_of_an_older_format_are_rewritten_not_carried(
+    corpus: Path, tmp_path: Path, tiny_tokenizer: Path
+) -> None:
+    """An index written before token files had checksums records no token_format: re-indexing
+    tokenizes every file again instead of linking its old token files into the new index."""
+    out = tmp_path / "idx"
+    build_index([corpus], out, parse_config(CONFIG), tokenizer=tiny_tokenizer, processes=1, store_tokens=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["token_format"] == TOKEN_FORMAT
+    del manifest["token_format"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    again = build_index([corpus], out, parse_config(CONFIG), tokenizer=tiny_tokenizer, processes=1,
+                        store_tokens=True)
+    assert (len(again.added), again.unchanged) == (5, [])
+    assert load_index(out).manifest["token_format"] == TOKEN_FORMAT
 
 
 def test_user_hook_maps_record_and_path(corpus: Path, tmp_path: Path) -> None:
