@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mixtera.runtime.errors import PlanError
-from mixtera.runtime.format.plan_dir import QUOTAS, RANK_FILE_GLOB, WEIGHTS, data_folder
+from mixtera.runtime.format.plan_dir import QUOTAS, RANK_FILE_GLOB, WEIGHTS
 from mixtera.runtime.plan import Plan
 from mixtera.runtime.versions import DecisionSchedule, read_decision
 
@@ -57,9 +57,8 @@ def replayed(path: Path | str) -> Replayed:
     first = {0: 0, **{int(d["version"]): int(d["first_step"]) for d in found}}
     out: dict[str, np.ndarray] = {}
     for name in (QUOTAS, WEIGHTS):
-        arrays = {v: np.load(data_folder(plan.path, v) / name)
-                  for v in sorted(set(versions))}
-        full = arrays[0].copy() if 0 in arrays else np.load(plan.path / name)
+        arrays = {v: plan.step_array(name, v) for v in sorted(set(versions))}
+        full = arrays[0].copy() if 0 in arrays else plan.step_array(name)
         for k, v in enumerate(versions):
             if v:
                 lo, hi = k * seg, min((k + 1) * seg, plan.steps)
@@ -116,7 +115,7 @@ def plan_report(path: Path | str) -> dict[str, Any]:
             "entries": entries, "replayed_entries": rep.entries,
             "bytes_on_disk": sum(p.stat().st_size for p in files),
             "rank_bytes": rank_bytes, "bytes_per_entry": rank_bytes / max(entries, 1),
-            "components": component_report(m["components"], rep, np.load(plan.path / QUOTAS)),
+            "components": component_report(m["components"], rep, plan.step_array(QUOTAS)),
             "rewritten_from_step": next((k * plan.segment_steps for k, v in enumerate(rep.versions) if v),
                                         None),
             "undecided_from_step": undecided[0] * plan.segment_steps if undecided else None,

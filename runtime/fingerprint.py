@@ -40,6 +40,13 @@ class ContentHasher:
         return _PREFIX + self._h.hexdigest()
 
 
+def bytes_content_hash(data: bytes) -> str:
+    """``"xxh3_128:<hex>"`` of ``data``: what :func:`file_content_hash` gives for a file holding it."""
+    h = ContentHasher()
+    h.update(data)
+    return h.hexdigest()
+
+
 def file_content_hash(path: Path | str) -> str:
     """``"xxh3_128:<hex>"`` of the file's bytes, as the index and the plan record it."""
     h = ContentHasher()

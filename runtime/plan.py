@@ -10,6 +10,7 @@ token ranges.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,8 @@ import numpy as np
 
 from mixtera.runtime.confine import recorded_dir
 from mixtera.runtime.errors import PlanError
-from mixtera.runtime.fingerprint import ContentHasher, canonical_json, file_content_hash
-from mixtera.runtime.format.plan_dir import MANIFEST, SAMPLES, rank_file_path
+from mixtera.runtime.fingerprint import ContentHasher, bytes_content_hash, canonical_json, file_content_hash
+from mixtera.runtime.format.plan_dir import MANIFEST, QUOTAS, SAMPLES, WEIGHTS, data_folder, rank_file_path
 from mixtera.runtime.format.rank_file import RankFileReader
 from mixtera.runtime.format.rank_frames import Segment
 from mixtera.runtime.shuffle import stream_samples
@@ -29,8 +30,11 @@ from mixtera.runtime.tokenizer import framing_tokens
 from mixtera.runtime.versions import VersionResolver
 
 PLAN_KIND = "mixtera-plan"
-PLAN_FORMAT_VERSION = "1.1"  # 1.1: the manifest's "checksums" (manifest, samples.npy)
-CHECKSUMS = "checksums"  # {"manifest": <content hash>, "samples.npy": <content hash>}
+# 1.1: the manifest's "checksums" (manifest, samples.npy); 1.2: also quotas.npy and weights.npy, and
+# a rewrite's decision.json records those of its own version folder
+PLAN_FORMAT_VERSION = "1.2"
+CHECKSUMS = "checksums"  # {"manifest": <content hash>, "samples.npy": <content hash>, "quotas.npy": ...}
+STEP_ARRAYS = (QUOTAS, WEIGHTS)  # per-step (steps, components) arrays of each data version
 SPLITS = ("train", "validation")  # PLAN/validation/ (plan_dir.VALIDATION) holds the validation split
 _EDITED = "the manifest was edited or is damaged: recompile the plan"
 NO_TOKEN_OFFSET = np.uint64(2**64 - 1)
@@ -146,25 +150,11 @@ class Plan:
         """The plan's sample table (memory-mapped structured array, see SAMPLE_DTYPE), its content
         hash checked against the manifest on first use (once per Plan: ~10 GB/s, xxh3_128)."""
         if self._samples is None:
-            spath, arr = self.path / SAMPLES, self._sample_table()
-            expected = (self.manifest.get(CHECKSUMS) or {}).get(SAMPLES)
-            if expected is not None and file_content_hash(spath) != expected:
-                raise PlanError(f"{spath}: its content hash differs from the one the manifest records "
-                                f"({expected}): the sample table is damaged", "recompile the plan")
-            self._samples = arr
+            self._samples = checked_sample_table(self.path, self.manifest)
         return self._samples
 
     def _sample_table(self) -> np.ndarray:
-        """samples.npy memory-mapped, its dtype checked (its content is not read)."""
-        spath = self.path / SAMPLES
-        try:
-            arr = np.load(spath, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise PlanError(f"{spath}: cannot be read ({exc})", "recompile the plan") from None
-        if arr.dtype != SAMPLE_DTYPE:
-            raise PlanError(f"{spath}: dtype {arr.dtype} is not the plan sample dtype",
-                            "recompile the plan with this version of mixtera")
-        return arr
+        return sample_table(self.path)
 
     # -- segments ------------------------------------------------------------------------------
     def segment_of_step(self, step: int) -> int:
@@ -237,6 +227,19 @@ class Plan:
         i = step - seg.first_step
         return self.resolve(seg).take(slice(int(bounds[i]), int(bounds[i + 1])))
 
+    def step_array(self, name: str, version: int = 0) -> np.ndarray:
+        """``quotas.npy`` or ``weights.npy`` of data version ``version`` (0: the compiled plan; else
+        a rewrite's folder, whose rows start at its first step), checked against its recorded hash."""
+        if version == 0:
+            sums, where = self.manifest.get(CHECKSUMS), self.path / MANIFEST
+        else:
+            decision = self.versions.decision(version, wait=False)
+            if decision is None:
+                raise PlanError(f"{data_folder(self.path, version)}: version {version} is not published",
+                                "the plan folder lost a decision: restore it or recompile the plan")
+            sums, where = decision.get(CHECKSUMS), data_folder(self.path, version)
+        return read_step_array(data_folder(self.path, version) / name, sums, where=where)
+
     def sample_id(self, row: int) -> str:
         """``<path relative to corpus root>#<record>`` of samples.npy row ``row``."""
         rec = self.samples[int(row)]
@@ -277,11 +280,52 @@ def manifest_checksum(manifest: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def seal_manifest(manifest: dict[str, Any], samples_hash: str) -> dict[str, Any]:
-    """``manifest`` with its checksums: that of samples.npy (``samples_hash``) and its own."""
-    out = {**manifest, CHECKSUMS: {SAMPLES: samples_hash}}
+def seal_manifest(manifest: dict[str, Any], file_hashes: dict[str, str]) -> dict[str, Any]:
+    """``manifest`` with its checksums: those of samples.npy and the step arrays
+    (``file_hashes``, by file name) and its own."""
+    out = {**manifest, CHECKSUMS: dict(file_hashes)}
     out[CHECKSUMS]["manifest"] = manifest_checksum(out)
     return out
+
+
+def sample_table(plan_dir: Path) -> np.ndarray:
+    """samples.npy memory-mapped, its dtype checked (its content is not read)."""
+    spath = plan_dir / SAMPLES
+    try:
+        arr = np.load(spath, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"{spath}: cannot be read ({exc})", "recompile the plan") from None
+    if arr.dtype != SAMPLE_DTYPE:
+        raise PlanError(f"{spath}: dtype {arr.dtype} is not the plan sample dtype",
+                        "recompile the plan with this version of mixtera")
+    return arr
+
+
+def checked_sample_table(plan_dir: Path, manifest: dict[str, Any]) -> np.ndarray:
+    """:func:`sample_table`, its content hash checked against the manifest's (~10 GB/s, xxh3_128)."""
+    spath, arr = plan_dir / SAMPLES, sample_table(plan_dir)
+    expected = (manifest.get(CHECKSUMS) or {}).get(SAMPLES)
+    if expected is not None and file_content_hash(spath) != expected:
+        raise PlanError(f"{spath}: its content hash differs from the one the manifest records "
+                        f"({expected}): the sample table is damaged", "recompile the plan")
+    return arr
+
+
+def read_step_array(path: Path, checksums: dict[str, Any] | None, *, where: Path) -> np.ndarray:
+    """A step array (quotas or weights), its content hash checked when ``checksums`` (recorded in
+    ``where``: a manifest or decision) holds one for it; plans before format 1.2 record none."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot be read ({exc.strerror})", "recompile the plan") from None
+    expected = (checksums or {}).get(path.name)
+    if expected is not None and bytes_content_hash(data) != expected:
+        raise PlanError(f"{path}: its content hash differs from the one {where} records ({expected}): "
+                        "the file is damaged", "recompile the plan, or restore the file")
+    try:
+        return np.load(io.BytesIO(data))
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"{path}: not a numpy array ({exc})", "recompile the plan") from None
 
 
 def check_manifest_checksum(manifest: dict[str, Any], where: Path) -> None:
@@ -291,8 +335,8 @@ def check_manifest_checksum(manifest: dict[str, Any], where: Path) -> None:
     minor = str(manifest.get("format_version", "")).partition(".")[2]
     if sums is None and minor in ("", "0"):
         return
-    if not isinstance(sums, dict) or not isinstance(sums.get("manifest"), str) \
-            or not isinstance(sums.get(SAMPLES), str):
+    needed = ("manifest", SAMPLES) if minor == "1" else ("manifest", SAMPLES, *STEP_ARRAYS)
+    if not isinstance(sums, dict) or not all(isinstance(sums.get(k), str) for k in needed):
         raise PlanError(f"{where}: format {manifest.get('format_version')} records no valid checksums",
                         "the manifest was edited or is damaged: recompile the plan")
     found = manifest_checksum(manifest)

@@ -34,7 +34,6 @@ from mixtera.runtime.format.plan_dir import (
     DECISION,
     MANIFEST,
     QUOTAS,
-    SAMPLES,
     VALIDATION,
     WEIGHTS,
     log_path,
@@ -124,7 +123,7 @@ def repartition(old_path: Path | str, spec: MixtureSpec, out: Path | str, *, wor
         states = [PlanState.from_json(s["start_state"]) for s in old.manifest["segments"]]
         blocks: Iterator[tuple[PlanState, BlockEntries]] = (
             (states[k], _repartition_segment(old, k, topo, 0)) for k in range(old.segment_count))
-        samples = np.load(old.path / SAMPLES)
+        samples = np.asarray(old.samples)
         validation = spec.validation is not None and (old.path / VALIDATION / MANIFEST).is_file()
         if validation:
             manifest["validation"] = {**manifest["validation"], "batch_size": None}  # filled below
@@ -140,8 +139,8 @@ def repartition(old_path: Path | str, spec: MixtureSpec, out: Path | str, *, wor
                     _write_version(old, stage, decision, topo, manifest["fingerprint"])
                 _write_log(old, stage, from_step, manifest["fingerprint"])
 
-        return write_plan(out, manifest=manifest, samples=samples, quotas=np.load(old.path / QUOTAS),
-                          weights=np.load(old.path / WEIGHTS), blocks=blocks, nested=nested,
+        return write_plan(out, manifest=manifest, samples=samples, quotas=old.step_array(QUOTAS),
+                          weights=old.step_array(WEIGHTS), blocks=blocks, nested=nested,
                           replace_feedback_state=replace_feedback_state)
     finally:
         old.close()

@@ -40,7 +40,7 @@ from mixtera.runtime.format.plan_dir import (
 )
 from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
 from mixtera.runtime.format.rank_frames import BlockEntries, EncodedSegment, encode_block
-from mixtera.runtime.plan import PLAN_FORMAT_VERSION, PLAN_KIND, seal_manifest
+from mixtera.runtime.plan import PLAN_FORMAT_VERSION, PLAN_KIND, STEP_ARRAYS, seal_manifest
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,7 +171,9 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
             nested(stage)
         full = {"kind": PLAN_KIND, "format_version": PLAN_FORMAT_VERSION, "created_by": created_by(),
                 **manifest, "segments": segments, "entries": entries}
-        full = seal_manifest(full, file_content_hash(stage / SAMPLES))  # read back: cheap next to fsync
+        # Read back for their checksums: cheap next to the fsync.
+        hashes = {name: file_content_hash(stage / name) for name in (SAMPLES, *STEP_ARRAYS)}
+        full = seal_manifest(full, hashes)
         write_atomic(stage / MANIFEST, json_file_bytes(full))
         total = sum(p.stat().st_size for p in stage.iterdir() if p.is_file())
         _carry_cache(out, stage)

@@ -26,19 +26,19 @@ from mixtera.planner.feedback.algorithms import Algorithm, History, algorithms, 
 from mixtera.planner.mixture.dynamic import DynamicSpec, parse_dynamic, resolve_prior
 from mixtera.runtime.atomic import FILE_MODE, write_atomic
 from mixtera.runtime.errors import PlanError
+from mixtera.runtime.fingerprint import bytes_content_hash
 from mixtera.runtime.format.json_file import json_file_bytes
 from mixtera.runtime.format.plan_dir import (
     DECISION,
     MANIFEST,
     QUOTAS,
-    SAMPLES,
     WEIGHTS,
     rank_file_name,
     version_path,
 )
 from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
 from mixtera.runtime.format.rank_frames import BlockEncoder
-from mixtera.runtime.plan import read_manifest
+from mixtera.runtime.plan import CHECKSUMS, checked_sample_table, read_manifest, read_step_array
 from mixtera.runtime.shuffle import stream_samples
 from mixtera.runtime.tokenizer import framing_tokens
 from mixtera.runtime.versions import DECISION_KIND, DecisionSchedule, VersionResolver, publish_version
@@ -92,7 +92,7 @@ class PlanContext:
 
     def samples(self) -> np.ndarray:
         if self._samples is None:
-            self._samples = np.load(self.path / SAMPLES, mmap_mode="r")
+            self._samples = checked_sample_table(self.path, self.manifest)
         return self._samples
 
     def streams(self) -> Streams:
@@ -118,10 +118,13 @@ class PlanContext:
         key = (version, name)
         if key not in self._arrays:
             if version == 0:
-                self._arrays[key] = (0, np.load(self.path / name))
+                self._arrays[key] = (0, read_step_array(self.path / name, self.manifest.get(CHECKSUMS),
+                                                        where=self.path / MANIFEST))
             else:
                 d = self.resolver.decision(version, wait=False)
-                self._arrays[key] = (int(d["first_step"]), np.load(version_path(self.path, version) / name))
+                folder = version_path(self.path, version)
+                self._arrays[key] = (int(d["first_step"]),
+                                     read_step_array(folder / name, d.get(CHECKSUMS), where=folder))
         return self._arrays[key]
 
     def weights_at(self, step: int) -> np.ndarray:
@@ -293,11 +296,13 @@ def write_version(ctx: PlanContext, decision: Decision) -> bool:
         frames = encoder.frames()
     finally:
         encoder.close()
-    body = dict(decision.body, segments=segments)
+    arrays = {QUOTAS: npy_bytes(decision.quotas), WEIGHTS: npy_bytes(decision.weights)}
+    body = dict(decision.body, segments=segments,
+                checksums={name: bytes_content_hash(data) for name, data in arrays.items()})
     fp = bytes.fromhex(ctx.manifest["fingerprint"])
 
     def build(stage: Path) -> None:
-        files = {stage / QUOTAS: npy_bytes(decision.quotas), stage / WEIGHTS: npy_bytes(decision.weights)}
+        files = {stage / name: data for name, data in arrays.items()}
         for rank in range(world):
             header = RankHeader(rank=rank, world_size=world, steps=sched.steps, segment_steps=seg,
                                 first_segment=f, segment_count=len(segments), fingerprint=fp)

@@ -149,7 +149,7 @@ plan plan2
 │ topology    │ 2 ranks x 5 samples                              │
 │ steps       │ 6 in 2 segments of 3                             │
 │ entries     │ 60                                               │
-│ size        │ 6,019 bytes (8.55 bytes per entry in rank files) │
+│ size        │ 6,142 bytes (8.55 bytes per entry in rank files) │
 │ time        │ [TIME]                                           │
 └─────────────┴──────────────────────────────────────────────────┘
 components
@@ -310,7 +310,7 @@ plan plan
 │ ranks        │ 2 x batch 5 samples                           │
 │ steps        │ 6 in 2 segments of 3                          │
 │ entries      │ 60                                            │
-│ size on disk │ 6,019 bytes; rank files 8.550 bytes per entry │
+│ size on disk │ 6,142 bytes; rank files 8.550 bytes per entry │
 └──────────────┴───────────────────────────────────────────────┘
 components
 ┏━━━━┳━━━━━━━━━━━┳━━━━━━━━━┳━━━━━━━━┳━━━━━━━━━━┳━━━━━━━━━━┳━━━━━━━━━┳━━━━━━━━━┳━━━━━━━━┓

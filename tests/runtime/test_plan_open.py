@@ -136,3 +136,44 @@ def test_a_flipped_bit_in_the_sample_table_is_refused_before_anything_is_resolve
         p.step_entries(0, 0)
     with Plan.open(compiled) as p:  # the intact plan resolves
         assert len(p.step_entries(0, 0)) > 0
+
+
+@pytest.mark.parametrize("name", ["quotas.npy", "weights.npy"])
+def test_a_flipped_bit_in_a_step_array_is_refused_by_every_reader(compiled: Path, tmp_path: Path,
+                                                                  name: str) -> None:
+    """inspect and feedback plan from quotas and weights: a flipped bit there would report, and
+    rewrite from, other numbers."""
+    from mixtera.planner.report import plan_report
+
+    plan = _copy(compiled, tmp_path)
+    data = bytearray((plan / name).read_bytes())
+    data[-3] ^= 0x10
+    (plan / name).write_bytes(bytes(data))
+    with Plan.open(plan) as p, pytest.raises(PlanError, match=rf"{name}: its content hash differs"):
+        p.step_array(name)
+    with pytest.raises(PlanError, match=rf"{name}: its content hash differs"):
+        plan_report(plan)
+    with Plan.open(compiled) as p:
+        assert p.step_array(name).shape[0] == p.steps
+
+
+def test_a_format_1_1_plan_without_step_array_checksums_still_opens(compiled: Path, tmp_path: Path) -> None:
+    """1.1 recorded checksums of the manifest and samples.npy only; 1.2 must record all four."""
+    from mixtera.runtime.plan import manifest_checksum
+
+    plan = _copy(compiled, tmp_path)
+
+    def without_step_array_sums(version: str):
+        def edit(m: dict) -> None:
+            m["format_version"] = version
+            for name in ("quotas.npy", "weights.npy"):
+                m[CHECKSUMS].pop(name, None)
+            m[CHECKSUMS]["manifest"] = manifest_checksum(m)
+        return edit
+
+    _edit_manifest(plan, without_step_array_sums("1.1"))
+    with Plan.open(plan) as p:
+        assert p.step_array("quotas.npy").shape[0] == p.steps
+    _edit_manifest(plan, without_step_array_sums("1.2"))
+    with pytest.raises(PlanError, match="records no valid checksums"):
+        Plan.open(plan)

@@ -12,6 +12,7 @@ import pytest
 import mixtera.runtime.versions as versions
 from mixtera.planner.feedback import rewrite
 from mixtera.planner.feedback.orchestrate import feedback_lock, inprocess_rewriter, run_pending
+from mixtera.planner.report import plan_report
 from mixtera.runtime.errors import PlanError, StateError
 from mixtera.runtime.feedback import FeedbackReporter
 from mixtera.runtime.format.feedback_log import read_log
@@ -238,3 +239,20 @@ def test_a_redistribute_component_drops_out_when_a_rewrite_would_exhaust_it(tmp_
     gone = int(np.argmax(np.array([c[3] for c in counts]) == 0))
     assert gone > 250 and all(c[3] == 0 for c in counts[gone:])
     assert all(c.sum() == 256 for c in counts)  # the others took its share
+
+
+def test_a_rewrite_records_its_step_arrays_checksums_and_readers_check_them(
+    job: tuple[Path, list[np.ndarray]], tmp_path: Path
+) -> None:
+
+    plan = _copy(job[0], tmp_path)
+    assert set(read_decision(plan, 1)["checksums"]) == {"quotas.npy", "weights.npy"}
+    plan_report(plan)  # intact: reads every version's arrays
+    path = version_path(plan, 1) / "weights.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with Plan.open(plan) as p, pytest.raises(PlanError, match=r"v000001/weights.npy: its content hash"):
+        p.step_array("weights.npy", 1)
+    with pytest.raises(PlanError, match=r"weights.npy: its content hash differs"):
+        plan_report(plan)
