@@ -138,20 +138,27 @@ def _flipped(path: Path, at: int) -> Path:
 
 
 def test_token_file_block_checksums_catch_a_flipped_id(tmp_path: Path) -> None:
-    """Three blocks of uint16 ids; a bit flip in the last one fails only the reads that touch it,
-    named by block, and a range spanning all three checks the middle block too."""
-    ids = np.arange(3 * BLOCK_BYTES // 2 - 100) % 60_000
-    write_token_file(tmp_path / "0.bin", [ids], 2)
+    """A large file (20 blocks of uint16 ids) is checked block by block as it is read: a bit flip in
+    block 19 fails only the reads that touch it, named by block, and a range spanning blocks 0..2
+    checks the middle block too."""
     per_block = BLOCK_BYTES // 2
-    bad = TokenFile(_flipped(tmp_path / "0.bin", HEADER_SIZE + 2 * BLOCK_BYTES + 10))
+    ids = np.arange(20 * per_block - 100) % 60_000
+    write_token_file(tmp_path / "0.bin", [ids], 2)
+    bad = TokenFile(_flipped(tmp_path / "0.bin", HEADER_SIZE + 19 * BLOCK_BYTES + 10))
     assert bad.slice(0, per_block).tolist() == ids[:per_block].tolist()
-    with pytest.raises(PlanError, match=r"block 2 \(bytes .*\) fails its checksum"):
-        bad.slice(2 * per_block, 2 * per_block + 8)
+    with pytest.raises(PlanError, match=r"block 19 \(bytes .*\) fails its checksum"):
+        bad.slice(19 * per_block, 19 * per_block + 8)
     bad.close()
     middle = TokenFile(_flipped(tmp_path / "0.bin", HEADER_SIZE + BLOCK_BYTES + 3))
     with pytest.raises(PlanError, match="block 1 "):
         middle.slice(10, 2 * per_block + 10)
     middle.close()
+
+
+def test_a_small_token_file_is_checked_whole_when_opened(tmp_path: Path) -> None:
+    write_token_file(tmp_path / "0.bin", [np.arange(3 * BLOCK_BYTES // 2) % 60_000], 2)
+    with pytest.raises(PlanError, match=r"block 2 \(bytes .*\) fails its checksum"):
+        TokenFile(_flipped(tmp_path / "0.bin", HEADER_SIZE + 2 * BLOCK_BYTES + 1))
 
 
 @pytest.mark.parametrize("where", ["samples", "checksum table"])
