@@ -6,6 +6,8 @@ A reader returns the text of samples given the (offset, length) pair the index s
 - ``jsonl.gz`` / ``json.gz`` / ``jsonl.zst`` / ``json.zst``: offsets into the *uncompressed* stream;
   read through the zstd-framed cache of :mod:`mixtera.runtime.format.frame_cache`, built once per file.
 - ``parquet``: row group and row; decoded row groups (text column, Arrow) sit in a byte-bounded LRU.
+- ``tar`` (WebDataset): byte offset and length of the sample's span (its members' header blocks and
+  data); one ``pread`` per sample, split by :mod:`mixtera.runtime.webdataset`.
 
 Fingerprints: opening a file compares its size and mtime_ns with the plan. Equal size and mtime is
 accepted (the fast path); a different size is a changed file; equal size with a different mtime (a
@@ -31,6 +33,7 @@ from mixtera.runtime.errors import CorpusError, PlanError
 from mixtera.runtime.fingerprint import content_digest, file_content_hash
 from mixtera.runtime.format.frame_cache import FramedFile, open_framed
 from mixtera.runtime.lru import LRU
+from mixtera.runtime.webdataset import TarSample, members_record, split_span
 
 _REINDEX = "re-run `mixtera index` on the corpus and `mixtera compile` the mixture again"
 _ROW_GROUP_BYTES = 256 << 20  # decoded Parquet text columns kept per process
@@ -91,8 +94,21 @@ def verify_file(entry: FileEntry) -> None:
         )
 
 
-def text_getter(text_field: str) -> Callable[[Any], str]:
-    """A function that takes a decoded record and returns the text at the dotted JSON path."""
+def text_getter(text_field: str | list[str]) -> Callable[[Any], str]:
+    """A function that takes a decoded record and returns the text at the dotted JSON path (of a list
+    of paths: the first present); KeyError or TypeError when there is none."""
+    if not isinstance(text_field, str):
+        getters = [text_getter(p) for p in text_field]
+
+        def first(record: Any) -> str:
+            for get_one in getters:
+                try:
+                    return get_one(record)
+                except (KeyError, TypeError):
+                    continue
+            raise KeyError(" or ".join(text_field))
+
+        return first
     keys = text_field.split(".")
     if len(keys) == 1:
         return operator.itemgetter(keys[0])
@@ -190,21 +206,25 @@ _ROW_GROUPS = _RowGroupCache(_ROW_GROUP_BYTES)
 
 class ParquetReader:
     """Parquet: decodes the text column of a row group once (Arrow, shared byte-bounded LRU) and
-    converts only the requested rows to Python."""
+    converts only the requested rows to Python. Of several text paths, those whose column the file
+    has are tried in order, row by row (the first value present is the text, as in the index)."""
 
-    def __init__(self, entry: FileEntry, text_field: str, cache_dir: Path) -> None:
+    def __init__(self, entry: FileEntry, text_field: str | list[str], cache_dir: Path) -> None:
         import pyarrow.parquet as pq
 
         self.entry = entry
         self._file = pq.ParquetFile(entry.path)
-        self._column, _, rest = text_field.partition(".")
-        self._get = text_getter(rest) if rest else None
+        paths = [text_field] if isinstance(text_field, str) else list(text_field)
+        names = set(self._file.schema_arrow.names)
+        present = [p for p in paths if p.partition(".")[0] in names] or paths[:1]
+        self._paths = [(column, text_getter(rest) if rest else None)
+                       for column, _, rest in (p.partition(".") for p in present)]
 
-    def _group(self, index: int) -> Any:
+    def _group(self, index: int, column: str) -> Any:
         def load() -> Any:
-            return self._file.read_row_group(index, columns=[self._column]).column(0).combine_chunks()
+            return self._file.read_row_group(index, columns=[column]).column(0).combine_chunks()
 
-        return _ROW_GROUPS.get((self.entry.content_hash, self.entry.path, index), load)
+        return _ROW_GROUPS.get((self.entry.content_hash, self.entry.path, index, column), load)
 
     def texts(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[str]:
         groups: dict[int, list[int]] = {}
@@ -212,13 +232,65 @@ class ParquetReader:
             groups.setdefault(int(group), []).append(i)
         out: list[Any] = [None] * len(offsets)
         for group, where in groups.items():
-            values = self._group(group).take([int(lengths[i]) for i in where]).to_pylist()
-            for i, value in zip(where, values, strict=True):
-                out[i] = self._get(value) if self._get else value
+            for column, get in self._paths:
+                values = self._group(group, column).take([int(lengths[i]) for i in where]).to_pylist()
+                for i, value in zip(where, values, strict=True):
+                    out[i] = _value_at(get, value) if get else value
+                where = [i for i in where if out[i] is None]
+                if not where:
+                    break
         return out
 
     def close(self) -> None:
         self._file = None
+
+
+def _value_at(get: Callable[[Any], str], value: Any) -> Any:
+    try:
+        return get(value)
+    except (KeyError, TypeError):
+        return None
+
+
+class TarReader:
+    """WebDataset shards: one positioned read (``os.pread``) of each sample's span, split into its
+    members; the file stays open, no shard is scanned. Thread-safe (pread has no file position)."""
+
+    def __init__(self, entry: FileEntry, text_field: str | list[str], cache_dir: Path) -> None:
+        self.entry = entry
+        self.getter = text_getter(text_field)
+        self._fd = os.open(entry.path, os.O_RDONLY)
+
+    def span(self, offset: int, length: int) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise PlanError(f"{self.entry.path}: the plan reads bytes [{offset}, {offset + length}) of a "
+                            f"{self.entry.size}-byte file", _REINDEX)
+        return data
+
+    def sample(self, offset: int, length: int) -> TarSample:
+        """The sample whose span starts at ``offset``: key, text, record and media (other members)."""
+        where = f"{self.entry.path} byte {offset}"
+        span = self.span(offset, length)
+        key, members = split_span(span, where)
+        record, media = members_record(span, members, where)
+        try:
+            text = self.getter(record)
+        except (KeyError, TypeError) as exc:
+            raise CorpusError(f"{where}: the sample (key {key!r}) has no text member ({exc})",
+                              _REINDEX) from None
+        return TarSample(key=key, text=text, record=record, media=media)
+
+    def samples(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[TarSample]:
+        return [self.sample(o, n) for o, n in zip(offsets, lengths, strict=True)]
+
+    def texts(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[str]:
+        return [s.text for s in self.samples(offsets, lengths)]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 READERS: dict[str, Callable[[FileEntry, str, Path], Any]] = {
@@ -229,6 +301,7 @@ READERS: dict[str, Callable[[FileEntry, str, Path], Any]] = {
     "jsonl.zst": CompressedJsonLinesReader,
     "json.zst": CompressedJsonLinesReader,
     "parquet": ParquetReader,
+    "tar": TarReader,
 }
 
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from mixtera.planner.compile.packing import PlanState
 from mixtera.planner.compile.plan_arrays import CompiledPlan, compile_plan
+from mixtera.planner.compile.selection import MEDIA_FILTER_COLUMNS
 from mixtera.planner.compile.writer import WrittenPlan, check_output, write_plan
 from mixtera.planner.index import IndexTables, load_index, read_manifest
 from mixtera.planner.mixture.spec import MixtureSpec, load_spec
@@ -51,10 +52,15 @@ def manifest_of(plan: CompiledPlan, index: IndexTables) -> dict[str, Any]:
 
 
 def needed_columns(spec: MixtureSpec) -> list[str]:
-    """Samples columns the compiler reads: locations, sizes and the properties the spec filters on."""
-    properties = read_manifest(spec.index).get("properties", {})
+    """Samples columns the compiler reads: locations, sizes (and image counts, from indexes that have
+    them) and the properties and media columns the spec filters on."""
+    manifest = read_manifest(spec.index)
+    properties = manifest.get("properties", {})
+    media = "images" in manifest.get("counts", {})  # an index of format 1.1 or later
     names = [n for node in spec.nodes().values() if node.where for n in referenced(parse(node.where))]
-    return list(LOCATION_COLUMNS) + sorted({n for n in names if n in properties})
+    wanted = {n for n in names if n in properties or (media and n in MEDIA_FILTER_COLUMNS)}
+    filters = sorted(wanted - {"images"})
+    return list(LOCATION_COLUMNS) + (["images"] if media else []) + filters
 
 
 def compile_file(mixture: Path | str, out: Path | str,

@@ -18,7 +18,9 @@ from mixtera.planner.mixture.where import parse, referenced, where_mask
 from mixtera.runtime.errors import ConfigError
 from mixtera.runtime.tokenizer import framing_tokens
 
-FILTER_COLUMNS = ("tokens", "text_bytes")  # reserved columns a `where` may also use
+# Reserved columns a `where` may also use, with their property types (media columns: indexes >= 1.1).
+FILTER_COLUMNS = {"tokens": "int", "text_bytes": "int"}
+MEDIA_FILTER_COLUMNS = {"key": "string", "images": "int", "image_width": "int", "image_height": "int"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,7 +38,8 @@ class Selection:
 
 def schema_of(index: IndexTables) -> dict[str, str]:
     schema = dict(index.properties)
-    schema.update({c: "int" for c in FILTER_COLUMNS})
+    schema.update(FILTER_COLUMNS)
+    schema.update({c: t for c, t in MEDIA_FILTER_COLUMNS.items() if c in index.samples.column_names})
     return schema
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from mixtera.planner.index import indexer
 from mixtera.planner.index.config import IndexConfig, load_config
-from mixtera.planner.index.corpus_files import CorpusFile, corpus_root, discover
+from mixtera.planner.index.corpus_files import READERS, CorpusFile, corpus_root, discover
 from mixtera.planner.index.parallel import Progress, run_tasks
 from mixtera.planner.index.properties import check_pattern, declared_specs, widen
 from mixtera.planner.index.schema import INDEX_KIND, IndexTables, manifest_json
@@ -105,7 +105,7 @@ def build_index(
     if not files:
         raise CorpusError(
             f"corpus {root} holds no indexable files",
-            "mixtera indexes .jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst and .parquet files",
+            f"mixtera indexes {', '.join(READERS)} files",
         )
     identity = {
         "corpus_root": str(root),

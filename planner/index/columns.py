@@ -6,6 +6,10 @@ tens of milliseconds; `schema.py` maps these names to Arrow types for the writin
 
 from __future__ import annotations
 
+# WebDataset columns: the sample's key in its shard, its image count (0 for text files) and its first
+# image's size from the header (null without an image). `where` may filter on these.
+MEDIA_COLUMN_NAMES = ("key", "images", "image_width", "image_height")
+
 # Columns every samples table has, in this order; properties follow, sorted by name.
 SAMPLE_COLUMN_NAMES = (
     "sample_id",
@@ -16,6 +20,7 @@ SAMPLE_COLUMN_NAMES = (
     "text_bytes",
     "tokens",
     "token_offset",
+    *MEDIA_COLUMN_NAMES,
 )
 RESERVED = frozenset(SAMPLE_COLUMN_NAMES)
 

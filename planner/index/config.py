@@ -56,7 +56,7 @@ class PropertySpec:
 class IndexConfig:
     """The `[index]` table plus every `[properties.*]` table of an index config."""
 
-    text: str = "text"
+    text: str | tuple[str, ...] = "text"  # dotted path, or paths of which the first present wins
     on_error: str = "fail"
     tokenizer: str | None = None  # absolute path once resolved
     eos: bool = True
@@ -68,6 +68,11 @@ class IndexConfig:
     base_dir: str | None = field(default=None, compare=False)  # folder of the config file
 
     @property
+    def text_paths(self) -> tuple[str, ...]:
+        """The dotted text paths, in the order they are tried."""
+        return (self.text,) if isinstance(self.text, str) else self.text
+
+    @property
     def explicit(self) -> bool:
         """True when the user declared properties or a hook (no automatic top-level fields)."""
         return bool(self.properties) or self.function is not None
@@ -75,8 +80,9 @@ class IndexConfig:
     def validate(self, where: str = "index config") -> None:
         if self.on_error not in ON_ERROR:
             raise ConfigError(f"{where}: [index] on_error = {self.on_error!r} is not one of fail, skip")
-        if not self.text:
-            raise ConfigError(f"{where}: [index] text must name the field holding the document text")
+        if not self.text_paths or not all(self.text_paths):
+            raise ConfigError(f"{where}: [index] text must name the field holding the document text",
+                              'write text = "text", or paths tried in order: text = ["text", "txt"]')
         if self.function is not None and not _HOOK.match(self.function):
             raise ConfigError(
                 f"{where}: [index] function = {self.function!r} is not of the form module:function",
@@ -88,7 +94,7 @@ class IndexConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, as recorded in the manifest (sorted, JSON-ready)."""
         return {
-            "text": self.text,
+            "text": self.text if isinstance(self.text, str) else list(self.text),
             "on_error": self.on_error,
             "tokenizer": self.tokenizer,
             "eos": self.eos,
@@ -120,7 +126,7 @@ def parse_config(text: str, *, where: str = "index config", base_dir: Path | Non
     if tokenizer is not None and base_dir is not None:
         tokenizer = str((base_dir / tokenizer).resolve())
     config = IndexConfig(
-        text=_str(index, "text", "text", where),
+        text=_text(index, where),
         on_error=_str(index, "on_error", "fail", where),
         tokenizer=tokenizer,
         eos=_bool(index, "eos", True, where),
@@ -180,6 +186,17 @@ def _str(table: dict[str, Any], key: str, default: str, where: str) -> str:
     value = table.get(key, default)
     if not isinstance(value, str):
         raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+    return value
+
+
+def _text(table: dict[str, Any], where: str) -> str | tuple[str, ...]:
+    value = table.get("text", "text")
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value[0] if len(value) == 1 else tuple(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: [index] text must be a field path or a list of field paths, "
+                          f"got {value!r}",
+                          'e.g. text = "json.caption" or text = ["text", "txt"] (the first present wins)')
     return value
 
 

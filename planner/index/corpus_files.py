@@ -1,17 +1,19 @@
 """Corpus files: discovery by suffix, hashing while reading, and the format reader table.
 
 A reader maps a path to an iterator of `Chunk`s. JSON lines readers hand out raw line bytes (parsed
-in the indexer's hot loop); the Parquet reader hands out row dicts. Adding a format (WebDataset
-`.tar`) means writing one function and adding one row to `READERS`.
+in the indexer's hot loop); the Parquet reader hands out row dicts; the WebDataset reader hands out
+one `{extension: value}` dict per tar sample (see `mixtera.runtime.webdataset`). Adding a format means
+writing one function and adding one row to `READERS`.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import tarfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -20,6 +22,14 @@ import zstandard
 
 from mixtera.runtime.errors import CorpusError
 from mixtera.runtime.fingerprint import ContentHasher, file_content_hash
+from mixtera.runtime.webdataset import (
+    MemberError,
+    decode_value,
+    image_header_size,
+    kind_of,
+    put_value,
+    split_name,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,6 +48,26 @@ class Chunk:
     lines: Sequence[int]  # JSON: 1-based line number; Parquet: 0-based row of the file (messages)
     raw: bool
     end: int = 0  # JSON lines: stream offset just after the chunk's last "\n"
+    media: list[MediaInfo] | None = None  # tar samples: key, image count and first image size per item
+    problems: dict[int, str] | None = None  # item -> why it is a bad record (found by the reader)
+
+    def where(self, path: Path, i: int) -> str:
+        """How messages name item ``i``: line of a JSON lines file, row of Parquet, sample of a tar."""
+        if self.raw:
+            return f"{path}:{self.lines[i]}"
+        if self.media is not None:
+            return f"{path} sample {self.lines[i]} (key {self.media[i].key!r})"
+        return f"{path} row {self.lines[i]}"
+
+
+@dataclass(slots=True)
+class MediaInfo:
+    """What the index records of a tar sample besides its record: key, images, first image's size."""
+
+    key: str
+    images: int = 0
+    width: int | None = None
+    height: int | None = None
 
 
 class HashingReader:
@@ -209,6 +239,110 @@ def _scalar_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if not pa.types.is_nested(f.type)]
 
 
+# ---- WebDataset tar shards -----------------------------------------------------------------
+
+TAR_CHUNK = 4096  # samples handed to the hot loop at once
+_BLOCK = tarfile.BLOCKSIZE
+_TAR_HINT = ("re-download or re-create the shard (it must be an uncompressed tar), or remove it from "
+             "the corpus")
+
+
+@dataclass(slots=True)
+class _TarSample:
+    start: int  # first header block of the sample's first member
+    end: int  # end of its last member's data, padded to the block size
+    record: dict[str, Any]
+    info: MediaInfo
+    exts: set[str] = field(default_factory=set)
+    problem: str | None = None
+
+
+def _read_tar(path: Path, columns: list[str] | None, digest: list[str]) -> Iterator[Chunk]:
+    """The samples of a WebDataset shard in order of their key's first appearance.
+
+    Reads every member header, the JSON and text members, and the header of each sample's first image;
+    other member data is skipped (seek). The content hash is a second, sequential pass.
+    """
+    items = list(_tar_samples(path).values())
+    for lo in range(0, len(items), TAR_CHUNK):
+        part = items[lo : lo + TAR_CHUNK]
+        problems = {i: s.problem for i, s in enumerate(part) if s.problem is not None}
+        yield Chunk([s.record for s in part], [s.start for s in part], [s.end - s.start for s in part],
+                    range(lo, lo + len(part)), False, media=[s.info for s in part], problems=problems)
+    digest.append(file_content_hash(path))
+
+
+def _tar_samples(path: Path) -> dict[str, _TarSample]:
+    try:
+        tf = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed by the `with` below
+    except tarfile.ReadError as exc:
+        raise CorpusError(f"{path}: not a tar archive ({exc})", _TAR_HINT) from None
+    samples: dict[str, _TarSample] = {}
+    with tf:
+        try:
+            for info in tf:
+                if info.isfile():
+                    _add_member(tf, info, samples)
+        except tarfile.ReadError as exc:
+            raise _truncated(path, samples, f"it ends inside a member ({exc})") from None
+        _check_end(path, tf, samples)
+    return samples
+
+
+def _add_member(tf: tarfile.TarFile, info: tarfile.TarInfo, samples: dict[str, _TarSample]) -> None:
+    key, ext = split_name(info.name)
+    end = info.offset_data + -(-info.size // _BLOCK) * _BLOCK
+    sample = samples.get(key)
+    if sample is None:
+        sample = samples[key] = _TarSample(info.offset, end, {}, MediaInfo(key))
+    sample.end = max(sample.end, end)
+    if sample.problem is not None:
+        return
+    kind = kind_of(ext)
+    try:
+        if not ext:
+            raise MemberError(f"member {info.name!r} has no extension (no dot in its file name)")
+        if ext in sample.exts:
+            raise MemberError(f"member .{ext} occurs twice for this key")
+        sample.exts.add(ext)
+        if kind in ("json", "text"):
+            put_value(sample.record, ext, decode_value(ext, _member_bytes(tf, info)))
+        elif kind == "image":
+            sample.info.images += 1
+            if sample.info.images == 1:
+                sample.info.width, sample.info.height = image_header_size(tf.extractfile(info))
+    except MemberError as exc:
+        sample.problem = str(exc)
+
+
+def _member_bytes(tf: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    f = tf.extractfile(info)
+    assert f is not None  # a regular file
+    return f.read()
+
+
+def _check_end(path: Path, tf: tarfile.TarFile, samples: dict[str, _TarSample]) -> None:
+    """A tar ends with zero blocks; without them the file was cut at a member boundary (or holds a
+    damaged header there, which tarfile reads as the end)."""
+    assert tf.fileobj is not None
+    tf.fileobj.seek(tf.offset)
+    block = tf.fileobj.read(_BLOCK)
+    if block == bytes(_BLOCK):
+        return
+    if len(block) < _BLOCK:
+        raise _truncated(path, samples, f"it ends at byte {tf.offset + len(block)} without the "
+                         "end-of-archive blocks")
+    raise _truncated(path, samples, f"the header at byte {tf.offset} is not a tar header")
+
+
+def _truncated(path: Path, samples: dict[str, _TarSample], reason: str) -> CorpusError:
+    """The error for a damaged shard, naming the last sample whose members all lie before the damage."""
+    keys = list(samples)
+    good = (f"the last complete sample is #{len(keys) - 2} (key {keys[-2]!r})" if len(keys) > 1
+            else "no sample is complete")
+    return CorpusError(f"{path}: truncated or damaged tar archive: {reason}; {good}", _TAR_HINT)
+
+
 Reader = Callable[[Path, "list[str] | None", "list[str]"], Iterator[Chunk]]
 
 # suffix -> (format name in the index, reader). Longest suffix wins.
@@ -219,6 +353,7 @@ READERS: dict[str, tuple[str, Reader]] = {
     ".jsonl.zst": ("jsonl.zst", _stream_reader(_zstd_blocks)),
     ".json.zst": ("json.zst", _stream_reader(_zstd_blocks)),
     ".parquet": ("parquet", _read_parquet),
+    ".tar": ("tar", _read_tar),
 }
 
 

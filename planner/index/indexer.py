@@ -22,7 +22,7 @@ import orjson
 
 from mixtera.planner.index.columns import RESERVED
 from mixtera.planner.index.config import IndexConfig
-from mixtera.planner.index.corpus_files import Chunk, CorpusFile, reader_for
+from mixtera.planner.index.corpus_files import Chunk, CorpusFile, MediaInfo, reader_for
 from mixtera.planner.index.properties import Extractor, as_text, compile_extractor, infer_type, load_hook
 from mixtera.planner.index.values import CONVERTERS, ValueTypeError
 from mixtera.runtime.errors import CorpusError, MixteraUserError
@@ -46,11 +46,28 @@ class FileRows:
     length: array
     text_bytes: array
     tokens: array | None  # None without a tokenizer
+    media: MediaRows | None  # tar shards only
     token_file: bool  # tokens were written to the file's token file (token_offset = running sum)
     declared: dict[str, list[Any]]  # declared properties, sorted by name
     declared_types: dict[str, str]
     auto: dict[str, list[Any]]  # automatic properties, dense (None where absent), sorted by name
     auto_types: dict[str, str]
+
+
+@dataclass(slots=True, kw_only=True)
+class MediaRows:
+    """The media columns of a tar shard's good samples (the index's `key`, `images`, `image_*`)."""
+
+    key: list[str] = field(default_factory=list)
+    images: array = field(default_factory=lambda: array("q"))
+    image_width: list[int | None] = field(default_factory=list)
+    image_height: list[int | None] = field(default_factory=list)
+
+    def extend(self, infos: list[MediaInfo]) -> None:
+        self.key.extend(m.key for m in infos)
+        self.images.extend(m.images for m in infos)
+        self.image_width.extend(m.width for m in infos)
+        self.image_height.extend(m.height for m in infos)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -130,6 +147,7 @@ class _Rows:
         self.columns: list[list[Any]] = [[] for _ in names]  # declared properties, `Extractor.names` order
         self.auto: dict[str, tuple[list[int], list[Any]]] = {}  # sparse: (rows, values)
         self.writer: Any = None  # mixtera.runtime.format.token_file.TokenFileWriter with --store-tokens
+        self.media: MediaRows | None = None  # tar shards
 
 
 def index_file(task: FileTask, state: WorkerState) -> FileResult:
@@ -173,7 +191,7 @@ def _columns_needed(cfg: IndexConfig, ex: Extractor) -> list[str] | None:
     """Top-level Parquet columns to read; None reads every scalar column (automatic properties)."""
     if ex.automatic or ex.hook is not None:
         return None
-    tops = {cfg.text.split(".")[0]}
+    tops = {p.split(".")[0] for p in cfg.text_paths}
     for _, paths, *_ in ex.fields:
         tops.update(p[0] for _, p in paths)
     return sorted(tops)
@@ -189,18 +207,21 @@ def _index_chunk(
     on_error: str,
 ) -> list[str]:
     """The hot loop: parse, take the text, extract properties; returns the good records' texts."""
-    if ex.hook is None and not ex.automatic and len(ex.text_path) == 1:
+    if ex.hook is None and not ex.automatic and ex.text_key is not None and not chunk.problems:
         texts = _clean_chunk(chunk, first, ex, rows)
         if texts is not None:
             return texts
     loads, JSONError = orjson.loads, orjson.JSONDecodeError
+    problems = chunk.problems or {}
     texts: list[str] = []
     row, auto, hook, raw = ex.row, ex.automatic, ex.hook, chunk.raw
-    key = ex.text_path[0] if len(ex.text_path) == 1 else None
+    key = ex.text_key
     values: list[tuple] = []
     text_bytes, bad = rows.text_bytes, []
     for i, item in enumerate(chunk.items):
         try:
+            if i in problems:
+                raise _Bad(problems[i])
             if raw:
                 try:
                     item = loads(item)
@@ -239,7 +260,7 @@ def _clean_chunk(chunk: Chunk, first: int, ex: Extractor, rows: _Rows) -> list[s
         return None
     if set(map(type, records)) != {dict}:
         return None
-    texts = list(map(dict.get, records, repeat(ex.text_path[0])))
+    texts = list(map(dict.get, records, repeat(ex.text_key)))
     if set(map(type, texts)) != {str}:
         return None
     columns = ex.columns(records) if ex.columns is not None else None
@@ -259,18 +280,24 @@ def _utf8_size(text: str) -> int:
 
 
 def _locations(chunk: Chunk, first: int, bad: list[int], rows: _Rows) -> None:
-    """Record numbers, offsets and lengths of the chunk's good records, appended in bulk."""
+    """Record numbers, offsets and lengths (and media columns) of the chunk's good records, in bulk."""
     n = len(chunk.items)
+    if chunk.media is not None and rows.media is None:
+        rows.media = MediaRows()
     if not bad:
         rows.record.extend(range(first, first + n))
         rows.offset.extend(chunk.offsets)
         rows.length.extend(chunk.lengths)
+        if rows.media is not None and chunk.media is not None:
+            rows.media.extend(chunk.media)
         return
     dropped = set(bad)
     good = [i for i in range(n) if i not in dropped]
     rows.record.extend(first + i for i in good)
     rows.offset.extend(chunk.offsets[i] for i in good)
     rows.length.extend(chunk.lengths[i] for i in good)
+    if rows.media is not None and chunk.media is not None:
+        rows.media.extend([chunk.media[i] for i in good])
 
 
 def _extras(ex: Extractor, record: dict[str, Any], vals: tuple, rows: _Rows, n: int) -> tuple:
@@ -296,10 +323,10 @@ class _Bad(Exception):
 
 
 def _text_problem(ex: Extractor, text: Any) -> str:
-    field_name = ".".join(ex.text_path)
+    field_name = " or ".join(repr(".".join(p)) for p in ex.text_paths)
     if text is None:
-        return f"missing text field {field_name!r}"
-    return f"text field {field_name!r} must be a string, got {type(text).__name__}"
+        return f"missing text field {field_name}"
+    return f"text field {field_name} must be a string, got {type(text).__name__}"
 
 
 def _hooked(hook: Any, record: dict[str, Any], ex: Extractor, values: dict[str, Any]) -> dict[str, Any]:
@@ -346,9 +373,8 @@ def _bad(
 ) -> None:
     line = chunk.lines[i]
     if on_error == "fail":
-        where = f"{path}:{line}" if chunk.raw else f"{path} row {line}"
         raise CorpusError(
-            f"{where}: {message}",
+            f"{chunk.where(path, i)}: {message}",
             'fix the record, or set on_error = "skip" under [index] in the config to leave bad records out',
         )
     skipped.append((line, message))
@@ -383,6 +409,7 @@ def _file_rows(rows: _Rows, ex: Extractor, tokenizing: bool) -> FileRows:
         length=array("q", rows.length),
         text_bytes=array("q", rows.text_bytes),
         tokens=array("q", rows.tokens) if tokenizing else None,
+        media=rows.media,
         token_file=rows.writer is not None,
         declared=dict(zip(ex.names, rows.columns, strict=True)),
         declared_types=dict(ex.types),

@@ -107,7 +107,7 @@ def load_hook(spec: str, search_path: str | None) -> Callable[[dict[str, Any], s
 class Extractor:
     """Everything the hot loop needs to turn one record into (text, declared values, auto values)."""
 
-    text_path: tuple[str, ...]
+    text_paths: tuple[tuple[str, ...], ...]  # tried in order: the first present value is the text
     fields: list[tuple[str, list[tuple[str, tuple[str, ...]]], Callable[[Any], Any], str, Any]]
     constants: dict[str, Any]  # path-captured values, the same for every record of the file
     names: list[str]  # declared property names, sorted (column order)
@@ -119,10 +119,18 @@ class Extractor:
     columns: Callable[[list[Any]], list[list[Any]] | None] | None = None  # `row_codegen.column_function`
     types: dict[str, str] = field(default_factory=dict)  # declared name -> property type
 
+    @property
+    def text_key(self) -> str | None:
+        """The text's top-level field when the text path is one plain key (the fast paths), else None."""
+        paths = self.text_paths
+        return paths[0][0] if len(paths) == 1 and len(paths[0]) == 1 else None
+
     def text(self, record: Any) -> Any:
-        if len(self.text_path) == 1:
-            return record.get(self.text_path[0]) if isinstance(record, dict) else None
-        return get_path(record, self.text_path)
+        for path in self.text_paths:
+            value = record.get(path[0]) if len(path) == 1 else get_path(record, path)
+            if value is not None:
+                return value
+        return None
 
     def automatic_fields(self, record: dict[str, Any]) -> dict[str, Any]:
         """Top-level scalar fields other than the text and the declared properties."""
@@ -145,14 +153,14 @@ def compile_extractor(config: IndexConfig, relpath: str, hook: Callable[..., Any
             fields.append((spec.name, paths, CONVERTERS[spec.type], spec.type, spec.default))
     names = sorted(s.name for s in specs)
     return Extractor(
-        text_path=tuple(config.text.split(".")),
+        text_paths=tuple(tuple(p.split(".")) for p in config.text_paths),
         fields=fields,
         constants=constants,
         names=names,
         hook=hook,
         automatic=not config.explicit,
         relpath=relpath,
-        skip_auto=frozenset([config.text.split(".")[0], *names, *RESERVED]),
+        skip_auto=frozenset([*(p.split(".")[0] for p in config.text_paths), *names, *RESERVED]),
         row=row_function(fields, constants, names),
         columns=column_function(fields, constants, names),
         types={s.name: s.type for s in specs},

@@ -21,14 +21,15 @@ from mixtera.runtime.fingerprint import content_digest
 from mixtera.runtime.format.plan_dir import INDEX_FILES, INDEX_MANIFEST, INDEX_SAMPLES
 
 INDEX_KIND = "mixtera-index"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: the media columns (key, images, image_width, image_height)
 ROW_GROUP_SIZE = 65_536
 
 # Columns every samples table has, in this order; properties follow, sorted by name.
 SAMPLE_COLUMNS: dict[str, pa.DataType] = dict(
     zip(
         SAMPLE_COLUMN_NAMES,
-        [pa.string(), pa.int32(), pa.int64(), pa.int64(), pa.int64(), pa.int64(), pa.int64(), pa.int64()],
+        [pa.string(), pa.int32(), pa.int64(), pa.int64(), pa.int64(), pa.int64(), pa.int64(), pa.int64(),
+         pa.string(), pa.int64(), pa.int64(), pa.int64()],
         strict=True,
     )
 )

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mixtera.planner.index.indexer import FileResult
+from mixtera.planner.index.indexer import FileResult, MediaRows
 from mixtera.planner.index.schema import PROPERTY_TYPES
 
 
@@ -30,12 +30,23 @@ def file_table(res: FileResult) -> pa.Table:
         "text_bytes": _int64(rows.text_bytes),
         "tokens": _int64(rows.tokens) if rows.tokens is not None else pa.nulls(n, pa.int64()),
         "token_offset": _token_offsets(rows.tokens) if rows.token_file else pa.nulls(n, pa.int64()),
+        **_media_columns(rows.media, n),
     }
     for name, values in rows.declared.items():
         data[name] = pa.array(values, PROPERTY_TYPES[rows.declared_types[name]])
     for name, values in rows.auto.items():
         data[name] = pa.array(values, PROPERTY_TYPES[rows.auto_types[name]])
     return pa.table(data)
+
+
+def _media_columns(media: MediaRows | None, n: int) -> dict[str, pa.Array]:
+    """Key, image count and first image size of a tar shard's samples; no key and no image elsewhere."""
+    if media is None:
+        return {"key": pa.nulls(n, pa.string()), "images": pa.array(np.zeros(n, np.int64)),
+                "image_width": pa.nulls(n, pa.int64()), "image_height": pa.nulls(n, pa.int64())}
+    return {"key": pa.array(media.key, pa.string()), "images": _int64(media.images),
+            "image_width": pa.array(media.image_width, pa.int64()),
+            "image_height": pa.array(media.image_height, pa.int64())}
 
 
 def _int64(values: array | None) -> pa.Array:

@@ -36,6 +36,8 @@ def previous_index(out: Path, identity: dict[str, Any]) -> IndexTables | None:
         manifest = read_manifest(out)
     except MixteraUserError:
         return None
+    if manifest.get("format_version") != FORMAT_VERSION:  # an older index lacks columns of this one
+        return None
     if any(manifest.get(k) != v for k, v in identity.items()):
         return None
     try:
@@ -102,6 +104,7 @@ def write_index(
             "samples": samples.num_rows,
             "bytes": int(pc.sum(samples.column("text_bytes")).as_py() or 0),
             "tokens": int(pc.sum(tokens).as_py() or 0) if tok else None,
+            "images": int(pc.sum(samples.column("images")).as_py() or 0),
         },
     }
     write_atomic(stage / INDEX_MANIFEST, json_file_bytes(manifest, indent=2))
@@ -134,7 +137,7 @@ def _files_table(entries: list[dict[str, Any]]) -> pa.Table:
 
 # Columns unique (or nearly) per sample: dictionary encoding only costs time and space there.
 _NO_DICTIONARY = frozenset(
-    {"sample_id", "record", "offset", "length", "text_bytes", "tokens", "token_offset"}
+    {"sample_id", "record", "offset", "length", "text_bytes", "tokens", "token_offset", "key"}
 )
 
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mixtera.planner.index.schema import files_schema, samples_schema
+from mixtera.planner.index.schema import FORMAT_VERSION, files_schema, samples_schema
 from mixtera.runtime.format.plan_dir import INDEX_FILES, INDEX_MANIFEST, INDEX_SAMPLES
 
 LANGUAGES = ("en", "de", "fr", "es")
@@ -47,6 +47,10 @@ def write_synthetic_index(out: Path, samples: int, *, seed: int = 0, files: int 
         "text_bytes": pa.array(np.full(samples, 99, np.int64)),
         "tokens": pa.array(n_tok.astype(np.int64)) if tokens else pa.nulls(samples, pa.int64()),
         "token_offset": pa.nulls(samples, pa.int64()),
+        "key": pa.nulls(samples, pa.string()),
+        "images": pa.array(np.zeros(samples, np.int64)),
+        "image_width": pa.nulls(samples, pa.int64()),
+        "image_height": pa.nulls(samples, pa.int64()),
         "language": pa.array(np.array(LANGUAGES)[rng.integers(0, len(LANGUAGES), samples)]),
         "license": pa.array(np.array(LICENSES)[rng.integers(0, len(LICENSES), samples)]),
         "quality": pa.array(np.round(rng.random(samples), 3)),
@@ -61,12 +65,12 @@ def write_synthetic_index(out: Path, samples: int, *, seed: int = 0, files: int 
     pq.write_table(pa.Table.from_pylist(file_rows, schema=files_schema()), out / INDEX_FILES)
     tokenizer = {"path": "tok.json", "name": "synthetic", "blake2b": "0" * 32, "vocab_size": 1000,
                  "eos_id": 0, "eos": eos} if tokens else None
-    manifest = {"kind": "mixtera-index", "format_version": "1.0", "created_by": "synthetic",
+    manifest = {"kind": "mixtera-index", "format_version": FORMAT_VERSION, "created_by": "synthetic",
                 "corpus_root": str(out / "corpus"), "text_field": "text", "config": {},
                 "properties": {n: {"type": t, "sources": []} for n, t in props.items()},
                 "files": [{**f, "skipped": 0} for f in file_rows],
                 "counts": {"files": files, "samples": samples, "bytes": 99 * samples,
-                           "tokens": int(n_tok.sum()) if tokens else None},
+                           "tokens": int(n_tok.sum()) if tokens else None, "images": 0},
                 "tokenizer": tokenizer, "store_tokens": False}
     (out / INDEX_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return out

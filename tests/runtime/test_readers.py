@@ -102,10 +102,10 @@ def test_changed_corpus_file_is_detected(tmp_path: Path) -> None:
 
 
 def test_unknown_format_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "c.tar"
+    path = tmp_path / "c.avro"
     shutil.copy(__file__, path)
-    with pytest.raises(PlanError, match="no reader for format 'tar'"):
-        open_reader(_entry(path, "tar"), "text", tmp_path)
+    with pytest.raises(PlanError, match="no reader for format 'avro'"):
+        open_reader(_entry(path, "avro"), "text", tmp_path)
 
 
 @pytest.mark.parametrize("code", [2, 4])

@@ -1,0 +1,175 @@
+"""WebDataset `.tar` shards: the one home of how tar members become samples.
+
+A shard is a plain tar archive. Members are grouped into samples by key: the member's path up to the
+first dot of its file name (``a/b/0001.seg.png`` -> key ``a/b/0001``, extension ``seg.png``). A sample
+is the record ``{extension: value}``: ``json`` members parsed, text members decoded as UTF-8 (an
+extension with dots nests: ``en.txt`` is ``record["en"]["txt"]``, so dotted paths reach it), binary
+members (images and anything else) kept as bytes only where the caller asks for them (``media``).
+
+The index (`mixtera.planner.index.corpus_files`) records each sample's *span*: from the first header
+block of its first member to the end of its last member's data. The runtime reads that span with one
+positioned read and splits it with `split_span`, keeping the members of the sample's key, so no shard
+is ever scanned at run time. Members of one key that are not adjacent in the archive belong to the
+sample of the key's first appearance; its span then covers the members in between, which the split
+leaves out (correct, but it reads more bytes).
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from mixtera.runtime.errors import CorpusError, MixteraUserError
+
+# Members decoded as UTF-8 text (the last dotted part of the extension decides: "en.txt" is text).
+TEXT_EXTENSIONS = frozenset({"txt", "text", "cls", "cls2", "caption", "md", "html", "htm", "xml", "csv",
+                             "tsv", "yaml", "yml", "id", "key", "url", "index"})
+JSON_EXTENSIONS = frozenset({"json"})
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff", "ppm", "pgm",
+                              "pbm", "pnm"})
+PILLOW_HINT = 'install Pillow, the image library mixtera uses: pip install "mixtera[vision]"'
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``(key, extension)`` of a member path; the extension is "" for a file name without a dot."""
+    folder, slash, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return folder + slash + stem, ext
+
+
+def kind_of(ext: str) -> str:
+    """How a member with extension ``ext`` is read: "json", "text", "image" or "binary"."""
+    last = ext.rsplit(".", 1)[-1].lower()
+    if last in JSON_EXTENSIONS:
+        return "json"
+    if last in TEXT_EXTENSIONS:
+        return "text"
+    return "image" if last in IMAGE_EXTENSIONS else "binary"
+
+
+def is_read_at_index(ext: str) -> bool:
+    """JSON and text members become record values; binary members are only located."""
+    return kind_of(ext) in ("json", "text")
+
+
+class MemberError(ValueError):
+    """A member's value cannot be decoded (the caller names the file and sample)."""
+
+
+def put_value(record: dict[str, Any], ext: str, value: Any) -> None:
+    """Store a member's value under its extension, nested at the dots (``en.txt`` -> ``record["en"]["txt"]``)
+    so that the index's dotted paths reach every member: ``text = "en.txt"``, ``from = "json.caption"``."""
+    *outer, last = ext.split(".")
+    for part in outer:
+        inner = record.setdefault(part, {})
+        if type(inner) is not dict:
+            raise MemberError(f"member .{ext} collides with member .{part}")
+        record = inner
+    if last in record:
+        raise MemberError(f"member .{ext} collides with another member of this key")
+    record[last] = value
+
+
+def decode_value(ext: str, data: bytes) -> Any:
+    """The record value of a JSON or text member."""
+    if kind_of(ext) == "json":
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise MemberError(f"member .{ext} is not valid JSON ({exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MemberError(f"member .{ext} is not UTF-8 text ({exc})") from None
+
+
+def pillow() -> Any:
+    """The `PIL.Image` module, imported on first use so that text-only work never needs Pillow."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise MixteraUserError("reading images needs Pillow, which is not installed", PILLOW_HINT) from None
+    return Image
+
+
+def image_header_size(fileobj: Any) -> tuple[int, int]:
+    """``(width, height)`` of an image from its header: Pillow's lazy open reads the header only."""
+    image_mod = pillow()
+    try:
+        with image_mod.open(fileobj) as im:
+            return int(im.width), int(im.height)
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for a header it cannot read
+        raise MemberError(f"image header cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TarSample:
+    """One sample read back from its shard."""
+
+    key: str
+    text: str
+    record: dict[str, Any]  # JSON and text members, decoded as at index time
+    media: dict[str, bytes]  # the other members (images first among them in archive order)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member of a span: extension and where its data lies, relative to the span's start."""
+
+    ext: str
+    start: int
+    size: int
+
+
+def split_span(span: bytes, where: str) -> tuple[str, list[Member]]:
+    """The key and the members of the sample whose span is ``span`` (from its first header block).
+
+    Members of other keys inside the span (non-adjacent members of one key) are left out.
+    """
+    members: list[Member] = []
+    key: str | None = None
+    try:
+        with tarfile.open(fileobj=io.BytesIO(span), mode="r:") as tf:
+            for info in tf:
+                if not info.isfile():
+                    continue
+                k, ext = split_name(info.name)
+                key = k if key is None else key
+                if k == key:
+                    members.append(Member(ext, info.offset_data, info.size))
+    except tarfile.TarError as exc:
+        raise CorpusError(f"{where}: no tar sample at the planned bytes ({exc})", REINDEX) from None
+    if key is None or any(m.start + m.size > len(span) for m in members):
+        raise CorpusError(f"{where}: no complete tar sample at the planned bytes", REINDEX)
+    return key, members
+
+
+REINDEX = "re-run `mixtera index` on the corpus and `mixtera compile` the mixture again"
+
+
+def members_record(span: bytes, members: list[Member], where: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The sample's record (JSON and text members decoded, as the index read them) and its other
+    members as bytes (``media``)."""
+    record: dict[str, Any] = {}
+    media: dict[str, bytes] = {}
+    view = memoryview(span)
+    for m in members:
+        data = bytes(view[m.start : m.start + m.size])
+        if is_read_at_index(m.ext):
+            try:
+                put_value(record, m.ext, decode_value(m.ext, data))
+            except MemberError as exc:
+                raise CorpusError(f"{where}: {exc}", REINDEX) from None
+        else:
+            media[m.ext] = data
+    return record, media
+
+
+def image_extensions(exts: Iterator[str] | list[str]) -> list[str]:
+    """The image members among ``exts``, in order."""
+    return [e for e in exts if kind_of(e) == "image"]
