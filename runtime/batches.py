@@ -159,7 +159,9 @@ def collate_step(item: Any) -> Any:
 class StepDocuments:
     """One step's documents, in plan order: ``len``, indexing, slicing, iteration and ``==`` as a list
     of dicts with ``text``, ``sample_id``, ``domain``, ``domain_id``, ``step``, ``token_start``,
-    ``token_end``. The dicts are built once, on first use."""
+    ``token_end``; items of WebDataset samples add ``media`` (``{extension: bytes}`` of the non-text
+    members) and, with ``decode_images=True``, ``images`` (uint8 tensors (3, H, W), archive order).
+    The dicts are built once, on first use."""
 
     __slots__ = ("step", "_texts", "_cols", "_items")
 
@@ -197,6 +199,7 @@ class StepDocuments:
                     c["token_end"], strict=True,
                 )
             ]
+            _add_media(self._items, c.get("media"), c.get("images"))
             self._texts = self._cols = None  # the dicts hold everything now
         return self._items
 
@@ -226,6 +229,17 @@ class StepDocuments:
         if isinstance(texts, list):
             texts = ("".join(texts), np.cumsum([len(t) for t in texts], dtype=np.int64).tolist())
         return StepDocuments, (self.step, texts, self._cols)
+
+
+def _add_media(items: list[dict[str, Any]], media: list[Any] | None, images: list[Any] | None) -> None:
+    """``media`` (and decoded ``images``) on the items of WebDataset samples (None for other items)."""
+    if media is None:
+        return
+    for i, m in enumerate(media):
+        if m is not None:
+            items[i]["media"] = m
+            if images is not None:
+                items[i]["images"] = images[i]
 
 
 def _documents_of_items(step: int, items: list[dict[str, Any]]) -> StepDocuments:

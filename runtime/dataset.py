@@ -23,6 +23,7 @@ from mixtera.runtime.data_parallel import data_parallel_rank
 from mixtera.runtime.errors import PlanError, StateError
 from mixtera.runtime.fingerprint import json_digest
 from mixtera.runtime.format.plan_dir import INDEX_MANIFEST, MANIFEST, VALIDATION, version_path
+from mixtera.runtime.images import check_image_size
 from mixtera.runtime.packing import PackedStep
 from mixtera.runtime.plan import SPLITS, Plan
 from mixtera.runtime.replay import Replay, ReplayConfig
@@ -33,7 +34,7 @@ from mixtera.runtime.versions import DecisionSchedule, read_decision
 OUTPUTS = ("tokens", "documents")
 
 
-def plan_text_field(plan: Plan) -> str:
+def plan_text_field(plan: Plan) -> str | list[str]:
     """The JSON path of the document text: the plan's copy of the index setting, else the index's."""
     m = plan.manifest
     field = m.get("text_field") or (m.get("index") or {}).get("text_field")
@@ -77,6 +78,8 @@ class PlanDataset(IterableDataset):
         split: str = "train",
         document_masks: bool = False,
         continue_positions: bool = False,
+        decode_images: bool = False,
+        image_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if output not in OUTPUTS:
@@ -84,6 +87,9 @@ class PlanDataset(IterableDataset):
         if (document_masks or continue_positions) and output != "tokens":
             raise PlanError("document_masks / continue_positions need output='tokens'",
                             "documents carry their boundaries already: each item is one document")
+        if image_size is not None and not decode_images:
+            raise PlanError("image_size needs decode_images=True", "pass decode_images=True as well")
+        image_size = check_image_size(image_size)
         self.split = split
         self.plan_path = split_path(Path(plan), split)
         self.output = output
@@ -116,6 +122,7 @@ class PlanDataset(IterableDataset):
             pretokenized=self.pretokenized, tokenizer_path=self.tokenizer_path,
             tokenizer_info=self.tokenizer_info, tokenizer_blake2b=self.tokenizer_blake2b,
             document_masks=document_masks, continue_positions=continue_positions,
+            decode_images=decode_images, image_size=image_size,
         )
         self._next_step = 0  # position of this copy: first step not yet consumed / yielded
         self._stride = 1  # 1: a rank position; w: the position of one of w loader workers

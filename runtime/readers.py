@@ -329,6 +329,10 @@ class ReaderPool:
         self.capacity = capacity
         self._open: LRU[int, Any] = LRU(capacity, evict=lambda reader: reader.close())
 
+    def format_of(self, file_id: int) -> str | None:
+        entry = self._files.get(file_id)
+        return entry.format if entry is not None else None
+
     def get(self, file_id: int) -> Any:
         reader = self._open.get(file_id)
         if reader is not None:

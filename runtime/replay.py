@@ -19,6 +19,7 @@ from mixtera.runtime.confine import recorded_dir
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.plan_dir import MANIFEST, TOKENS_DIR
 from mixtera.runtime.format.rank_frames import Segment
+from mixtera.runtime.images import decode_media_images
 from mixtera.runtime.packing import PackedStep, pack_step, provenance_slices
 from mixtera.runtime.plan import Plan, ResolvedEntries
 from mixtera.runtime.readers import FileEntry
@@ -42,7 +43,7 @@ class ReplayConfig:
     seq_len: int
     with_provenance: bool
     domains: tuple[str, ...]  # component names by id
-    text_field: str
+    text_field: str | list[str]
     cache_dir: Path
     pretokenized: bool
     tokenizer_path: Path | None
@@ -50,6 +51,8 @@ class ReplayConfig:
     tokenizer_blake2b: str | None  # the digest checked at construction
     document_masks: bool = False  # tokens: add position_ids and document_ids (runtime/document_masks.py)
     continue_positions: bool = False
+    decode_images: bool = False  # documents of WebDataset samples: add `images` (runtime/images.py)
+    image_size: tuple[int, int] | None = None
 
 
 class Replay:
@@ -141,8 +144,14 @@ class Replay:
         lists = self.entry_lists(step)
         # The texts in the readers' tight loop (orjson.loads of a mapped slice for JSON lines); the
         # dicts are built where the batch is used (runtime/batches.py).
-        texts = self.texts.texts(lists["file"], lists["offset"], lists["length"])
+        texts, media = self.texts.documents(lists["file"], lists["offset"], lists["length"])
         cols: dict[str, Any] = {name: lists[name] for name in _DOC_COLUMNS}
+        if any(m is not None for m in media):
+            cols["media"] = media
+            if self.cfg.decode_images:
+                cols["images"] = [None if m is None else decode_media_images(
+                    m, self.cfg.image_size, f"{self.paths[f]}#{r}")
+                    for m, f, r in zip(media, lists["file"], lists["record"], strict=True)]
         cols["paths"] = {f: self.paths[f] for f in set(lists["file"])}
         cols["domains"] = self.cfg.domains
         return StepDocuments(step, texts, cols)

@@ -19,7 +19,7 @@ from mixtera.runtime.errors import PlanError
 from mixtera.runtime.fingerprint import json_digest
 from mixtera.runtime.format.plan_dir import INDEX_MANIFEST
 from mixtera.runtime.format.token_file import TokenFile
-from mixtera.runtime.readers import FileEntry, JsonLinesReader, ReaderPool
+from mixtera.runtime.readers import FileEntry, JsonLinesReader, ReaderPool, TarReader
 
 _DOC_CACHE_TOKENS = 1 << 21  # ids kept for documents that a later entry continues (~16 MB as int64)
 _OPEN_TOKEN_FILES = 64
@@ -50,6 +50,28 @@ class TextSource:
             for i, text in zip(where, got, strict=True):
                 out[i] = text
         return out
+
+    def documents(self, file: Sequence[int], offset: Sequence[int],
+                  length: Sequence[int]) -> tuple[list[str], list[dict[str, bytes] | None]]:
+        """Texts, and the media (``{extension: bytes}`` of the non-text members) of WebDataset samples
+        (None for samples of other formats), in order; plain lists."""
+        media: list[dict[str, bytes] | None] = [None] * len(file)
+        if not any(self.pool.format_of(f) == "tar" for f in set(file)):
+            return self.texts(file, offset, length), media
+        groups: dict[int, list[int]] = {}
+        for i, f in enumerate(file):
+            groups.setdefault(f, []).append(i)
+        texts: list[Any] = [None] * len(file)
+        for f, where in groups.items():
+            reader = self.pool.get(f)
+            offsets, lengths = [offset[i] for i in where], [length[i] for i in where]
+            if isinstance(reader, TarReader):
+                for i, sample in zip(where, reader.samples(offsets, lengths), strict=True):
+                    texts[i], media[i] = sample.text, sample.media
+            else:
+                for i, text in zip(where, reader.texts(offsets, lengths), strict=True):
+                    texts[i] = text
+        return texts, media
 
     def close(self) -> None:
         self.pool.close()

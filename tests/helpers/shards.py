@@ -66,3 +66,27 @@ def write_shard(path: Path, samples: list[dict[str, Any]], folder: str = "") -> 
     members = [(f"{folder}{s['__key__']}.{ext}", v)
                for s in samples for ext, v in s.items() if ext != "__key__"]
     return write_members(path, members)
+
+
+def mixed_corpus(root: Path, shards: int = 2, per_shard: int = 12, texts: int = 30) -> Path:
+    """``root/img/shard-<i>.tar`` (captioned PNGs) beside ``root/text/t.jsonl`` (plain documents)."""
+    for i in range(shards):
+        write_shard(root / "img" / f"shard-{i}.tar", image_samples(per_shard, start=i * per_shard))
+    text = root / "text" / "t.jsonl"
+    text.parent.mkdir(parents=True, exist_ok=True)
+    text.write_text("".join(json.dumps({"text": f"document {i} " + "word " * (3 + i % 7)}) + "\n"
+                            for i in range(texts)))
+    return root
+
+
+def mixture_toml(index: Path, weights: dict[str, float], *, unit: str = "samples", steps: int = 6,
+                 world_size: int = 2, batch_size: int = 5, seq_len: int = 0, seed: int = 3,
+                 extra: str = "") -> str:
+    """A mixture over an index of ``mixed_corpus`` (property `source`: img, text)."""
+    parts = [f'[mixture]\nindex = "{index}"\nunit = "{unit}"\nsteps = {steps}\nsegment_steps = 2\n'
+             f"seed = {seed}\n{extra}",
+             f"[topology]\nworld_size = {world_size}\nbatch_size = {batch_size}\n"
+             + (f"seq_len = {seq_len}\n" if seq_len else "")]
+    parts += [f"[components.{name}]\nwhere = \"source == '{name}'\"\nweight = {w}\n"
+              for name, w in weights.items()]
+    return "\n".join(parts)
