@@ -46,6 +46,7 @@ def schema_of(index: IndexTables) -> dict[str, str]:
 def select(spec: MixtureSpec, index: IndexTables) -> Selection:
     leaves = spec.leaves()
     tokens = _token_spans(spec, index)
+    images = _images(index) if tokens is not None else None
     raw = [_match(spec, leaf, index) for leaf in leaves]
     matched = _resolve_overlap(spec, leaves, raw, index.samples.num_rows)
     rows, spans, dropped = [], [], []
@@ -55,6 +56,8 @@ def select(spec: MixtureSpec, index: IndexTables) -> Selection:
                               "it matches belong to earlier components (overlap = \"first\")",
                               "move it before the components that claim its samples, or narrow theirs")
         span = tokens[m] if tokens is not None else np.ones(m.size, np.int64)
+        if images is not None:
+            _check_images(spec, leaf, images[m])
         keep = span > 0
         rows.append(m[keep])
         spans.append(span[keep])
@@ -76,6 +79,35 @@ def _token_spans(spec: MixtureSpec, index: IndexTables) -> np.ndarray | None:
                           "re-index with a tokenizer (`tokenizer = \"tokenizer.json\"` under [index] in "
                           "the index config), or use unit = \"samples\"")
     return pc.fill_null(col, 0).to_numpy().astype(np.int64) + framing_tokens(tokenizer)
+
+
+def _images(index: IndexTables) -> np.ndarray | None:
+    """Images per sample (indexes before format 1.1 have no `images` column: no images)."""
+    if "images" not in index.samples.column_names:
+        return None
+    return pc.fill_null(index.samples.column("images"), 0).to_numpy().astype(np.int64)
+
+
+def _check_images(spec: MixtureSpec, leaf: ComponentSpec, images: np.ndarray) -> None:
+    """A token plan over image-text samples: refused, with what is missing.
+
+    A sample would span its text tokens plus ``images * image_tokens``, and must never be split across
+    sequences; the token packer cuts documents at step and sequence ends, so until it packs whole
+    samples such a plan is refused rather than compiled wrong.
+    """
+    with_images = int(np.count_nonzero(images))
+    if not with_images:
+        return
+    if spec.image_tokens is None:
+        raise ConfigError(f"{spec.source}: mixture.image_tokens: component {leaf.name!r} matches "
+                          f"{with_images} samples with images, and unit = 'tokens' needs to know what an image costs",
+                          "set image_tokens = N under [mixture]: the positions the vision encoder gives one "
+                          "image (576 for a LLaVA-style 24x24 patch grid), or use unit = \"samples\"")
+    raise ConfigError(f"{spec.source}: component {leaf.name!r} matches {with_images} image-text samples; "
+                      "unit = 'tokens' would cut them at sequence ends, and this mixtera does not pack "
+                      "whole image-text samples yet",
+                      "use unit = \"samples\" (PlanDataset output=\"documents\" with decode_images=True), "
+                      "or narrow the component's `where` to text (images == 0)")
 
 
 def _match(spec: MixtureSpec, leaf: ComponentSpec, index: IndexTables) -> np.ndarray:

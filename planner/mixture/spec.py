@@ -142,6 +142,7 @@ class MixtureSpec:
     overlap: str = "error"
     normalize: bool = False
     validation: ValidationSpec | None = None
+    image_tokens: int | None = None  # unit = "tokens": positions one image takes in a sequence
     source: str = "<spec>"  # the TOML file, for errors
 
     def validate(self) -> None:
@@ -160,6 +161,7 @@ class MixtureSpec:
         if not 0 <= self.seed < 2**63:
             raise fail(f, "mixture.seed", f"must be in [0, 2**63), got {self.seed}")
         self.topology.validate(unit=self.unit, file=f)
+        self._validate_image_tokens()
         if not self.components:
             raise fail(f, "components", "the mixture has no components",
                        "add [components.NAME] tables with `where` and `weight`")
@@ -242,6 +244,22 @@ class MixtureSpec:
             out.setdefault(parent, {})[local] = w
         return out
 
+    def _validate_image_tokens(self) -> None:
+        if self.image_tokens is None:
+            return
+        if self.unit != "tokens":
+            raise fail(self.source, "mixture.image_tokens", "only applies with unit = 'tokens'",
+                       "remove it, or set unit = \"tokens\" (a sample then counts its text tokens plus "
+                       "images * image_tokens)")
+        if self.image_tokens < 1:
+            raise fail(self.source, "mixture.image_tokens", f"must be >= 1, got {self.image_tokens}",
+                       "the number of positions the vision encoder gives one image, e.g. 576")
+        if self.image_tokens > self.topology.seq_len:
+            raise fail(self.source, "mixture.image_tokens",
+                       f"{self.image_tokens} does not fit in one sequence of seq_len = "
+                       f"{self.topology.seq_len}",
+                       "an image is never split across sequences: use a larger seq_len")
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec, canonical (recorded in the plan and hashed into its fingerprint)."""
         return {"index": str(self.index), "seed": self.seed, "unit": self.unit, "steps": self.steps,
@@ -250,7 +268,8 @@ class MixtureSpec:
                 "components": [c.to_dict() for c in self.components],
                 "schedule": [s.to_dict() for s in self.schedule], "dynamic": self.dynamic,
                 # only when set, so that plans without [validation] keep their fingerprints
-                **({"validation": self.validation.to_dict()} if self.validation else {})}
+                **({"validation": self.validation.to_dict()} if self.validation else {}),
+                **({"image_tokens": self.image_tokens} if self.image_tokens is not None else {})}
 
 
 U32_MAX = 2**32 - 1  # rank files store ranks, world size, segment lengths and counts in 32 bits
@@ -287,7 +306,8 @@ def check_level(level: dict[str, Weight], normalize: bool, file: str, key: str) 
 
 
 # -- TOML -------------------------------------------------------------------------------------------
-_MIXTURE_KEYS = {"index", "seed", "unit", "steps", "segment_steps", "overlap", "normalize", "on_exhausted"}
+_MIXTURE_KEYS = {"index", "seed", "unit", "steps", "segment_steps", "overlap", "normalize", "on_exhausted",
+                 "image_tokens"}
 _TOPOLOGY_KEYS = {"world_size", "batch_size", "seq_len"}
 _COMPONENT_KEYS = {"where", "weight", "on_exhausted", "normalize", "components"}
 _SCHEDULE_KEYS = {"from_step", "ramp_steps", "weights"}
@@ -374,7 +394,8 @@ def _build(doc: dict[str, Any], r: _Reader, base: Path) -> MixtureSpec:
                                r.get(mix, "mixture", "normalize", bool, False), r),
         schedule=tuple(_stage(s, f"schedule[{i}]", r) for i, s in enumerate(schedule_raw)),
         dynamic=dynamic,
-        validation=_validation(doc.get("validation"), unit, r))
+        validation=_validation(doc.get("validation"), unit, r),
+        image_tokens=r.get(mix, "mixture", "image_tokens", int, None))
 
 
 def _validation(raw: Any, unit: str, r: _Reader) -> ValidationSpec | None:
