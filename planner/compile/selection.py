@@ -100,7 +100,8 @@ def _check_images(spec: MixtureSpec, leaf: ComponentSpec, images: np.ndarray) ->
         return
     if spec.image_tokens is None:
         raise ConfigError(f"{spec.source}: mixture.image_tokens: component {leaf.name!r} matches "
-                          f"{with_images} samples with images, and unit = 'tokens' needs to know what an image costs",
+                          f"{with_images} samples with images, and unit = 'tokens' needs to know what an "
+                          "image costs",
                           "set image_tokens = N under [mixture]: the positions the vision encoder gives one "
                           "image (576 for a LLaVA-style 24x24 patch grid), or use unit = \"samples\"")
     raise ConfigError(f"{spec.source}: component {leaf.name!r} matches {with_images} image-text samples; "
