@@ -17,6 +17,7 @@ leaves out (correct, but it reads more bytes).
 from __future__ import annotations
 
 import io
+import struct
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -97,14 +98,79 @@ def pillow() -> Any:
     return Image
 
 
+HEADER_BYTES = 1 << 16  # read to find an image's size; a JPEG with more metadata goes to Pillow
+
+
 def image_header_size(fileobj: Any) -> tuple[int, int]:
-    """``(width, height)`` of an image from its header: Pillow's lazy open reads the header only."""
+    """``(width, height)`` of an image from its header, without decoding.
+
+    PNG, GIF, WebP and JPEG headers are parsed here from the first bytes (about 10x faster than
+    opening the image with Pillow, which dominated indexing); any other format, or a JPEG whose
+    frame header lies beyond `HEADER_BYTES`, is opened lazily with Pillow (it reads the header only).
+    """
+    head = fileobj.read(HEADER_BYTES)
+    size = _fast_size(head)
+    if size is not None:
+        return size
+    fileobj.seek(0)
     image_mod = pillow()
     try:
         with image_mod.open(fileobj) as im:
             return int(im.width), int(im.height)
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for a header it cannot read
         raise MemberError(f"image header cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def _fast_size(head: bytes) -> tuple[int, int] | None:
+    """The size in a PNG, GIF, WebP or JPEG header; None when ``head`` is none of them (or odd)."""
+    size: tuple[int, int] | None = None
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
+        size = struct.unpack(">II", head[16:24])
+    elif head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        size = struct.unpack("<HH", head[6:10])
+    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        size = _webp_size(head)
+    elif head[:2] == b"\xff\xd8":
+        size = _jpeg_size(head)
+    return size if size is not None and size[0] > 0 and size[1] > 0 else None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8 " and len(head) >= 30 and head[23:26] == b"\x9d\x01\x2a":
+        w, h = struct.unpack("<HH", head[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8L" and len(head) >= 25 and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(head) >= 30:
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None
+
+
+# JPEG start-of-frame markers (SOF0-SOF15 without DHT, JPG and DAC), which hold the frame size.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    at = 2
+    while at + 9 <= len(head):
+        if head[at] != 0xFF:
+            return None
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in _SOF:
+            h, w = struct.unpack(">HH", head[at + 5 : at + 9])
+            return w, h
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            at += 2
+            continue
+        if marker == 0xDA:  # start of scan before any frame header: let Pillow judge
+            return None
+        at += 2 + int.from_bytes(head[at + 2 : at + 4], "big")
+    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

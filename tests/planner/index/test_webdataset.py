@@ -231,3 +231,25 @@ def test_real_shards_equal_an_independent_tarfile_read(shared_corpora: Path, tmp
         "cc12m-train-0000.tar": 32, "tuxpaint-000001.tar": 385}
     widths = pq.read_table(tmp_path / "idx" / INDEX_SAMPLES, columns=["image_width"]).column(0)
     assert widths.null_count == 0
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "JPEG", "JPEG-progressive", "WEBP", "WEBP-lossless",
+                                 "WEBP-alpha", "BMP", "TIFF"])
+@pytest.mark.parametrize("size", [(1, 1), (17, 9), (300, 200), (5000, 3)])
+def test_image_header_sizes_equal_pillow(fmt: str, size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    from mixtera.runtime.webdataset import image_header_size
+
+    name, _, variant = fmt.partition("-")
+    kwargs = {"progressive": True} if variant == "progressive" else \
+        {"lossless": True} if variant == "lossless" else {}
+    im = Image.new("RGBA" if variant == "alpha" else "RGB", size, "red")
+    if name == "JPEG":  # metadata before the frame header
+        exif = im.getexif()
+        exif[0x010E] = "x" * 3000
+        kwargs["exif"] = exif
+    buf = io.BytesIO()
+    im.save(buf, format=name, **kwargs)
+    buf.seek(0)
+    assert image_header_size(buf) == Image.open(io.BytesIO(buf.getvalue())).size == size
