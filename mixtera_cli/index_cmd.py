@@ -20,7 +20,8 @@ def index(
         list[Path],
         typer.Argument(
             metavar="CORPUS",
-            help="Corpus folders or files (.jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst, .parquet, WebDataset .tar).",
+            help="Corpus folders or files (.jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst, .parquet, "
+                 "WebDataset .tar).",
             show_default=False,
         ),
     ],
