@@ -373,10 +373,13 @@ def _bad(
 ) -> None:
     line = chunk.lines[i]
     if on_error == "fail":
-        raise CorpusError(
-            f"{chunk.where(path, i)}: {message}",
-            'fix the record, or set on_error = "skip" under [index] in the config to leave bad records out',
-        )
+        hint = 'fix the record, or set on_error = "skip" under [index] in the config to leave bad records out'
+        if chunk.media is not None and message.startswith("missing text field"):
+            members = ", ".join(sorted(chunk.items[i])) or "none"
+            hint = (f"a WebDataset sample is the record {{extension: value}} (its text and JSON members: "
+                    f"{members}); name its text under [index], e.g. text = \"txt\", \"json.caption\" or "
+                    f"[\"text\", \"txt\"]; or {hint}")
+        raise CorpusError(f"{chunk.where(path, i)}: {message}", hint)
     skipped.append((line, message))
 
 

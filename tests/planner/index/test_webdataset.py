@@ -253,3 +253,23 @@ def test_image_header_sizes_equal_pillow(fmt: str, size: tuple[int, int]) -> Non
     im.save(buf, format=name, **kwargs)
     buf.seek(0)
     assert image_header_size(buf) == Image.open(io.BytesIO(buf.getvalue())).size == size
+
+
+def test_the_default_text_path_on_a_shard_hints_at_its_members(tmp_path: Path) -> None:
+    write_shard(tmp_path / "c" / "a.tar", image_samples(2))
+    with pytest.raises(CorpusError, match=r"(?s)missing text field 'text'.*text and JSON members: json, "
+                       r"txt\); name its text under \[index\], e.g. text = \"txt\""):
+        build_index(tmp_path / "c", tmp_path / "idx")
+
+
+def test_unchanged_shards_are_reused_and_changed_ones_reindexed(tmp_path: Path) -> None:
+    write_shard(tmp_path / "c" / "a.tar", image_samples(3))
+    write_shard(tmp_path / "c" / "b.tar", image_samples(2, start=3))
+    build_index(tmp_path / "c", tmp_path / "idx", _cfg())
+    first = (tmp_path / "idx" / INDEX_SAMPLES).read_bytes()
+    again = build_index(tmp_path / "c", tmp_path / "idx", _cfg())
+    assert again.unchanged == ["a.tar", "b.tar"] and (tmp_path / "idx" / INDEX_SAMPLES).read_bytes() == first
+    write_shard(tmp_path / "c" / "b.tar", image_samples(4, start=3))
+    changed = build_index(tmp_path / "c", tmp_path / "idx", _cfg())
+    assert changed.changed == ["b.tar"] and changed.samples == 7
+    assert [r["key"] for r in _rows(tmp_path / "idx")][3:] == ["s00003", "s00004", "s00005", "s00006"]
