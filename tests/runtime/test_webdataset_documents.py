@@ -192,3 +192,19 @@ def test_text_work_needs_no_pillow_and_images_name_the_extra(tmp_path: Path,
     assert build_index(tmp_path / "c", tmp_path / "idx").samples == 1
     with pytest.raises(MixteraUserError, match=r"(?s)needs Pillow.*mixtera\[vision\]"):
         decode_image(b"\x89PNG")
+
+
+def test_elastic_repartition_keeps_the_global_order_of_shard_samples(plan: Path, tmp_path: Path) -> None:
+    from mixtera.planner.compile.elastic import repartition
+    from mixtera.planner.mixture.spec import load_spec
+
+    repartition(plan, load_spec(plan.parent / "mix.toml"), tmp_path / "one", world_size=1, from_step=2)
+    old = [_docs(plan, rank) for rank in (0, 1)]
+    new = list(PlanDataset(tmp_path / "one", rank=0, world_size=1, output="documents",
+                           decode_images=True).loader(num_workers=2))
+    for step in range(2, 6):
+        want = [d for rank in old for d in rank[step]]
+        got = new[step]
+        assert [d["sample_id"] for d in got] == [d["sample_id"] for d in want]
+        assert [d.get("media") for d in got] == [d.get("media") for d in want]
+        assert all(len(d["images"]) == 1 for d in got if d["domain"] == "img")
