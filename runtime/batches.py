@@ -30,10 +30,23 @@ from mixtera.runtime.packing import IGNORE_INDEX, PackedStep
 
 TENSOR_KEYS = ("input_ids", "labels", "domain_ids", "step")
 MASK_KEYS = ("position_ids", "document_ids")  # with PlanDataset(document_masks=True)
+IMAGE_KEYS = ("images", "image_positions")  # with PlanDataset(image_token_id=...)
 
 
 def _keys(packed: PackedStep) -> tuple[str, ...]:
-    return TENSOR_KEYS + (MASK_KEYS if packed.token_start is not None else ())
+    masks = MASK_KEYS if packed.token_start is not None else ()
+    return TENSOR_KEYS + masks + (IMAGE_KEYS if packed.image_positions is not None else ())
+
+
+def _image_views(packed: PackedStep) -> tuple[Any, ...]:
+    """``images`` (uint8 [N, 3, H, W], or a list of [3, H, W] of mixed sizes) and ``image_positions``
+    (LongTensor [N, 2]: sequence, offset of the first placeholder), or nothing for a text-only step."""
+    if packed.image_positions is None:
+        return ()
+    images = packed.images
+    imgs = torch.from_numpy(images) if isinstance(images, np.ndarray) else [torch.from_numpy(a)
+                                                                             for a in images]
+    return imgs, torch.from_numpy(packed.image_positions.astype(np.int64, copy=False))
 
 
 class StepBatch(dict):
@@ -53,6 +66,8 @@ class StepBatch(dict):
         np.copyto(ids, packed.ids.reshape(b, n), casting="safe")
         labels[:, :-1] = ids[:, 1:]
         labels[:, -1] = IGNORE_INDEX
+        if packed.hidden_labels is not None:
+            flat[size : 2 * size][packed.hidden_labels] = IGNORE_INDEX  # targets that are placeholders
         flat[2 * size : 3 * size] = np.repeat(packed.component, packed.sizes)
         if packed.token_start is not None:
             positions, documents = document_layout(packed.sizes, packed.token_start, b, n,
@@ -61,7 +76,7 @@ class StepBatch(dict):
             flat[4 * size : 5 * size] = documents.reshape(-1)
         flat[planes * size :] = packed.step
         rows = buffer[: planes * size].view(planes, b, n).unbind(0)
-        views = (*rows[:3], buffer[planes * size :], *rows[3:])  # in the order of _keys(packed)
+        views = (*rows[:3], buffer[planes * size :], *rows[3:], *_image_views(packed))  # _keys(packed) order
         batch = cls(zip(_keys(packed), views, strict=True))
         if packed.provenance is not None:
             batch["provenance"] = packed.provenance
@@ -95,18 +110,32 @@ class StepBatch(dict):
         return out
 
     def sequences(self) -> list[SequenceItem]:
-        """One item per sequence (views of this batch's rows)."""
+        """One item per sequence (views of this batch's rows); with images, each sequence's images and
+        the offsets of their spans (``image_positions``, LongTensor[k])."""
         step, prov = self.packed.step, self.packed.provenance
-        keys = [k for k in _keys(self.packed) if k != "step"]
-        rows = [v.unbind(0) for k, v in zip(_keys(self.packed), self._views, strict=True) if k != "step"]
+        by_key = dict(zip(_keys(self.packed), self._views, strict=True))
+        keys = [k for k in by_key if k != "step" and k not in IMAGE_KEYS]
+        rows = [by_key[k].unbind(0) for k in keys]
+        per_row = _images_per_row(by_key, self.packed.batch_size)
         items = []
         for row, values in enumerate(zip(*rows, strict=True)):
             item = SequenceItem(zip(keys, values, strict=True), step=step)
+            if per_row is not None:
+                item["images"], item["image_positions"] = per_row[row]
             if prov is not None:
                 item["provenance"] = prov[row]
             item.batch, item.row, item._values = self, row, dict(item)
             items.append(item)
         return items
+
+
+def _images_per_row(views: dict[str, Any], rows: int) -> list[tuple[Any, torch.Tensor]] | None:
+    """Per sequence: its images (a slice of the step's, which are in stream order) and span offsets."""
+    if "image_positions" not in views:
+        return None
+    images, positions = views["images"], views["image_positions"]
+    bounds = np.searchsorted(positions[:, 0].numpy(), np.arange(rows + 1)).tolist()
+    return [(images[a:b], positions[a:b, 1]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 class SequenceItem(dict):
@@ -138,9 +167,25 @@ def collate_sequences(items: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
     stacked = [k for k in (*TENSOR_KEYS[:3], *MASK_KEYS) if k in items[0]]
     out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in stacked}
     out["step"] = torch.tensor([it["step"] for it in items], dtype=torch.long)
+    if "image_positions" in items[0]:
+        out["images"], out["image_positions"] = collate_images(items)
     if "provenance" in items[0]:
         out["provenance"] = [it["provenance"] for it in items]
     return out
+
+
+def collate_images(items: list[dict[str, Any]]) -> tuple[Any, torch.Tensor]:
+    """The sequences' images, concatenated in order (one uint8 tensor [N, 3, H, W] when every image has
+    one size, else a list), and ``image_positions`` LongTensor [N, 2]: (sequence in the batch, offset)."""
+    per_item = [it["images"] for it in items]
+    if all(isinstance(x, torch.Tensor) for x in per_item):  # resized to image_size: one size
+        images: Any = torch.cat(per_item)
+    else:
+        images = [img for imgs in per_item for img in imgs]
+    rows = torch.cat([torch.full((len(it["image_positions"]),), i, dtype=torch.long)
+                      for i, it in enumerate(items)])
+    offsets = torch.cat([it["image_positions"].long() for it in items])
+    return images, torch.stack([rows, offsets], dim=1)
 
 
 default_collate_fn_map[SequenceItem] = collate_sequences  # torch's documented extension point

@@ -33,6 +33,12 @@ class PackedStep:
     # With document masks: per packed entry, the document token its first id is (0: a document start).
     token_start: np.ndarray | None = None
     continue_positions: bool = False
+    # With image samples (runtime/image_tokens.py): the step's decoded images in stream order (uint8
+    # [N, 3, H, W] when all share one size, else a list of [3, H, W]), each one's (sequence, offset),
+    # and the flat indices of the labels whose target is a placeholder.
+    images: np.ndarray | list[np.ndarray] | None = None
+    image_positions: np.ndarray | None = None
+    hidden_labels: np.ndarray | None = None
 
 
 def pack_step(
