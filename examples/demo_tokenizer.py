@@ -14,13 +14,16 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 EOS = "<|endoftext|>"
 
 
-def train_tokenizer(texts: Iterable[str], out: Path, vocab_size: int = 2000) -> Path:
+def train_tokenizer(
+    texts: Iterable[str], out: Path, vocab_size: int = 2000, extra_special: tuple[str, ...] = ()
+) -> Path:
+    """A BPE with ``<|endoftext|>`` and ``extra_special`` (e.g. ``<image>``) as special tokens."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS],
+        special_tokens=[EOS, *extra_special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

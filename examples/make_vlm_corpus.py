@@ -174,6 +174,20 @@ def read_shard(path: Path) -> list[dict[str, bytes]]:
     return list(samples.values())
 
 
+def corpus_texts(root: Path) -> list[str]:
+    """Every caption and note of the corpus: what the demo's tokenizer is trained on."""
+    captions = [s["txt"].decode() for shard in sorted(root.glob("*/*.tar")) for s in read_shard(shard)]
+    notes = [json.loads(line)["text"] for line in (root / "text" / "notes.jsonl").read_text().splitlines()]
+    return captions + notes
+
+
+def train_vlm_tokenizer(root: Path, out: Path) -> Path:
+    """A small BPE over the corpus texts with ``<image>``, the placeholder the tiny VLM reads images at."""
+    from demo_tokenizer import train_tokenizer
+
+    return train_tokenizer(corpus_texts(root), out, vocab_size=400, extra_special=("<image>",))
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("build/vlm/corpus")
     root = build_vlm_corpus(out)
