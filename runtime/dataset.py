@@ -47,6 +47,11 @@ def plan_text_field(plan: Plan) -> str | list[str]:
     return "text"
 
 
+def plan_image_tokens(plan: Plan) -> int:
+    """Tokens one image costs in the plan (``[mixture] image_tokens``); 0 for a plan without images."""
+    return int(plan.manifest.get("image_tokens") or 0)
+
+
 def split_path(plan: Path, split: str) -> Path:
     """The plan directory of ``split``: the plan itself, or its ``validation/`` plan."""
     if split not in SPLITS:
@@ -79,6 +84,7 @@ class PlanDataset(IterableDataset):
         document_masks: bool = False,
         continue_positions: bool = False,
         decode_images: bool = False,
+        image_token_id: int | None = None,
         image_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
@@ -87,9 +93,9 @@ class PlanDataset(IterableDataset):
         if (document_masks or continue_positions) and output != "tokens":
             raise PlanError("document_masks / continue_positions need output='tokens'",
                             "documents carry their boundaries already: each item is one document")
-        if image_size is not None and not decode_images:
-            raise PlanError("image_size needs decode_images=True", "pass decode_images=True as well")
-        image_size = check_image_size(image_size)
+        if image_size is not None and not decode_images and image_token_id is None:
+            raise PlanError("image_size needs decode_images=True (documents) or image_token_id (tokens)",
+                            "pass decode_images=True or image_token_id as well")
         self.split = split
         self.plan_path = split_path(Path(plan), split)
         self.output = output
@@ -109,6 +115,9 @@ class PlanDataset(IterableDataset):
         self.pretokenized = self._choose_pretokenized(meta, pretokenized)
         self.text_field = plan_text_field(meta)
         self.cache_dir = Path(cache_dir or os.environ.get("MIXTERA_CACHE") or self.plan_path / ".cache")
+        self.image_tokens = plan_image_tokens(meta)
+        self.image_size = check_image_size(image_size)
+        self.image_token_id = self._check_image_token_id(image_token_id)
         self.domains = [c.name for c in meta.components]
         self.elastic = ElasticOrigin.of_manifest(meta.manifest)  # compiled with --from-plan
         self._schedule = DecisionSchedule.from_manifest(meta.manifest)  # None: no feedback decisions
@@ -122,7 +131,8 @@ class PlanDataset(IterableDataset):
             pretokenized=self.pretokenized, tokenizer_path=self.tokenizer_path,
             tokenizer_info=self.tokenizer_info, tokenizer_blake2b=self.tokenizer_blake2b,
             document_masks=document_masks, continue_positions=continue_positions,
-            decode_images=decode_images, image_size=image_size,
+            decode_images=decode_images, image_size=self.image_size,
+            image_token_id=self.image_token_id, image_tokens=self.image_tokens,
         )
         self._next_step = 0  # position of this copy: first step not yet consumed / yielded
         self._stride = 1  # 1: a rank position; w: the position of one of w loader workers
@@ -153,6 +163,28 @@ class PlanDataset(IterableDataset):
                 f"this one has unit = {plan.unit!r}",
                 "use output='documents' (and tokenize yourself), or compile with unit = \"tokens\"",
             )
+
+    def _check_image_token_id(self, token_id: object) -> int | None:
+        """The placeholder id: needed (and only allowed) for output='tokens' on a plan with images."""
+        if token_id is None:
+            if self.output == "tokens" and self.image_tokens:
+                raise PlanError(
+                    f"{self.plan_path}: the plan holds image samples ({self.image_tokens} tokens per image); "
+                    "output='tokens' needs image_token_id, the id its placeholders get",
+                    "pass image_token_id=tokenizer.token_to_id('<image>') (a special token of your "
+                    "tokenizer), or use output='documents'")
+            return None
+        if self.output != "tokens":
+            raise PlanError("image_token_id needs output='tokens'",
+                            "documents carry their images as media (decode_images=True decodes them)")
+        if not self.image_tokens:
+            raise PlanError(f"{self.plan_path}: image_token_id is given but the plan has no image_tokens",
+                            "set [mixture] image_tokens and compile a mixture with image samples")
+        vocab = int((self.tokenizer_info or {}).get("vocab_size") or 0)
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < max(vocab, 1):
+            raise PlanError(f"image_token_id={token_id!r} must be an int id of the plan's tokenizer "
+                            f"(0 <= id < vocab size {vocab})", "use a special token such as <image>")
+        return token_id
 
     def _check_tokenizer(self) -> str | None:
         if self.tokenizer_path is not None:  # checked here, parsed only where Replay runs

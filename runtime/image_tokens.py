@@ -59,11 +59,11 @@ def check_whole(token_start: np.ndarray, token_end: np.ndarray, doc_tokens: np.n
             f"{doc_tokens[i]} tokens: an image's placeholders would be split across sequences", _REPACK)
 
 
-def text_ranges(token_start: np.ndarray, token_end: np.ndarray, images: np.ndarray,
-                image_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """The entries' ranges in text coordinates (the document without its placeholders), what a token
-    source reads; image entries are whole (``check_whole``), so only their end moves."""
-    return token_start, token_end - images.astype(np.int64) * image_tokens
+def stack_images(images: list[np.ndarray], size: tuple[int, int] | None) -> np.ndarray | list[np.ndarray]:
+    """A step's images as one uint8 [N, 3, H, W] array when resized to ``size``, else as they are."""
+    if size is None:
+        return images
+    return np.stack(images) if images else np.empty((0, 3, *size), dtype=np.uint8)
 
 
 def insert_placeholders(text_flat: np.ndarray, text_sizes: np.ndarray, images: np.ndarray,

@@ -19,11 +19,18 @@ from mixtera.runtime.confine import recorded_dir
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.plan_dir import MANIFEST, TOKENS_DIR
 from mixtera.runtime.format.rank_frames import Segment
+from mixtera.runtime.image_tokens import check_whole, insert_placeholders, stack_images
 from mixtera.runtime.images import decode_media_images
 from mixtera.runtime.packing import PackedStep, pack_step, provenance_slices
 from mixtera.runtime.plan import Plan, ResolvedEntries
 from mixtera.runtime.readers import FileEntry
-from mixtera.runtime.sources import PretokenizedSource, TextSource, TokenizingSource, check_index_unchanged
+from mixtera.runtime.sources import (
+    ImageSource,
+    PretokenizedSource,
+    TextSource,
+    TokenizingSource,
+    check_index_unchanged,
+)
 from mixtera.runtime.tokenizer import load_tokenizer
 from mixtera.runtime.versions import VersionResolver
 
@@ -53,6 +60,8 @@ class ReplayConfig:
     continue_positions: bool = False
     decode_images: bool = False  # documents of WebDataset samples: add `images` (runtime/images.py)
     image_size: tuple[int, int] | None = None
+    image_token_id: int | None = None  # tokens: image placeholders and images (runtime/image_tokens.py)
+    image_tokens: int = 0  # placeholders per image, the plan's [mixture] image_tokens
 
 
 class Replay:
@@ -87,6 +96,7 @@ class Replay:
             tok, _ = load_tokenizer(cfg.tokenizer_path, cfg.tokenizer_info)
             self.tokens = TokenizingSource(self.texts, tok, self.eos_id, self.bos_id)
         # The one choice of version: waits for a pending decision, publishes "keep" on timeout.
+        self.images = ImageSource(self.texts, cfg.image_size) if cfg.image_token_id is not None else None
         self.resolver = VersionResolver(self.plan.path, manifest, who=f"rank {cfg.rank}")
         self.workers = 1  # loader workers: each resolves only its own steps of a segment
         self._segment: tuple[int, int, ResolvedEntries, dict[int, tuple[int, int]]] | None = None
@@ -119,16 +129,28 @@ class Replay:
     def packed(self, step: int) -> PackedStep:
         """The step's token ids, checked against the topology, in compact form (runtime/batches.py)."""
         ent = self.entries(step)
+        images = self._images(ent, step)
+        counts = np.array([len(x) for x in images], dtype=np.int64) if images is not None else 0
+        placeholders = counts * self.cfg.image_tokens
         cols = {
             "file": ent.file,
             "offset": ent.offset,
             "length": ent.length,
-            "tokens": ent.doc_tokens - (self.eos_id is not None) - (self.bos_id is not None),
+            "tokens": ent.doc_tokens - (self.eos_id is not None) - (self.bos_id is not None) - placeholders,
             "token_offset": ent.token_offset,
         }
-        flat = self.tokens.flat(ent.row, cols, ent.token_start, ent.token_end)
+        # Text coordinates (the document without its placeholders): image entries are whole samples.
+        start, end = ent.token_start, ent.token_end - placeholders
+        flat = self.tokens.flat(ent.row, cols, start, end)
+        if images is not None:
+            flat, spans = insert_placeholders(flat, end - start, counts, self.cfg.image_tokens,
+                                              self.cfg.image_token_id, self.bos_id is not None)
         sizes = ent.token_end - ent.token_start
         packed = pack_step(flat, sizes, ent.component, self.cfg.batch_size, self.cfg.seq_len, step)
+        if images is not None:
+            packed.images = stack_images([img for imgs in images for img in imgs], self.cfg.image_size)
+            packed.image_positions = spans.positions(self.cfg.seq_len)
+            packed.hidden_labels = spans.hidden_labels(self.cfg.seq_len)
         if self.cfg.document_masks:
             packed.token_start = ent.token_start.astype(np.int64)
             packed.continue_positions = self.cfg.continue_positions
@@ -139,6 +161,17 @@ class Replay:
                 for slices in provenance_slices(sizes, ent.token_start, self.cfg.seq_len, self.cfg.batch_size)
             ]
         return packed
+
+    def _images(self, ent: ResolvedEntries, step: int) -> list[list[np.ndarray]] | None:
+        """Each entry's decoded images (none for text samples), checked to be whole samples."""
+        if self.images is None:
+            return None
+        files, records = ent.file.tolist(), ent.record.tolist()
+        names = [f"{self.paths[f]}#{r}" for f, r in zip(files, records, strict=True)]
+        images = self.images.images(files, ent.offset.tolist(), ent.length.tolist(), names)
+        counts = np.array([len(x) for x in images], dtype=np.int64)
+        check_whole(ent.token_start, ent.token_end, ent.doc_tokens, counts, step)
+        return images
 
     def documents(self, step: int) -> StepDocuments:
         lists = self.entry_lists(step)

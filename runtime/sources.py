@@ -19,6 +19,7 @@ from mixtera.runtime.errors import PlanError
 from mixtera.runtime.fingerprint import json_digest
 from mixtera.runtime.format.plan_dir import INDEX_MANIFEST
 from mixtera.runtime.format.token_file import TokenFile
+from mixtera.runtime.images import decode_media_images
 from mixtera.runtime.readers import FileEntry, JsonLinesReader, ReaderPool, TarReader
 
 _DOC_CACHE_TOKENS = 1 << 21  # ids kept for documents that a later entry continues (~16 MB as int64)
@@ -89,6 +90,23 @@ def _plain_texts(
         return [get(loads(views[f][o : o + n])) for f, o, n in zip(files, offsets, lengths, strict=True)]
     except (orjson.JSONDecodeError, KeyError, TypeError):  # let the reader name the bad record
         return [readers[f].texts([o], [n])[0] for f, o, n in zip(files, offsets, lengths, strict=True)]
+
+
+class ImageSource:
+    """The decoded images of samples (uint8 [3, H, W] arrays, member order): one positioned read of a
+    shard sample's span, then runtime/images.py per image member; a sample of a text file has none."""
+
+    def __init__(self, texts: TextSource, image_size: tuple[int, int] | None) -> None:
+        self.texts = texts
+        self.image_size = image_size
+
+    def images(
+        self, file: Sequence[int], offset: Sequence[int], length: Sequence[int], names: Sequence[str]
+    ) -> list[list[np.ndarray]]:
+        """Per sample (``names``: its sample id, for errors), its images."""
+        _, media = self.texts.documents(file, offset, length)
+        return [[] if m is None else [t.numpy() for t in decode_media_images(m, self.image_size, name)]
+                for m, name in zip(media, names, strict=True)]
 
 
 class DocCache:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mixtera.runtime.batches import StepBatch, collate_sequences
 from mixtera.runtime.errors import PlanError
-from mixtera.runtime.image_tokens import check_whole, insert_placeholders, text_ranges
+from mixtera.runtime.image_tokens import check_whole, insert_placeholders
 from mixtera.runtime.packing import IGNORE_INDEX, PackedStep
 
 PH = 999
@@ -95,8 +95,6 @@ def test_a_split_image_sample_is_refused_with_the_step_named() -> None:
     check_whole(np.array([0]), np.array([10]), np.array([10]), one, step=3)
     with pytest.raises(PlanError, match="step 3: entry 0 .* image sample"):
         check_whole(np.array([2]), np.array([10]), np.array([10]), one, step=3)
-    start, end = text_ranges(np.array([0, 4]), np.array([10, 9]), np.array([1, 0]), image_tokens=4)
-    assert start.tolist() == [0, 4] and end.tolist() == [6, 9]
 
 
 @pytest.mark.parametrize("size", [(4, 4), None], ids=["resized", "mixed-sizes"])
