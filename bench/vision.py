@@ -1,0 +1,244 @@
+"""Decoded images per second per worker: PlanDataset against two baselines, measured in the same run.
+
+    .venv/bin/python bench/vision.py [--size 224] [--repeats 3] [--epochs 2]
+
+Shards: ../shared/corpora/image_text (cc12m JPEGs, tuxpaint PNGs) when present, else the generated
+captioned-image corpus (examples/make_vlm_corpus.py, under bench/data/vision/). They are indexed and
+compiled into a `unit = "samples"` plan over every sample (one rank, batch 16), and then:
+
+- ours: `PlanDataset(output="documents", decode_images=True, image_size=(S, S))`, through
+  `ds.loader(num_workers=w)`;
+- (a) the same samples in the same order, each image member read with one `os.pread` at its offset
+  (found by a `tarfile` scan, untimed) and decoded by the same function (runtime/images.py);
+- (b) the `webdataset` library (what a user would pick instead) reading the same shards sequentially,
+  decoding each sample's image member with the same function.
+
+Each with 0 and 2 loader workers. Rates are images per CPU second of the process that decodes (the
+main one with 0 workers; the workers' CPU time summed with 2), so they are per worker and hardly
+disturbed by other load on a shared machine; wall-clock rates are printed beside them. Every rate is
+the best of --repeats alternating rounds. Targets: ours >= 0.8x (a), and ahead of (b), per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import IterableDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "examples"))
+DATA = ROOT / "bench" / "data" / "vision"
+SHARED = ROOT.parent / "shared" / "corpora" / "image_text"
+BATCH = 16
+
+Run = Callable[[], tuple[int, float, float]]  # -> (images, wall seconds, decoding CPU seconds)
+
+
+def shards_dir() -> Path:
+    if SHARED.is_dir() and any(SHARED.glob("*.tar")):
+        return SHARED
+    from make_vlm_corpus import build_vlm_corpus
+
+    corpus = DATA / "corpus"
+    if not corpus.is_dir():
+        build_vlm_corpus(corpus)
+    return corpus / "shapes"
+
+
+def build_plan(shards: Path, epochs: int) -> Path:
+    """Index the shards and compile every sample ``epochs`` times into a one-rank samples plan."""
+    import shutil
+
+    from mixtera.planner.compile.pipeline import compile_file
+    from mixtera.planner.index.build import build_index
+
+    work = DATA / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    config = work / "index.toml"
+    config.write_text('[index]\ntext = "txt"\n')
+    report = build_index([shards], work / "index", config)
+    steps = epochs * report.samples // BATCH
+    (work / "mixture.toml").write_text(
+        f'[mixture]\nindex = "index"\nseed = 1\nunit = "samples"\nsteps = {steps}\nsegment_steps = 16\n\n'
+        f"[topology]\nworld_size = 1\nbatch_size = {BATCH}\n\n[components.images]\nweight = 1.0\n"
+    )
+    compile_file(work / "mixture.toml", work / "plan")
+    return work / "plan"
+
+
+def image_members(shard: Path) -> list[tuple[int, int, str]]:
+    """Per sample of ``shard``, in order: (data offset, size, extension) of its first image member."""
+    from mixtera.runtime.webdataset import kind_of, split_name
+
+    found: dict[str, tuple[int, int, str]] = {}
+    order: list[str] = []
+    with tarfile.open(shard) as tar:
+        for info in tar:
+            key, ext = split_name(info.name)
+            if key not in order:
+                order.append(key)
+            if kind_of(ext) == "image" and key not in found:
+                found[key] = (info.offset_data, info.size, ext)
+    return [found[k] for k in order if k in found]
+
+
+def planned_reads(plan: Path) -> list[tuple[Path, int, int, str]]:
+    """The plan's samples in replay order as (shard, image offset, size, where)."""
+    from mixtera.runtime.plan import Plan
+
+    with Plan.open(plan) as p:
+        paths = {int(f["file_id"]): p.corpus_root / f["path"] for f in p.files}
+        members = {fid: image_members(path) for fid, path in paths.items()}
+        reads = []
+        for step in range(p.steps):
+            ent = p.step_entries(0, step)
+            for f, r in zip(ent.file.tolist(), ent.record.tolist(), strict=True):
+                off, size, ext = members[f][r]
+                reads.append((paths[f], off, size, f"{paths[f].name}#{r}.{ext}"))
+    return reads
+
+
+# -- the three readers ------------------------------------------------------------------------------
+def ours(plan: Path, size: tuple[int, int]) -> Callable[[int], Iterator[int]]:
+    from mixtera.runtime import PlanDataset
+
+    def images(workers: int) -> Iterator[int]:
+        ds = PlanDataset(plan, rank=0, world_size=1, output="documents", decode_images=True, image_size=size)
+        for docs in ds.loader(num_workers=workers):
+            yield sum(len(d.get("images", ())) for d in docs)
+
+    return images
+
+
+class PreadDecode(IterableDataset):
+    """(a): one positioned read per image member, then the runtime's decode; worker j takes every
+    w-th batch of BATCH reads, as the plan's steps are dealt to loader workers."""
+
+    def __init__(self, reads: list[tuple[Path, int, int, str]], size: tuple[int, int]) -> None:
+        super().__init__()
+        self.reads, self.size = reads, size
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        from torch.utils.data import get_worker_info
+
+        from mixtera.runtime.images import decode_image
+
+        info = get_worker_info()
+        j, w = (info.id, info.num_workers) if info else (0, 1)
+        fds: dict[Path, int] = {}
+        for lo in range(j * BATCH, len(self.reads), w * BATCH):
+            batch = []
+            for path, off, n, where in self.reads[lo : lo + BATCH]:
+                fd = fds.get(path) or fds.setdefault(path, os.open(path, os.O_RDONLY))
+                batch.append(decode_image(os.pread(fd, n, off), self.size, where=where))
+            yield batch  # the decoded images travel to the training process, as ours do
+        for fd in fds.values():
+            os.close(fd)
+
+
+def webdataset_images(shards: list[Path], size: tuple[int, int], epochs: int) -> Any:
+    """(b): webdataset's sequential shard reading, the same decode of each sample's image member."""
+    import webdataset as wds
+
+    from mixtera.runtime.images import decode_image
+    from mixtera.runtime.webdataset import kind_of
+
+    def decode(sample: dict[str, Any]) -> Any:
+        ext = next(k for k in sample if not k.startswith("__") and kind_of(k) == "image")
+        return decode_image(sample[ext], size, where=f"{sample['__url__']} {sample['__key__']}")
+
+    urls = [str(s) for s in shards] * epochs
+    shards_in_order = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    return shards_in_order.map(decode).batched(BATCH, collation_fn=list)
+
+
+# -- timing -------------------------------------------------------------------------------------------
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(make: Callable[[int], Any], workers: int) -> Run:
+    """A run of one pass; with workers, their CPU time is read from /proc just before they exit."""
+    from torch.utils.data import DataLoader
+
+    def run() -> tuple[int, float, float]:
+        source = make(workers)
+        if isinstance(source, Iterator):  # ours: already a loader's batches
+            loader: Any = source
+        else:
+            loader = iter(DataLoader(source, batch_size=None, num_workers=workers,
+                                     persistent_workers=False))
+        w0, c0 = time.perf_counter(), time.process_time()
+        first = next(loader)
+        pids = _worker_pids() if workers else []
+        cpu0 = {p: 0.0 for p in pids}  # workers started after w0: all their time counts
+        images, last = len(first) if isinstance(first, list) else first, {}
+        for got in loader:
+            images += len(got) if isinstance(got, list) else got
+            last = {p: process_cpu(p) for p in pids if Path(f"/proc/{p}").exists()} or last
+        wall = time.perf_counter() - w0
+        cpu = sum(last.get(p, 0.0) - cpu0[p] for p in pids) if workers else time.process_time() - c0
+        return images, wall, cpu
+
+    return run
+
+
+def _worker_pids() -> list[int]:
+    """Processes whose parent is this one: the running loader's workers (/proc)."""
+    me, out = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+    return out
+
+
+def best(runs: list[Run], repeats: int) -> list[tuple[float, float]]:
+    """(best images per decoding CPU second, best images per wall second) per run, alternating."""
+    out = [(0.0, 0.0)] * len(runs)
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            images, wall, cpu = run()
+            out[i] = (max(out[i][0], images / max(cpu, 1e-9)), max(out[i][1], images / wall))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=224, help="images are resized to SIZE x SIZE")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=2, help="passes over the shards per run")
+    args = ap.parse_args()
+    size = (args.size, args.size)
+    shards = shards_dir()
+    plan = build_plan(shards, args.epochs)
+    reads = planned_reads(plan)
+    tar_files = sorted(shards.glob("*.tar"))
+    print(f"shards: {', '.join(p.name for p in tar_files)} ({len(reads) // args.epochs} samples) x "
+          f"{args.epochs} passes, decoded to {args.size} x {args.size}")
+    for workers in (0, 2):
+        rates = best([measured(ours(plan, size), workers),
+                      measured(lambda _w: PreadDecode(reads, size), workers),
+                      measured(lambda _w: webdataset_images(tar_files, size, args.epochs), workers)],
+                     args.repeats)
+        (o, ow), (a, aw), (b, bw) = rates
+        print(f"{workers} workers, images per CPU second of a worker [per wall second, all workers]:")
+        print(f"    PlanDataset           {o:8.0f}  [{ow:6.0f}]")
+        print(f"    (a) pread + decode    {a:8.0f}  [{aw:6.0f}]   ours / (a) {o / a:.2f} (target >= 0.80)")
+        print(f"    (b) webdataset        {b:8.0f}  [{bw:6.0f}]   ours / (b) {o / b:.2f} (target > 1.00)")
+
+
+if __name__ == "__main__":
+    main()
