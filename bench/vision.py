@@ -39,6 +39,19 @@ DATA = ROOT / "bench" / "data" / "vision"
 SHARED = ROOT.parent / "shared" / "corpora" / "image_text"
 BATCH = 16
 
+
+def _bench_runtime() -> Any:
+    """bench/runtime.py, for its /proc helpers (a plain `import runtime` would find the runtime/ package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_runtime", ROOT / "bench" / "runtime.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_PROC = _bench_runtime()
+child_pids, process_cpu = _PROC.child_pids, _PROC.process_cpu
 Run = Callable[[], tuple[int, float, float]]  # -> (images, wall seconds, decoding CPU seconds)
 
 
@@ -162,11 +175,6 @@ def webdataset_images(shards: list[Path], size: tuple[int, int], epochs: int) ->
 
 
 # -- timing -------------------------------------------------------------------------------------------
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measured(make: Callable[[int], Any], workers: int) -> Run:
     """A run of one pass; with workers, their CPU time is read from /proc just before they exit."""
     from torch.utils.data import DataLoader
@@ -180,7 +188,7 @@ def measured(make: Callable[[int], Any], workers: int) -> Run:
                                      persistent_workers=False))
         w0, c0 = time.perf_counter(), time.process_time()
         first = next(loader)
-        pids = _worker_pids() if workers else []
+        pids = child_pids() if workers else []
         cpu0 = {p: 0.0 for p in pids}  # workers started after w0: all their time counts
         images, last = len(first) if isinstance(first, list) else first, {}
         for got in loader:
@@ -191,18 +199,6 @@ def measured(make: Callable[[int], Any], workers: int) -> Run:
         return images, wall, cpu
 
     return run
-
-
-def _worker_pids() -> list[int]:
-    """Processes whose parent is this one: the running loader's workers (/proc)."""
-    me, out = os.getpid(), []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
-                out.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue  # exited meanwhile
-    return out
 
 
 def best(runs: list[Run], repeats: int) -> list[tuple[float, float]]:

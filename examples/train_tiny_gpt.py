@@ -208,8 +208,13 @@ def train(
     start: int,
     hooks: list[DomainHook],
     rank: int,
+    forward: Callable[[dict[str, Any]], torch.Tensor] | None = None,
 ) -> tuple[float, float]:
-    """Steps ``[start, args.steps)``; returns (seconds waiting for data, seconds in steps)."""
+    """Steps ``[start, args.steps)``; returns (seconds waiting for data, seconds in steps).
+    ``forward(batch)`` gives the logits (default: the GPT on ``input_ids``; the VLM passes its own)."""
+    if forward is None:
+        def forward(batch: dict[str, Any]) -> torch.Tensor:
+            return model(batch["input_ids"], **model_inputs(batch, args.document_mask))
     wait = total = 0.0
     domains = len(ds.domains)
     loader = iter(ds.loader(num_workers=args.workers))
@@ -219,10 +224,7 @@ def train(
         t1 = time.perf_counter()
         if int(batch["step"][0]) != step:
             raise RuntimeError(f"loader yielded step {int(batch['step'][0])}, expected {step}")
-        loss, tokens, loss_sum = domain_losses(
-            model(batch["input_ids"], **model_inputs(batch, args.document_mask)), batch["labels"],
-            batch["domain_ids"], domains,
-        )
+        loss, tokens, loss_sum = domain_losses(forward(batch), batch["labels"], batch["domain_ids"], domains)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_tiny_gpt import (  # noqa: E402
     TinyGPT,
-    domain_losses,
     feedback_hooks,
     load_checkpoint,
-    log_step,
     save_checkpoint,
+    train,
 )
 
 from mixtera.runtime import PlanDataset  # noqa: E402
@@ -141,6 +139,7 @@ def parse_args() -> argparse.Namespace:
                    help="a WebDataset shard outside the plan: its caption loss at the end")
     p.add_argument("--blank-images", action="store_true", help="the text-only baseline: every image blanked")
     p.add_argument("--json", action="store_true", help="log one JSON object per step on stdout")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="0: only at the end")
     return p.parse_args()
 
 
@@ -170,7 +169,12 @@ def main() -> None:
     start = load_checkpoint(args.checkpoint_dir, model.module, opt, ds, rank) if args.resume else 0
     if rank == 0 and args.resume:
         print(f"resumed at step {start}", file=sys.stderr)
-    wait, total = train(args, model, opt, ds, start, feedback_hooks(args), rank)
+
+    def forward(batch: dict) -> torch.Tensor:
+        images = blank(batch["images"]) if args.blank_images else batch["images"]
+        return model(batch["input_ids"], images, batch["image_positions"])
+
+    wait, total = train(args, model, opt, ds, start, feedback_hooks(args), rank, forward)
     if start < args.steps:
         save_checkpoint(args.checkpoint_dir, args.steps, model.module, opt, ds.state_dict(), rank)
     if rank == 0:
@@ -178,31 +182,6 @@ def main() -> None:
         if args.heldout:
             report_heldout(args, model.module, placeholder, ds.image_tokens)
     dist.destroy_process_group()
-
-
-def train(args: argparse.Namespace, model: nn.Module, opt: torch.optim.Optimizer, ds: PlanDataset,
-          start: int, hooks: list, rank: int) -> tuple[float, float]:
-    """Steps ``[start, args.steps)``; returns (seconds waiting for data, seconds in steps)."""
-    wait = total = 0.0
-    loader = iter(ds.loader(num_workers=args.workers))
-    for step in range(start, min(args.steps, ds.steps)):
-        t0 = time.perf_counter()
-        batch = next(loader)
-        t1 = time.perf_counter()
-        if int(batch["step"][0]) != step:
-            raise RuntimeError(f"loader yielded step {int(batch['step'][0])}, expected {step}")
-        images = blank(batch["images"]) if args.blank_images else batch["images"]
-        logits = model(batch["input_ids"], images, batch["image_positions"])
-        loss, tokens, loss_sum = domain_losses(logits, batch["labels"], batch["domain_ids"], len(ds.domains))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        for hook in hooks:
-            hook(step, tokens, loss_sum)
-        log_step(step, loss, tokens, loss_sum, ds.domains, rank, args.json)
-        if step > start:
-            wait, total = wait + t1 - t0, total + time.perf_counter() - t0
-    return wait, total
 
 
 def report_heldout(args: argparse.Namespace, model: nn.Module, placeholder: int, image_tokens: int) -> None:
