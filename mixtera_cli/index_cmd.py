@@ -17,11 +17,12 @@ SHOWN = 20  # changed, removed and skipped entries listed at most (all of them i
 @user_errors
 def index(
     corpus: Annotated[
-        list[Path],
+        list[str],  # not Path: a URL such as s3://bucket/prefix/ must keep its "//"
         typer.Argument(
             metavar="CORPUS",
             help="Corpus folders or files (.jsonl, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst, .parquet, "
-                 "WebDataset .tar).",
+                 "WebDataset .tar), or object-store URLs (s3://bucket/prefix/, gs://, az://; s3:// needs "
+                 "mixtera[s3]).",
             show_default=False,
         ),
     ],

@@ -19,6 +19,8 @@ from typing import Any
 
 import xxhash
 
+from mixtera.runtime.storage import ObjectPath, corpus_location, open_stream
+
 ALGORITHM = "xxh3_128"
 _PREFIX = ALGORITHM + ":"
 _HEX_DIGITS = 32
@@ -47,10 +49,10 @@ def bytes_content_hash(data: bytes) -> str:
     return h.hexdigest()
 
 
-def file_content_hash(path: Path | str) -> str:
-    """``"xxh3_128:<hex>"`` of the file's bytes, as the index and the plan record it."""
+def file_content_hash(path: Path | str | ObjectPath) -> str:
+    """``"xxh3_128:<hex>"`` of the file's bytes (local or an object), as the index and the plan record it."""
     h = ContentHasher()
-    with open(path, "rb") as f:
+    with open_stream(corpus_location(path)) as f:
         while block := f.read(READ_BYTES):
             h.update(block)
     return h.hexdigest()

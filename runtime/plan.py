@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mixtera.runtime.confine import recorded_dir
+from mixtera.runtime.confine import recorded_root
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.fingerprint import ContentHasher, bytes_content_hash, canonical_json, file_content_hash
 from mixtera.runtime.format.plan_dir import MANIFEST, QUOTAS, SAMPLES, WEIGHTS, data_folder, rank_file_path
@@ -107,8 +107,8 @@ class Plan:
         self._comp_first = np.array([c.first_row for c in self.components], dtype=np.int64)
         self._comp_streams = [c.stream for c in self.components]
         self.files: list[dict[str, Any]] = manifest["files"]
-        self.corpus_root = recorded_dir(manifest.get("corpus_root"), what="corpus_root",
-                                        where=str(path / MANIFEST), hint=_EDITED)
+        self.corpus_root = recorded_root(manifest.get("corpus_root"), where=str(path / MANIFEST),
+                                         hint=_EDITED)
         self._readers: dict[tuple[int, int], RankFileReader] = {}
         self.versions = VersionResolver(path, manifest)  # for reads: never waits, never publishes
 

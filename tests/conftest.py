@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -50,3 +52,18 @@ def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stdlib = Path(json.__file__).parent.parent
     texts = [p.read_text(errors="replace") for p in sorted(stdlib.glob("*.py"))[:40]]
     return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tokenizer.json", vocab_size=600)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """moto's S3 on 127.0.0.1 (a free port), with the AWS configuration of this process pointed at it."""
+    pytest.importorskip("moto", reason="needs moto[server] (in the dev extra) for the object-store tests")
+    pytest.importorskip("s3fs", reason="needs s3fs (mixtera[s3], in the dev extra)")
+    from tests.helpers.s3_server import S3Server, s3_environment
+
+    server = S3Server()
+    try:
+        with s3_environment(server.endpoint, tmp=tmp_path_factory.mktemp("aws")):
+            yield server
+    finally:
+        server.stop()

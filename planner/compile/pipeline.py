@@ -20,7 +20,8 @@ from mixtera.runtime.format.plan_dir import TOKENS_DIR, VALIDATION
 from mixtera.runtime.format.rank_frames import BlockEntries
 
 LOCATION_COLUMNS = ("file_id", "record", "offset", "length", "text_bytes", "tokens", "token_offset")
-
+# What the runtime checks a corpus file against; "etag" only for objects in a store.
+_FILE_KEYS = ("file_id", "path", "format", "size", "mtime_ns", "content_hash", "etag")
 
 def manifest_of(plan: CompiledPlan, index: IndexTables) -> dict[str, Any]:
     """Every manifest field except kind, version, created_by and segments (the writer adds those)."""
@@ -42,8 +43,7 @@ def manifest_of(plan: CompiledPlan, index: IndexTables) -> dict[str, Any]:
         "index": {"path": str(Path(index.path).resolve()), "manifest_blake2b": plan.index_hash},
         "corpus_root": index.manifest["corpus_root"],
         "text_field": index.manifest.get("text_field"),
-        "files": [{k: f[k] for k in ("file_id", "path", "format", "size", "mtime_ns", "content_hash")}
-                  for f in index.manifest["files"]],
+        "files": [{k: f[k] for k in _FILE_KEYS if k in f} for f in index.manifest["files"]],
         "tokenizer": tokenizer,
         "token_files": token_files,
         "dynamic": spec.dynamic,

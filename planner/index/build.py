@@ -1,7 +1,8 @@
 """`build_index`: discover files, index new and changed ones in parallel, write the index atomically.
 
-Incremental: a file whose size and mtime match the previous index keeps its rows; a file whose size
-matches but mtime does not is hashed and kept when its content hash matches. Anything that changes how
+Incremental: a file whose size and mtime (for an object in a store: its ETag) match the previous index
+keeps its rows; a file whose size matches but mtime (ETag) does not is hashed and kept when its content
+hash matches. Anything that changes how
 rows are computed (config, tokenizer, --store-tokens, corpus root) re-indexes everything.
 """
 
@@ -18,7 +19,7 @@ import pyarrow as pa
 
 from mixtera.planner.index import indexer
 from mixtera.planner.index.config import IndexConfig, load_config
-from mixtera.planner.index.corpus_files import READERS, CorpusFile, corpus_root, discover
+from mixtera.planner.index.corpus_files import READERS, CorpusFile, as_corpus_paths, corpus_root, discover
 from mixtera.planner.index.parallel import Progress, run_tasks
 from mixtera.planner.index.properties import check_pattern, declared_specs, widen
 from mixtera.planner.index.schema import INDEX_KIND, IndexTables, manifest_json
@@ -30,6 +31,7 @@ from mixtera.runtime.errors import ConfigError, CorpusError, MixteraUserError
 from mixtera.runtime.fingerprint import file_content_hash
 from mixtera.runtime.format.plan_dir import INDEX_FILES, INDEX_MANIFEST, INDEX_SAMPLES, TOKENS_DIR
 from mixtera.runtime.format.token_file import VERSION as TOKEN_FORMAT
+from mixtera.runtime.storage import CorpusPath
 
 
 @dataclass(slots=True, kw_only=True)
@@ -37,7 +39,7 @@ class IndexReport:
     """What a build did; `to_dict()` is the `--json` summary."""
 
     out: Path
-    corpus_root: Path
+    corpus_root: CorpusPath
     files: int
     samples: int
     bytes: int
@@ -88,7 +90,7 @@ def build_index(
 ) -> IndexReport:
     """Index ``corpus_paths`` into directory ``out`` (see man/mixtera-index.md)."""
     started = time.perf_counter()
-    paths = [Path(p) for p in ([corpus_paths] if isinstance(corpus_paths, (str, Path)) else corpus_paths)]
+    paths = as_corpus_paths([corpus_paths] if isinstance(corpus_paths, (str, Path)) else corpus_paths)
     if not paths:
         raise CorpusError("no corpus path given", "pass one or more corpus folders or files")
     out = Path(out).resolve()
@@ -237,14 +239,16 @@ def _plan(files: list[CorpusFile], prev: IndexTables | None) -> _Plan:
 def _unchanged(f: CorpusFile, entry: dict[str, Any], plan: _Plan, file_id: int, prev: IndexTables) -> bool:
     if f.size != entry["size"]:
         return False
-    if f.mtime_ns == entry["mtime_ns"]:
+    if f.mtime_ns == entry["mtime_ns"] and f.etag == entry.get("etag"):
         return True
     digest = file_content_hash(prev.corpus_root / f.relpath)
     plan.fresh_hash[file_id] = digest
     return digest == entry["content_hash"]
 
 
-def _tasks(files: list[CorpusFile], ids: list[int], root: Path, stage: Path | None) -> list[indexer.FileTask]:
+def _tasks(
+    files: list[CorpusFile], ids: list[int], root: CorpusPath, stage: Path | None
+) -> list[indexer.FileTask]:
     """The files to index, largest first (balanced workers); token files go to ``stage`` if given."""
     return [
         indexer.FileTask(

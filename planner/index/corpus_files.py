@@ -1,5 +1,8 @@
 """Corpus files: discovery by suffix, hashing while reading, and the format reader table.
 
+A corpus lives in a local folder or under an object-store prefix (`mixtera.runtime.storage`, the one
+place that lists, stats and opens either kind); readers take a `CorpusPath` and stream its bytes.
+
 A reader maps a path to an iterator of `Chunk`s. JSON lines readers hand out raw line bytes (parsed
 in the indexer's hot loop); the Parquet reader hands out row dicts; the WebDataset reader hands out
 one `{extension: value}` dict per tar sample (see `mixtera.runtime.webdataset`). Adding a format means
@@ -22,6 +25,14 @@ import zstandard
 
 from mixtera.runtime.errors import CorpusError
 from mixtera.runtime.fingerprint import ContentHasher, file_content_hash
+from mixtera.runtime.storage import (
+    CorpusPath,
+    FileStat,
+    ObjectPath,
+    corpus_location,
+    list_objects,
+    open_stream,
+)
 from mixtera.runtime.webdataset import (
     MemberError,
     decode_value,
@@ -201,8 +212,8 @@ def _chunk(lines: list[Any], base: int, line_no: int) -> Chunk:
 
 
 def _stream_reader(blocks: Callable[[HashingReader, Path], Iterator[bytes]]) -> Reader:
-    def read(path: Path, columns: list[str] | None, digest: list[str]) -> Iterator[Chunk]:
-        with open(path, "rb") as f:
+    def read(path: CorpusPath, columns: list[str] | None, digest: list[str]) -> Iterator[Chunk]:
+        with open_stream(path) as f:
             src = HashingReader(f)
             yield from _json_lines(blocks(src, path))
             digest.append(src.drain())
@@ -210,13 +221,37 @@ def _stream_reader(blocks: Callable[[HashingReader, Path], Iterator[bytes]]) -> 
     return read
 
 
-def _read_parquet(path: Path, columns: list[str] | None, digest: list[str]) -> Iterator[Chunk]:
+def _read_parquet(path: CorpusPath, columns: list[str] | None, digest: list[str]) -> Iterator[Chunk]:
     """Row groups of a Parquet file; ``columns``: top-level columns to read (None: scalar ones)."""
+    if isinstance(path, ObjectPath):
+        yield from _read_remote_parquet(path, columns, digest)
+        return
+    yield from _parquet_chunks(path, path, columns)
+    digest.append(file_content_hash(path))
+
+
+def _read_remote_parquet(path: ObjectPath, columns: list[str] | None, digest: list[str]) -> Iterator[Chunk]:
+    """An object's bytes are downloaded once, hashed on the way into a local temporary file, which
+    Parquet then reads at random (footer first): one pass over the network instead of two."""
+    import tempfile
+
+    with tempfile.TemporaryFile(prefix="mixtera-") as tmp:
+        with open_stream(path) as f:
+            src = HashingReader(f)
+            while block := src.read(READ_BYTES):
+                tmp.write(block)
+            content_hash = src.drain()
+        tmp.seek(0)
+        yield from _parquet_chunks(tmp, path, columns)
+        digest.append(content_hash)
+
+
+def _parquet_chunks(source: Any, path: CorpusPath, columns: list[str] | None) -> Iterator[Chunk]:
     import pyarrow as pa  # here, not at the top: workers indexing JSON lines never load pyarrow
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(source)
     except (pa.ArrowInvalid, OSError) as exc:
         raise CorpusError(f"{path}: not a readable Parquet file ({exc})") from None
     schema = pf.schema_arrow
@@ -230,7 +265,6 @@ def _read_parquet(path: Path, columns: list[str] | None, digest: list[str]) -> I
         n = len(items)
         yield Chunk(items, [group] * n, list(range(n)), list(range(row, row + n)), False)
         row += n
-    digest.append(file_content_hash(path))
 
 
 def _scalar_columns(schema: pa.Schema) -> list[str]:
@@ -343,7 +377,7 @@ def _truncated(path: Path, samples: dict[str, _TarSample], reason: str) -> Corpu
     return CorpusError(f"{path}: truncated or damaged tar archive: {reason}; {good}", _TAR_HINT)
 
 
-Reader = Callable[[Path, "list[str] | None", "list[str]"], Iterator[Chunk]]
+Reader = Callable[[CorpusPath, "list[str] | None", "list[str]"], Iterator[Chunk]]
 
 # suffix -> (format name in the index, reader). Longest suffix wins.
 READERS: dict[str, tuple[str, Reader]] = {
@@ -378,12 +412,15 @@ class CorpusFile:
     relpath: str  # "/"-separated, relative to the corpus root
     format: str
     size: int
-    mtime_ns: int
+    mtime_ns: int  # 0 for objects in a store, whose version is the ETag
+    etag: str | None = None  # objects only: the ETag (and "@version id" in a versioned bucket)
 
 
-def corpus_root(paths: list[Path]) -> Path:
+def corpus_root(paths: list[CorpusPath]) -> CorpusPath:
     """The folder all ``paths`` live under: the folder itself for one folder, else the common parent."""
-    resolved = [p.resolve() for p in paths]
+    if any(isinstance(p, ObjectPath) for p in paths):
+        return _object_root(paths)
+    resolved = [p.resolve() for p in paths]  # type: ignore[union-attr]
     for p in resolved:
         if not p.exists():
             raise CorpusError(
@@ -405,7 +442,7 @@ class Discovery:
 
 
 def discover(
-    paths: list[Path], root: Path, *, exclude: Path | None = None, on_error: str = "fail"
+    paths: list[CorpusPath], root: CorpusPath, *, exclude: Path | None = None, on_error: str = "fail"
 ) -> Discovery:
     """Indexable files under ``paths`` sorted by relative path, the ignored files, and what was left out.
 
@@ -414,8 +451,11 @@ def discover(
     corpus, under the first link to it; the other ways in are listed as skipped. An unreadable folder
     or file, or a dangling link, stops the walk with an error unless ``on_error = "skip"``: then it is
     left out and listed. ``exclude`` (the index being
-    written, when it lies inside the corpus) is not walked.
+    written, when it lies inside the corpus) is not walked. Under an object-store root the listing
+    is the walk (`_discover_objects`).
     """
+    if isinstance(root, ObjectPath):
+        return _discover_objects(paths, root)  # type: ignore[arg-type]
     tops = [p.resolve() for p in paths]
     walk = _Walk(root, tops, exclude, on_error)
     for path in tops:
@@ -536,3 +576,58 @@ def _rel(path: Path, root: Path) -> str:
 def _describe(path: Path, root: Path, fmt: str) -> CorpusFile:
     st = path.stat()
     return CorpusFile(relpath=_rel(path, root), format=fmt, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+# ---- objects in a store ---------------------------------------------------------------------
+
+
+def _object_root(paths: list[CorpusPath]) -> ObjectPath:
+    """The prefix all object ``paths`` live under (a prefix given alone is the root itself)."""
+    protocols = {p.protocol if isinstance(p, ObjectPath) else "" for p in paths}
+    if len(protocols) != 1:
+        raise CorpusError(f"corpus paths {', '.join(map(str, paths))} mix local paths and URLs, or stores",
+                          "index one store (or local folders) at a time")
+    objs: list[ObjectPath] = paths  # type: ignore[assignment]
+    if len({p.bucket for p in objs}) != 1:
+        raise CorpusError(f"corpus paths {', '.join(map(str, objs))} lie in different buckets",
+                          "index one bucket at a time (or copy the files under one prefix)")
+    if len(objs) == 1:
+        _, is_prefix = list_objects(objs[0])
+        return objs[0] if is_prefix else objs[0].parent
+    common = ObjectPath(objs[0].protocol, os.path.commonpath([p.key for p in objs]))
+    return common.parent if common in objs else common
+
+
+def _discover_objects(paths: list[ObjectPath], root: ObjectPath) -> Discovery:
+    """Objects under ``paths`` sorted by key: names starting with "." (in any part) are left out, as
+    hidden files and folders are locally; objects without a reader are listed as ignored."""
+    found: dict[str, CorpusFile] = {}
+    ignored: set[str] = set()
+    for top in paths:
+        listing, is_prefix = list_objects(top)
+        for obj, st in listing:
+            rel = obj.relative_to(root)
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue
+            fmt = format_of(obj.name)
+            if fmt is None and not is_prefix:
+                raise CorpusError(f"{obj}: no reader for this file type",
+                                  f"mixtera indexes {', '.join(sorted(READERS))} files")
+            if fmt == "tar":
+                raise CorpusError(f"{obj}: WebDataset shards are indexed from local disk only (the tar "
+                                  "reader and the runtime's media reads seek within a local file)",
+                                  "copy the shards to a local folder and index that, or leave them out")
+            if fmt is None:
+                ignored.add(rel)
+            else:
+                found[rel] = _object_file(rel, fmt, st)
+    return Discovery([found[k] for k in sorted(found)], sorted(ignored), [])
+
+
+def _object_file(rel: str, fmt: str, st: FileStat) -> CorpusFile:
+    return CorpusFile(relpath=rel, format=fmt, size=st.size, mtime_ns=st.mtime_ns, etag=st.etag)
+
+
+def as_corpus_paths(paths: list[Path | str]) -> list[CorpusPath]:
+    """Command-line corpus arguments: URLs (``s3://...``) as objects, anything else as local paths."""
+    return [corpus_location(p) for p in paths]

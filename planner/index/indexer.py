@@ -15,7 +15,6 @@ import os
 from array import array
 from dataclasses import dataclass, field
 from itertools import repeat
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,13 +25,14 @@ from mixtera.planner.index.corpus_files import Chunk, CorpusFile, MediaInfo, rea
 from mixtera.planner.index.properties import Extractor, as_text, compile_extractor, infer_type, load_hook
 from mixtera.planner.index.values import CONVERTERS, ValueTypeError
 from mixtera.runtime.errors import CorpusError, MixteraUserError
+from mixtera.runtime.storage import CorpusPath, corpus_location
 from mixtera.runtime.tokenizer import cached_tokenizer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FileTask:
     file_id: int
-    root: str
+    root: str  # a local folder or an object-store URL (mixtera.runtime.storage.corpus_location)
     file: CorpusFile
     token_path: str | None  # where to write tokens/<file_id>.bin, or None
 
@@ -152,7 +152,7 @@ class _Rows:
 
 def index_file(task: FileTask, state: WorkerState) -> FileResult:
     cfg, f = state.config, task.file
-    path = Path(task.root) / f.relpath
+    path = corpus_location(task.root) / f.relpath
     extractor = compile_extractor(cfg, f.relpath, state.hook)
     rows = _Rows(extractor.names)
     skipped: list[tuple[int, str]] = []
@@ -203,7 +203,7 @@ def _index_chunk(
     ex: Extractor,
     rows: _Rows,
     skipped: list[tuple[int, str]],
-    path: Path,
+    path: CorpusPath,
     on_error: str,
 ) -> list[str]:
     """The hot loop: parse, take the text, extract properties; returns the good records' texts."""
@@ -369,7 +369,7 @@ def _convert(convert: Any, name: str, type_name: str, value: Any) -> Any:
 
 
 def _bad(
-    path: Path, chunk: Chunk, i: int, message: str, on_error: str, skipped: list[tuple[int, str]]
+    path: CorpusPath, chunk: Chunk, i: int, message: str, on_error: str, skipped: list[tuple[int, str]]
 ) -> None:
     line = chunk.lines[i]
     if on_error == "fail":

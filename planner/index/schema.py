@@ -14,11 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mixtera.planner.index.columns import PROPERTY_TYPE_NAMES, SAMPLE_COLUMN_NAMES
-from mixtera.runtime.confine import corpus_path, recorded_dir
+from mixtera.runtime.confine import corpus_path, recorded_root
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.fingerprint import ALGORITHM as CONTENT_HASH
 from mixtera.runtime.fingerprint import content_digest
 from mixtera.runtime.format.plan_dir import INDEX_FILES, INDEX_MANIFEST, INDEX_SAMPLES
+from mixtera.runtime.storage import CorpusPath, corpus_location
 
 INDEX_KIND = "mixtera-index"
 FORMAT_VERSION = "1.1"  # 1.1: the media columns (key, images, image_width, image_height)
@@ -74,16 +75,16 @@ class IndexTables:
     files: pa.Table
 
     @property
-    def corpus_root(self) -> Path:
-        return Path(self.manifest["corpus_root"])
+    def corpus_root(self) -> CorpusPath:
+        return corpus_location(self.manifest["corpus_root"])
 
     @property
     def properties(self) -> dict[str, str]:
         """``{property name: type name}`` in column order."""
         return {n: p["type"] for n, p in sorted(self.manifest["properties"].items())}
 
-    def file_path(self, file_id: int) -> Path:
-        """Absolute path of corpus file ``file_id``."""
+    def file_path(self, file_id: int) -> CorpusPath:
+        """Absolute path (or URL) of corpus file ``file_id``."""
         return self.corpus_root / self.manifest["files"][file_id]["path"]
 
 
@@ -158,6 +159,8 @@ def _check_fields(manifest: dict[str, Any], mpath: Path) -> None:
             raise PlanError(f"{mpath}: files[{i}] is {type(entry).__name__}, not an object", hint)
         for key, kind in _FILE_FIELDS.items():
             need(entry, key, kind, f"files[{i}].")
+        if "etag" in entry:
+            need(entry, "etag", str, f"files[{i}].")
 
 
 def _check_content_hashes(manifest: dict[str, Any], path: Path) -> None:
@@ -206,7 +209,7 @@ def _check_paths(path: Path, manifest: dict[str, Any], files: pa.Table) -> None:
     """Every recorded corpus path stays inside the corpus root (runtime/confine.py)."""
     hint = f"the index was edited or is damaged: rebuild it with `mixtera index CORPUS --out {path}`"
     where = str(path / INDEX_MANIFEST)
-    root = recorded_dir(manifest["corpus_root"], what="corpus_root", where=where, hint=hint)
+    root = recorded_root(manifest["corpus_root"], where=where, hint=hint)
     for i, f in enumerate(manifest["files"]):
         corpus_path(root, f.get("path") if isinstance(f, dict) else None,
                     where=f"{where}: files[{i}]", hint=hint)

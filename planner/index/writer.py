@@ -116,9 +116,9 @@ def _file_entry(
 ) -> dict[str, Any]:
     if res is not None:
         digest, records, skipped = res.content_hash, res.records, len(res.skipped)
-    else:  # reused: the previous fingerprint, with this run's mtime
+    else:  # reused: the previous fingerprint, with this run's mtime (ETag)
         digest, records, skipped = fresh_hash or old["content_hash"], old["records"], old["skipped"]  # type: ignore[index]
-    return {
+    entry = {
         "file_id": file_id,
         "path": f.relpath,
         "format": f.format,
@@ -128,6 +128,9 @@ def _file_entry(
         "records": records,
         "skipped": skipped,
     }
+    if f.etag is not None:  # objects in a store: the version the runtime's ranged reads insist on
+        entry["etag"] = f.etag
+    return entry
 
 
 def _files_table(entries: list[dict[str, Any]]) -> pa.Table:
