@@ -35,6 +35,7 @@ from mixtera.runtime.tokenizer import load_tokenizer
 from mixtera.runtime.versions import VersionResolver
 
 _LIST_COLUMNS = ("file", "offset", "length", "record", "component", "token_start", "token_end")
+READ_AHEAD_STEPS = 4  # steps of this worker whose object reads are requested before the current one waits
 _DOC_COLUMNS = ("file", "record", "component", "token_start", "token_end")
 
 
@@ -101,6 +102,26 @@ class Replay:
         self.workers = 1  # loader workers: each resolves only its own steps of a segment
         self._segment: tuple[int, int, ResolvedEntries, dict[int, tuple[int, int]]] | None = None
         self._lists: dict[str, list[int]] | None = None
+        self._requested = -1  # the last step whose object reads were requested ahead
+
+    def _read_ahead(self, step: int) -> None:
+        """Request ``step``'s object reads, then those of this worker's next `READ_AHEAD_STEPS` steps of
+        the loaded segment (a later segment is not decoded early); each step is requested once."""
+        if not self.texts.remote:
+            return
+        _, _, resolved, ranges = self._segment  # type: ignore[misc]
+        window = READ_AHEAD_STEPS * self.workers
+        if not self._requested - window <= step <= self._requested:  # a new epoch, a resume: start over
+            self._requested = step - 1
+        last = step + window
+        for s in range(step, last + 1, self.workers):
+            if s <= self._requested and s != step:
+                continue
+            if s not in ranges:
+                break
+            lo, hi = ranges[s]
+            self.texts.request(resolved.file[lo:hi], resolved.offset[lo:hi], resolved.length[lo:hi])
+            self._requested = max(self._requested, s)
 
     def _load_segment(self, step: int) -> tuple[int, int]:
         """Decode and resolve this worker's steps of the segment holding ``step`` (kept until another
@@ -139,6 +160,8 @@ class Replay:
             "tokens": ent.doc_tokens - (self.eos_id is not None) - (self.bos_id is not None) - placeholders,
             "token_offset": ent.token_offset,
         }
+        if isinstance(self.tokens, TokenizingSource):
+            self._read_ahead(step)
         # Text coordinates (the document without its placeholders): image entries are whole samples.
         start, end = ent.token_start, ent.token_end - placeholders
         flat = self.tokens.flat(ent.row, cols, start, end)
@@ -175,6 +198,7 @@ class Replay:
 
     def documents(self, step: int) -> StepDocuments:
         lists = self.entry_lists(step)
+        self._read_ahead(step)
         # The texts in the readers' tight loop (orjson.loads of a mapped slice for JSON lines); the
         # dicts are built where the batch is used (runtime/batches.py).
         texts, media = self.texts.documents(lists["file"], lists["offset"], lists["length"])

@@ -20,6 +20,7 @@ from mixtera.runtime.fingerprint import json_digest
 from mixtera.runtime.format.plan_dir import INDEX_MANIFEST
 from mixtera.runtime.format.token_file import TokenFile
 from mixtera.runtime.images import decode_media_images
+from mixtera.runtime.object_reads import block_cache
 from mixtera.runtime.readers import FileEntry, JsonLinesReader, ReaderPool, TarReader
 
 _DOC_CACHE_TOKENS = 1 << 21  # ids kept for documents that a later entry continues (~16 MB as int64)
@@ -31,12 +32,28 @@ class TextSource:
 
     def __init__(self, files: dict[int, FileEntry], text_field: str, cache_dir: Path) -> None:
         self.pool = ReaderPool(files, text_field, cache_dir)
+        self.remote = any(f.remote is not None for f in files.values())  # some file is an object
+
+    def request(self, file: Sequence[int], offset: Sequence[int], length: Sequence[int]) -> None:
+        """Start fetching, on background threads, what reading these samples needs from objects in a
+        store (every object of them at once: one step's GETs overlap); local files need nothing."""
+        if not self.remote:
+            return
+        files, offsets, lengths = (_as_list(x) for x in (file, offset, length))
+        groups: dict[int, list[int]] = {}
+        for i, f in enumerate(files):
+            groups.setdefault(f, []).append(i)
+        wants = {}
+        for f, where in groups.items():
+            reader = self.pool.get(f)
+            if reader.remote is not None:
+                wants[reader.remote] = reader.ranges([offsets[i] for i in where], [lengths[i] for i in where])
+        block_cache().fetch(wants)
 
     def texts(self, file: Sequence[int], offset: Sequence[int], length: Sequence[int]) -> list[str]:
         """Texts of samples at (file id, offset, length), in order; numpy arrays or lists."""
-        files, offsets, lengths = (
-            x.tolist() if isinstance(x, np.ndarray) else x for x in (file, offset, length)
-        )
+        files, offsets, lengths = (_as_list(x) for x in (file, offset, length))
+        self.request(files, offsets, lengths)
         unique = set(files)
         if len(unique) <= self.pool.capacity:  # else opening the last would close the first ones
             readers = {f: self.pool.get(f) for f in unique}
@@ -76,6 +93,10 @@ class TextSource:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _as_list(x: Sequence[int]) -> list[int]:
+    return x.tolist() if isinstance(x, np.ndarray) else list(x)
 
 
 def _plain_texts(

@@ -44,6 +44,7 @@ from mixtera.runtime.errors import CorpusError, FileFormatError, PlanError
 from mixtera.runtime.fingerprint import cache_name, content_digest
 from mixtera.runtime.format.header import BinaryFormat, check_header, check_length, check_size
 from mixtera.runtime.lru import LRU
+from mixtera.runtime.storage import CorpusPath, open_stream
 
 MAGIC = b"MXZFRAME"
 VERSION = 2  # 2: the source fingerprint is the xxh3_128 content hash (1 held blake2b)
@@ -66,11 +67,29 @@ def _format(path: Path) -> BinaryFormat:
                         version_hint=hint)
 
 
-def _open_source(path: Path, codec: str) -> BinaryIO:
+def _open_source(path: CorpusPath, codec: str) -> BinaryIO:
+    """The uncompressed stream of a corpus file, local or an object (streamed once, sequentially)."""
+    raw = open_stream(path)
     if codec == "gz":
-        return gzip.open(path, "rb")
-    raw = open(path, "rb")  # noqa: SIM115 - closed with the stream reader below
+        return _Closing(gzip.GzipFile(fileobj=raw, mode="rb"), raw)  # type: ignore[arg-type]
     return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+
+
+class _Closing:
+    """A gzip stream that also closes the file under it (GzipFile(fileobj=...) leaves it open)."""
+
+    def __init__(self, stream: BinaryIO, raw: BinaryIO) -> None:
+        self._stream, self._raw = stream, raw
+
+    def read(self, n: int = -1) -> bytes:
+        return self._stream.read(n)
+
+    def __enter__(self) -> _Closing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.close()
+        self._raw.close()
 
 
 def _write_frames(source: BinaryIO, out: BinaryIO, frame_bytes: int) -> tuple[int, list[int]]:
@@ -106,7 +125,7 @@ def _digest(content_hash: str) -> bytes:
 
 
 def build_frame_cache(
-    path: Path, codec: str, content_hash: str, dest: Path, frame_bytes: int | None = None
+    path: CorpusPath, codec: str, content_hash: str, dest: Path, frame_bytes: int | None = None
 ) -> None:
     """Recompress ``path`` (codec ``gz`` or ``zst``) into ``dest``; atomic, safe to race."""
     frame_bytes = frame_bytes or FRAME_BYTES
@@ -219,7 +238,8 @@ class FramedFile:
 
 
 def open_framed(
-    path: Path, codec: str, content_hash: str, cache_dir: Path, on_build: Callable[[Path], None] | None = None
+    path: CorpusPath, codec: str, content_hash: str, cache_dir: Path,
+    on_build: Callable[[CorpusPath], None] | None = None,
 ) -> FramedFile:
     """The framed view of a compressed corpus file, building its cache on first use."""
     if cache_dir.exists() and not cache_dir.is_dir():
