@@ -142,6 +142,11 @@ class BlockCache:
         # evicted between scheduling and now (a cache smaller than the read-ahead): fetch it again
         return block if block is not None else self._get(obj, i, i)[i]
 
+    def clear(self) -> None:
+        """Drop every cached block (a benchmark's cold start); blocks in flight still arrive."""
+        with self._lock:
+            self._blocks.clear()
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 

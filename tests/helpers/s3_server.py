@@ -9,6 +9,7 @@ test credentials and no profile files of the machine.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -50,6 +51,7 @@ class S3Server:
         )
         from werkzeug.serving import make_server
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         self.app = _Counting(DomainDispatcherApplication(create_backend_app))
         self._server = make_server("127.0.0.1", 0, self.app, threaded=True,
                                    request_handler=MotoRequestHandler)
@@ -68,21 +70,10 @@ class S3Server:
             self.running = False
 
     def client(self) -> Any:
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+        return client(self.endpoint)
 
     def upload(self, folder: Path, bucket: str, prefix: str) -> str:
-        """Create ``bucket`` (if new) and put every file under ``folder`` at ``prefix/<relative path>``;
-        returns the URL ``s3://bucket/prefix/``."""
-        client = self.client()
-        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-            client.create_bucket(Bucket=bucket)
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(folder).as_posix()}",
-                              Body=path.read_bytes())
-        return f"s3://{bucket}/{prefix}/"
+        return upload(self.endpoint, folder, bucket, prefix)
 
     def require_auth(self, on: bool) -> None:
         """Make moto check credentials (only keys made through its IAM are valid) or accept any.
@@ -92,6 +83,48 @@ class S3Server:
 
         settings.INITIAL_NO_AUTH_ACTION_COUNT = 0 if on else float("inf")
         ActionAuthenticatorMixin.request_count = 0
+
+
+def client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+
+
+def upload(endpoint: str, folder: Path, bucket: str, prefix: str) -> str:
+    """Create ``bucket`` (if new) and put every file under ``folder`` at ``prefix/<relative path>``;
+    returns the URL ``s3://bucket/prefix/``."""
+    s3 = client(endpoint)
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket=bucket)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+    return f"s3://{bucket}/{prefix}/"
+
+
+@contextlib.contextmanager
+def server_process(latency_ms: float) -> Iterator[str]:
+    """An `S3Server` in a child process (its request handling then does not share this process's
+    GIL, as a real store does not), each request held ``latency_ms``; yields its endpoint."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tests.helpers.s3_server import S3Server; s = S3Server(); "
+            f"s.app.latency_s = {latency_ms / 1000!r}; print(s.endpoint, flush=True); sys.stdin.read()")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc.stdout.readline().strip()  # type: ignore[union-attr]
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @contextlib.contextmanager
