@@ -361,13 +361,14 @@ def _kind(exc: BaseException) -> tuple[str, str]:
     return "other", code
 
 
-_STORES: dict[tuple[str, tuple[str | None, ...]], Store] = {}
+_STORES: dict[tuple[int, str, tuple[str | None, ...]], Store] = {}
 _LOCK = threading.Lock()
 
 
 def store(path: ObjectPath) -> Store:
-    """The client for ``path``'s protocol under the current configuration (a new one when it changed)."""
-    key = (path.protocol, tuple(os.environ.get(k) for k in _ENV))
+    """The client for ``path``'s protocol under the current configuration (a new one when it changed,
+    and in a forked loader worker: a client's event-loop thread does not survive the fork)."""
+    key = (os.getpid(), path.protocol, tuple(os.environ.get(k) for k in _ENV))
     with _LOCK:
         s = _STORES.get(key)
         if s is None:

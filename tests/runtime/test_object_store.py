@@ -107,6 +107,19 @@ def test_documents_from_s3_equal_the_local_replay(s3_server: Any, tmp_path: Path
     assert sum(len(r) for r in got) == 24
 
 
+@pytest.mark.slow
+def test_loader_workers_read_from_s3_after_the_parent_did(s3_server: Any, tmp_path: Path) -> None:
+    """Forked workers get their own store client and block cache (threads do not survive a fork)."""
+    corpus = _own_corpus(tmp_path)
+    plan = _plan(tmp_path, s3_server.upload(corpus, "workers", "c"), "remote", tokenizer=None)
+    def dataset() -> PlanDataset:
+        return PlanDataset(plan, rank=0, world_size=2, output="documents", cache_dir=tmp_path / "cache")
+
+    in_process = list(dataset().loader(num_workers=0))  # the parent has a client, a loop, fetch threads
+    assert len(in_process) == 8
+    _same(list(dataset().loader(num_workers=2)), in_process)
+
+
 def test_a_replaced_object_fails_naming_it(s3_server: Any, tmp_path: Path) -> None:
     corpus = _own_corpus(tmp_path)
     url = s3_server.upload(corpus, "replaced", "c")
