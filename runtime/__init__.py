@@ -16,7 +16,9 @@ How data flows through one rank (each stage names its module):
 3. Streams (`shuffle`, `stream_rows`): a plan entry names a component's stream position; the keyed
    permutation turns positions into sample rows without stored sample ids.
 4. Sources (`readers`, `sources`, `tokenizer`): read each planned sample from its corpus file (with the
-   fingerprint check), tokenize it, or take its ids from token files.
+   fingerprint check), tokenize it, or take its ids from token files. `storage` is the one place that
+   lists, stats and opens a corpus file, local or in an object store (s3://, any fsspec URL);
+   `object_reads` reads objects by coalesced ranged GETs into a block cache, with read-ahead.
 5. Packing (`packing`): the step's token pieces into `batch_size` sequences of exactly `seq_len` tokens.
 6. Dataset (`replay`, `dataset`, `state`): `PlanDataset` replays the rank's steps, splits them over
    loader workers in plan order, and saves and restores its state for exact resume.
