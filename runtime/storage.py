@@ -157,13 +157,17 @@ def _object_stat(info: dict[str, Any]) -> FileStat:
     return FileStat(int(info["size"]), 0, etag)
 
 
-def open_stream(path: CorpusPath) -> BinaryIO:
-    """A corpus file opened for one sequential read (indexing, hashing, frame-cache builds)."""
+def open_stream(path: CorpusPath, start: int = 0) -> BinaryIO:
+    """A corpus file opened for one sequential read (indexing, hashing, frame-cache builds) from byte
+    ``start`` on (a span of a large JSON lines file)."""
     if isinstance(path, Path):
-        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        f = open(path, "rb")  # noqa: SIM115 - the caller closes it
+        f.seek(start)
+        return f
     s = store(path)
-    return _Guarded(s.call(path, "open", path.url, "rb", block_size=STREAM_BLOCK, cache_type="readahead"),
-                    s, path)
+    f = s.call(path, "open", path.url, "rb", block_size=STREAM_BLOCK, cache_type="readahead")
+    f.seek(start)  # no request yet: the first read fetches from here
+    return _Guarded(f, s, path)
 
 
 class _Guarded:

@@ -20,7 +20,8 @@ import pyarrow as pa
 from mixtera.planner.index import indexer
 from mixtera.planner.index.config import IndexConfig, load_config
 from mixtera.planner.index.corpus_files import READERS, CorpusFile, as_corpus_paths, corpus_root, discover
-from mixtera.planner.index.parallel import Progress, run_tasks
+from mixtera.planner.index.parallel import run_tasks
+from mixtera.planner.index.parts import SPAN_BYTES, Merger, Progress, build_tasks
 from mixtera.planner.index.properties import check_pattern, declared_specs, widen
 from mixtera.planner.index.schema import INDEX_KIND, IndexTables, manifest_json
 from mixtera.planner.index.tables import file_table
@@ -87,9 +88,18 @@ def build_index(
     processes: int | None = None,
     store_tokens: bool = False,
     progress: Progress | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    span_bytes: int = SPAN_BYTES,
 ) -> IndexReport:
-    """Index ``corpus_paths`` into directory ``out`` (see man/mixtera-index.md)."""
+    """Index ``corpus_paths`` into directory ``out`` (see man/mixtera-index.md).
+
+    ``executor``: "local" (``processes`` processes on this machine) or "ray" (tasks on the Ray
+    cluster at ``ray_address``, else a local one; ``processes`` caps the tasks in flight). Plain
+    JSON lines files above ``span_bytes`` are indexed in spans; the index is the same either way.
+    """
     started = time.perf_counter()
+    _check_executor(executor, ray_address)
     paths = as_corpus_paths([corpus_paths] if isinstance(corpus_paths, (str, Path)) else corpus_paths)
     if not paths:
         raise CorpusError("no corpus path given", "pass one or more corpus folders or files")
@@ -135,7 +145,8 @@ def build_index(
         token_stage = stage if store_tokens else None
         if token_stage is not None:
             (token_stage / TOKENS_DIR).mkdir()
-        results = _run(_tasks(files, plan.todo, root, token_stage), cfg, tok, code, processes, progress)
+        tasks = build_tasks(files, plan.todo, root, token_stage, span_bytes)
+        results = _run(tasks, cfg, tok, code, _Executor(executor, processes, ray_address), progress)
         tables = _gather(files, plan, results, prev, token_stage)
         props = _property_types(cfg, results, prev, [tables[i] for i in sorted(plan.reuse)])
         samples = pa.concat_tables([conform(t, props) for t in tables])
@@ -246,19 +257,21 @@ def _unchanged(f: CorpusFile, entry: dict[str, Any], plan: _Plan, file_id: int, 
     return digest == entry["content_hash"]
 
 
-def _tasks(
-    files: list[CorpusFile], ids: list[int], root: CorpusPath, stage: Path | None
-) -> list[indexer.FileTask]:
-    """The files to index, largest first (balanced workers); token files go to ``stage`` if given."""
-    return [
-        indexer.FileTask(
-            file_id=i,
-            root=str(root),
-            file=files[i],
-            token_path=str(stage / TOKENS_DIR / f"{i}.bin") if stage else None,
-        )
-        for i in sorted(ids, key=lambda i: (-files[i].size, i))
-    ]
+@dataclass(frozen=True, slots=True)
+class _Executor:
+    kind: str  # "local" or "ray"
+    processes: int | None
+    ray_address: str | None
+
+
+EXECUTORS = ("local", "ray")
+
+
+def _check_executor(executor: str, ray_address: str | None) -> None:
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}", f"choose one of {', '.join(EXECUTORS)}")
+    if ray_address is not None and executor != "ray":
+        raise ConfigError("--ray-address needs --executor ray", "add --executor ray, or drop --ray-address")
 
 
 def _run(
@@ -266,13 +279,20 @@ def _run(
     cfg: IndexConfig,
     tok: dict[str, Any] | None,
     code: int,
-    processes: int | None,
+    executor: _Executor,
     progress: Progress | None,
 ) -> dict[int, indexer.FileResult]:
-    """Index ``tasks`` on ``processes`` processes (this one included)."""
+    """Index ``tasks`` on the executor; every result goes through one `Merger`, whichever ran it."""
     tok_key = (tok["path"], tok["blake2b"]) if tok else None
-    workers = max(1, min(processes or default_processes(tok is not None), len(tasks)))
-    return run_tasks(tasks, workers, (cfg, tok_key, code), progress)
+    merger = Merger(tasks, progress)
+    if executor.kind == "ray":
+        from mixtera.planner.index.ray_executor import run_tasks_on_ray  # Ray loads only when asked for
+
+        run_tasks_on_ray(tasks, (cfg, tok_key, code), merger.add, executor.ray_address, executor.processes)
+    else:
+        workers = max(1, min(executor.processes or default_processes(tok is not None), len(tasks)))
+        run_tasks(tasks, workers, (cfg, tok_key, code), merger.add)
+    return merger.results()
 
 
 def default_processes(tokenizing: bool) -> int:

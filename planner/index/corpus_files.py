@@ -32,6 +32,7 @@ from mixtera.runtime.storage import (
     corpus_location,
     list_objects,
     open_stream,
+    read_range,
 )
 from mixtera.runtime.webdataset import (
     MemberError,
@@ -152,9 +153,11 @@ def _broken(path: Path, codec: str, exc: object) -> CorpusError:
 # ---- record readers -----------------------------------------------------------------------
 
 
-def _json_lines(blocks: Iterator[bytes]) -> Iterator[Chunk]:
-    """Split on b"\\n" only: U+2028/U+2029/U+0085 inside strings are data, not separators."""
-    carry, base, line_no, long_lines = b"", 0, 0, False
+def _json_lines(blocks: Iterator[bytes], base: int = 0) -> Iterator[Chunk]:
+    """Split on b"\\n" only: U+2028/U+2029/U+0085 inside strings are data, not separators.
+
+    ``base``: the stream offset of the first block; line numbers count from its first line."""
+    carry, line_no, long_lines = b"", 0, False
     for block in blocks:
         lines, carry = (_find_lines if long_lines else _split_lines)(block, carry)
         long_lines = len(block) > LONG_LINE * (len(lines) + 1)  # the next block likely looks alike
@@ -219,6 +222,68 @@ def _stream_reader(blocks: Callable[[HashingReader, Path], Iterator[bytes]]) -> 
             digest.append(src.drain())
 
     return read
+
+
+def read_jsonl_range(
+    path: CorpusPath, span: tuple[int, int], digest: list[str], lines: list[int]
+) -> Iterator[Chunk]:
+    """The records of plain JSON lines in bytes ``span`` = [start, stop), both line starts (see
+    `line_spans`); line numbers count from the span's first line. Appends the span's line count to
+    ``lines``; the first span (start 0) also hashes the whole file into ``digest``, as a whole-file
+    read does, so the hash costs one extra sequential read of the rest, at memory speed."""
+    start, stop = span
+    with open_stream(path, start) as f:
+        src = HashingReader(f) if start == 0 else f
+        newlines = [0]
+        yield from _json_lines(_span_blocks(src, stop - start, newlines), base=start)
+        lines.append(newlines[0])
+        if start == 0:
+            digest.append(src.drain())  # type: ignore[union-attr]
+
+
+def _span_blocks(src: HashingReader | BinaryIO, size: int, newlines: list[int]) -> Iterator[bytes]:
+    """``size`` bytes of ``src`` in blocks, counting their b"\\n" (memchr speed) into ``newlines[0]``."""
+    while size > 0 and (block := src.read(min(READ_BYTES, size))):
+        size -= len(block)
+        newlines[0] += block.count(b"\n")
+        yield block
+
+
+def line_spans(
+    path: CorpusPath, size: int, span_bytes: int, etag: str | None = None
+) -> list[tuple[int, int]]:
+    """Split a plain JSON lines file into byte spans of about ``span_bytes``, each starting at a line
+    start: every line lies in exactly one span. Reads only the bytes up to the next "\\n" after each
+    nominal boundary (ranged GETs of an object, refused if its ETag is no longer ``etag``)."""
+    starts = [0]
+    while starts[-1] + span_bytes < size:
+        # a line starts at the nominal boundary if a "\\n" ends just before it
+        nxt = _after_newline(path, starts[-1] + span_bytes - 1, size, etag)
+        if nxt >= size:
+            break
+        starts.append(nxt)
+    return list(zip(starts, [*starts[1:], size], strict=True))
+
+
+def _after_newline(path: CorpusPath, pos: int, size: int, etag: str | None) -> int:
+    """The offset just after the first b"\\n" at or after ``pos``, or ``size``."""
+    while pos < size:
+        block = _read_at(path, pos, min(pos + (1 << 16), size), etag)
+        if not block:  # the file shrank since it was listed
+            return size
+        at = block.find(b"\n")
+        if at >= 0:
+            return pos + at + 1
+        pos += len(block)
+    return size
+
+
+def _read_at(path: CorpusPath, start: int, end: int, etag: str | None) -> bytes:
+    if isinstance(path, ObjectPath):
+        return read_range(path, start, end, etag)
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(end - start)
 
 
 def _read_parquet(path: CorpusPath, columns: list[str] | None, digest: list[str]) -> Iterator[Chunk]:

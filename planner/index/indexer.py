@@ -21,7 +21,7 @@ import orjson
 
 from mixtera.planner.index.columns import RESERVED
 from mixtera.planner.index.config import IndexConfig
-from mixtera.planner.index.corpus_files import Chunk, CorpusFile, MediaInfo, reader_for
+from mixtera.planner.index.corpus_files import Chunk, CorpusFile, MediaInfo, read_jsonl_range, reader_for
 from mixtera.planner.index.properties import Extractor, as_text, compile_extractor, infer_type, load_hook
 from mixtera.planner.index.values import CONVERTERS, ValueTypeError
 from mixtera.runtime.errors import CorpusError, MixteraUserError
@@ -35,6 +35,12 @@ class FileTask:
     root: str  # a local folder or an object-store URL (mixtera.runtime.storage.corpus_location)
     file: CorpusFile
     token_path: str | None  # where to write tokens/<file_id>.bin, or None
+    part: int = 0  # which span of the file (`parts.py` splits large plain JSON lines files)
+    span: tuple[int, int] | None = None  # [start, stop) bytes at line starts; None: the whole file
+
+    @property
+    def size(self) -> int:
+        return self.span[1] - self.span[0] if self.span is not None else self.file.size
 
 
 @dataclass(slots=True, kw_only=True)
@@ -74,11 +80,13 @@ class MediaRows:
 class FileResult:
     file_id: int
     file: CorpusFile
-    content_hash: str  # mixtera.runtime.fingerprint: "xxh3_128:<hex>" of the file's bytes
+    content_hash: str  # mixtera.runtime.fingerprint: "xxh3_128:<hex>" of the file's bytes ("" in parts > 0)
     records: int  # all records, bad ones included
     rows: FileRows
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, message)
     bytes_read: int = 0
+    part: int = 0  # of a span task: record numbers and lines count from the span's start
+    lines: int = 0  # of a span task: the lines in its span
 
 
 @dataclass(slots=True)
@@ -107,15 +115,38 @@ def init_worker(
     _STATE = WorkerState(config, loaded, token_code, hook)
 
 
+BAD_RECORD_HINT = (
+    'fix the record, or set on_error = "skip" under [index] in the config to leave bad records out'
+)
+
+
+class BadRecordError(CorpusError):
+    """A bad JSON lines record with ``on_error = "fail"``: the file, its line and the problem."""
+
+    def __init__(self, path: str, line: int, problem: str) -> None:
+        self.path, self.line, self.problem = path, line, problem
+        super().__init__(f"{path}:{line}: {problem}", BAD_RECORD_HINT)
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A user error raised in a worker, carried back whole (hints do not survive pickling)."""
+    """A user error raised in a worker, carried back whole (hints do not survive pickling).
+
+    ``record``: a bad JSON lines record's (path, line, problem), its line counted from the task's span.
+    """
 
     cls: type[MixteraUserError]
     message: str
     hint: str | None
+    file_id: int = -1
+    part: int = 0
+    record: tuple[str, int, str] | None = None
 
-    def error(self) -> MixteraUserError:
+    def error(self, line_base: int = 0) -> MixteraUserError:
+        """The error; a bad record's line is moved by ``line_base``, the lines of the spans before."""
+        if self.record is not None:
+            path, line, problem = self.record
+            return BadRecordError(path, line + line_base, problem)
         return self.cls(self.message, self.hint)
 
 
@@ -128,8 +159,11 @@ def run_task_safe(task: FileTask) -> FileResult | Failure:
     gc.disable()
     try:
         return index_file(task, _STATE)
+    except BadRecordError as exc:
+        record = (exc.path, exc.line, exc.problem)
+        return Failure(type(exc), exc.message, exc.hint, task.file_id, task.part, record)
     except MixteraUserError as exc:
-        return Failure(type(exc), exc.message, exc.hint)
+        return Failure(type(exc), exc.message, exc.hint, task.file_id, task.part)
     finally:
         if was_enabled:
             gc.enable()
@@ -158,14 +192,16 @@ def index_file(task: FileTask, state: WorkerState) -> FileResult:
     skipped: list[tuple[int, str]] = []
     digest: list[str] = []
     columns = _columns_needed(cfg, extractor)
-    record_no, bytes_read = 0, 0
+    record_no, bytes_read, lines = 0, 0, [0]
     with contextlib.ExitStack() as stack:
         if task.token_path is not None:
             from mixtera.runtime.format.token_file import TokenFileWriter  # numpy: only with --store-tokens
 
             rows.writer = stack.enter_context(TokenFileWriter(task.token_path, state.token_code))
         try:
-            for chunk in reader_for(f.format)(path, columns, digest):
+            chunks = (reader_for(f.format)(path, columns, digest) if task.span is None
+                      else read_jsonl_range(path, task.span, digest, lines))
+            for chunk in chunks:
                 texts = _index_chunk(chunk, record_no, extractor, rows, skipped, path, cfg.on_error)
                 record_no += len(chunk.items)
                 bytes_read += sum(chunk.lengths) + len(chunk.lengths) if chunk.raw else 0
@@ -179,11 +215,13 @@ def index_file(task: FileTask, state: WorkerState) -> FileResult:
     return FileResult(
         file_id=task.file_id,
         file=f,
-        content_hash=digest[0],
+        content_hash=digest[0] if digest else "",
         records=record_no,
         rows=_file_rows(rows, extractor, state.tokenizer is not None),
         skipped=skipped,
-        bytes_read=bytes_read or f.size,
+        bytes_read=bytes_read if task.span is not None else bytes_read or f.size,  # parts: summed, then `or`
+        part=task.part,
+        lines=lines[-1],
     )
 
 
@@ -373,7 +411,9 @@ def _bad(
 ) -> None:
     line = chunk.lines[i]
     if on_error == "fail":
-        hint = 'fix the record, or set on_error = "skip" under [index] in the config to leave bad records out'
+        if chunk.raw:  # JSON lines, maybe a span's: `parts.Merger` moves the line by the spans before
+            raise BadRecordError(str(path), line, message)
+        hint = BAD_RECORD_HINT
         if chunk.media is not None and message.startswith("missing text field"):
             members = ", ".join(sorted(chunk.items[i])) or "none"
             hint = (f"a WebDataset sample is the record {{extension: value}} (its text and JSON members: "

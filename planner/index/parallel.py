@@ -17,12 +17,11 @@ import sys
 import threading
 import types
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from mixtera.planner.index import indexer
-
-Progress = Callable[[dict[str, Any]], None]
+from mixtera.planner.index.parts import Sink
 
 
 class _SharedQueue:
@@ -71,31 +70,17 @@ class _SharedQueue:
 _FED, _IDLE = object(), object()  # follow-up markers: a worker got a new task, or none was left
 
 
-def run_tasks(
-    tasks: list[indexer.FileTask],
-    workers: int,
-    init_args: tuple[Any, ...],
-    progress: Progress | None,
-) -> dict[int, indexer.FileResult]:
-    """Index ``tasks`` (sorted largest first) on ``workers`` processes; results by file_id.
+def run_tasks(tasks: list[indexer.FileTask], workers: int, init_args: tuple[Any, ...], sink: Sink) -> None:
+    """Index ``tasks`` (sorted largest first) on ``workers`` processes, handing results to ``sink``
+    (`parts.Merger.add`, which raises a task's failure).
 
     ``init_args`` are `indexer.init_worker`'s arguments without the last (tokenizer threads).
     """
-    state = {
-        "files_done": 0,
-        "files_total": len(tasks),
-        "records": 0,
-        "bytes": 0,
-        "bytes_total": sum(t.file.size for t in tasks),
-    }
-    if progress:
-        progress(dict(state))
-    results: dict[int, indexer.FileResult] = {}
     indexer.init_worker(*init_args, None)  # this process keeps the tokenizer's own thread setting
     if workers <= 1:
         for t in tasks:
-            _collect(indexer.run_task_safe(t), results, state, progress)
-        return results
+            sink(indexer.run_task_safe(t))
+        return
     ctx = multiprocessing.get_context("spawn")
     # In workers one tokenizer thread each: N processes then use N cores, not N x cores.
     with _bare_main():
@@ -104,31 +89,25 @@ def run_tasks(
         shared = _SharedQueue(tasks, pool)
         counter = [sum(shared.feed_worker() for _ in range(workers - 1))]  # workers holding a task
         try:
-            return _share(shared, counter, results, state, progress)
+            _share(shared, counter, sink)
         except Exception:
             shared.stop()
             _wait_idle(shared, counter[0])
             raise
 
 
-def _share(
-    shared: _SharedQueue,
-    busy: list[int],
-    results: dict[int, indexer.FileResult],
-    state: dict[str, Any],
-    progress: Progress | None,
-) -> dict[int, indexer.FileResult]:
+def _share(shared: _SharedQueue, busy: list[int], sink: Sink) -> None:
     """Index small tasks here while the workers take large ones; ``busy[0]``: workers holding a task."""
     while True:
         while not shared.results.empty():
-            busy[0] = _receive(shared.results.get(), busy[0], results, state, progress)
+            busy[0] = _receive(shared.results.get(), busy[0], sink)
         task = shared.take_small()
         if task is not None:
-            _collect(indexer.run_task_safe(task), results, state, progress)
+            sink(indexer.run_task_safe(task))
         elif busy[0] == 0:
-            return results
+            return
         else:
-            busy[0] = _receive(shared.results.get(), busy[0], results, state, progress)
+            busy[0] = _receive(shared.results.get(), busy[0], sink)
 
 
 def _wait_idle(shared: _SharedQueue, busy: int) -> None:
@@ -139,13 +118,7 @@ def _wait_idle(shared: _SharedQueue, busy: int) -> None:
             busy -= 1
 
 
-def _receive(
-    item: Any,
-    busy: int,
-    results: dict[int, indexer.FileResult],
-    state: dict[str, Any],
-    progress: Progress | None,
-) -> int:
+def _receive(item: Any, busy: int, sink: Sink) -> int:
     """Account for one message of the result thread; returns the number of busy workers."""
     if item is _FED:
         return busy
@@ -153,7 +126,7 @@ def _receive(
         return busy - 1
     if isinstance(item, BaseException):
         raise item  # an internal error in a worker
-    _collect(item, results, state, progress)
+    sink(item)
     return busy
 
 
@@ -173,18 +146,3 @@ def _bare_main() -> Iterator[None]:
     finally:
         sys.modules["__main__"] = main
 
-
-def _collect(
-    res: indexer.FileResult | indexer.Failure,
-    results: dict[int, indexer.FileResult],
-    state: dict[str, Any],
-    progress: Progress | None,
-) -> None:
-    if isinstance(res, indexer.Failure):
-        raise res.error()
-    results[res.file_id] = res
-    state["files_done"] += 1
-    state["records"] += res.records
-    state["bytes"] += res.file.size
-    if progress:
-        progress(dict(state))

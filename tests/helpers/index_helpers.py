@@ -71,3 +71,25 @@ type = "float"
 def run_cli(*args: str) -> Any:
     """Invoke `mixtera ARGS`; the result has exit_code, stdout and stderr."""
     return CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"}).invoke(app, [str(a) for a in args])
+
+
+def make_span_corpus(root: Path, bad_lines: tuple[int, ...] = ()) -> Path:
+    """A corpus whose plain JSON lines file splits into many spans (index with a small ``span_bytes``):
+    blank lines, non-ASCII text, automatic fields whose type changes along the file (int, then text;
+    bool, then int) or that appear only late, no final newline; plus small files of other formats.
+    ``bad_lines``: 1-based lines of big.jsonl replaced by malformed JSON."""
+    lines: list[bytes] = []
+    for i in range(400):
+        rec: dict[str, Any] = {"text": f"doc {i} " + "wörd " * (i % 11), "n": i if i < 250 else f"n{i}"}
+        rec["flag"] = (i % 2 == 0) if i < 100 else i
+        if i > 330:
+            rec["late"] = i / 4
+        lines.append(json.dumps(rec, ensure_ascii=False).encode())
+        if i % 37 == 0:
+            lines.append(b"")  # a blank line: no record, but a line
+    for line in bad_lines:
+        lines[line - 1] = b'{"text": broken'
+    write(root / "big.jsonl", b"\n".join(lines))  # no final newline
+    write(root / "small.jsonl", jsonl(docs("small", 6, late=1)))
+    write(root / "packed.jsonl.gz", jsonl(docs("gz", 5, flag=True)))
+    return root
