@@ -11,6 +11,12 @@ The 2-process runs include starting the worker; spawned workers re-import this s
 therefore imports mixtera only inside the functions that need it.
 
     .venv/bin/python bench/index.py [--mb 300] [--tok-mb 20] [--files 8] [--repeat 3] [--tokenizer PATH]
+    .venv/bin/python bench/index.py --executor ray [--mb 300] [--files 8] [--repeat 3]
+
+`--executor ray` compares, on this machine, local processes with a local Ray of as many CPUs (Ray's
+start-up is timed apart, as a cluster is started once for many runs), and prints the per-node
+records/s that a cluster of N such nodes multiplies by about N. Its CPU column counts only this
+process: Ray's workers are not its children.
 
 Data is generated once under bench/data/ and reused.
 """
@@ -184,7 +190,7 @@ def tokenizer_alone(folder: Path, tokenizer: Path) -> Run:
     return timed(work)
 
 
-def index_run(folder: Path, processes: int, tokenizer: Path | None) -> Run:
+def index_run(folder: Path, processes: int | None, tokenizer: Path | None, executor: str = "local") -> Run:
     from mixtera.planner.index import build_index, parse_config
 
     out = Path(tempfile.mkdtemp(prefix="mixtera-bench-index-"))
@@ -192,7 +198,9 @@ def index_run(folder: Path, processes: int, tokenizer: Path | None) -> Run:
 
     def work() -> tuple[int, int]:
         cfg = parse_config(CONFIG)
-        report = build_index([folder], out / "idx", cfg, tokenizer=tokenizer, processes=processes)
+        report = build_index(
+            [folder], out / "idx", cfg, tokenizer=tokenizer, processes=processes, executor=executor
+        )
         return report.samples, size
 
     try:
@@ -220,12 +228,17 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs per measurement")
     ap.add_argument("--tokenizer", type=Path, default=NEOX)
+    ap.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="ray: local processes against a local Ray cluster, metadata only")
     args = ap.parse_args()
     n = args.repeat
     meta = generate(DATA / f"index-jsonl-{args.mb}mb-{args.files}f", args.mb, args.files)
     print(
         f"metadata runs: {args.mb} MB in {args.files} files under {meta}, best of {n}, {os.cpu_count()} CPUs"
     )
+    if args.executor == "ray":
+        ray_comparison(meta, n)
+        return
     m = interleaved(
         n,
         {
@@ -265,6 +278,35 @@ def main() -> None:
     alone, t1, t2 = t.values()
     ratio("index+tokenizer / tokenizer alone, 1 process", t1, alone, "(target >= 0.90)")
     ratio("index+tokenizer / tokenizer alone, 2 processes", t2, alone, "(target >= 0.90)")
+
+
+def ray_comparison(folder: Path, n: int) -> None:
+    """Local processes against Ray tasks on this machine, as many of each as it has CPUs."""
+    import ray
+
+    cpus = os.cpu_count() or 1
+    started = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    print(f"Ray start-up (once per cluster, not in the runs below): {time.perf_counter() - started:.1f} s")
+    try:
+        m = interleaved(
+            n,
+            {
+                f"mixtera index, metadata, {cpus} local processes": lambda: index_run(folder, cpus, None),
+                f"mixtera index, metadata, Ray, {cpus} CPUs, 1 node": lambda: index_run(
+                    folder, None, None, "ray"
+                ),
+            },
+        )
+    finally:
+        ray.shutdown()
+    local, on_ray = m.values()
+    print(f"  Ray / local processes, wall: {local.wall / on_ray.wall:5.2f}   (ideal 1.00: same CPUs)")
+    rate = on_ray.records / on_ray.wall
+    print(
+        f"  per node: {rate:,.0f} records/s, {on_ray.bytes / 1e6 / on_ray.wall:.1f} MB/s "
+        f"({rate / cpus:,.0f} records/s per CPU): N such nodes index about N times this"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +11,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from mixtera.cli.console import count, err, out, print_json, summary_table, user_errors
+
+
+class Executor(str, Enum):
+    local = "local"
+    ray = "ray"
+
 
 SHOWN = 20  # changed, removed and skipped entries listed at most (all of them in --json)
 
@@ -55,7 +62,23 @@ def index(
             "-p",
             min=1,
             help="Processes indexing files [default: number of CPUs; 1 with a tokenizer, which uses "
-            "every CPU itself].",
+            "every CPU itself]. With --executor ray: tasks in flight [default: 2 x the cluster's CPUs].",
+        ),
+    ] = None,
+    executor: Annotated[
+        Executor,
+        typer.Option(
+            "--executor",
+            help="Where tasks run: local processes, or a Ray cluster (needs the ray extra of mixtera).",
+        ),
+    ] = Executor.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Ray cluster to run on (host:port of its head node) [default: RAY_ADDRESS, a `ray start` "
+            "cluster on this machine, else a new local Ray].",
+            show_default=False,
         ),
     ] = None,
     json_out: Annotated[
@@ -74,6 +97,8 @@ def index(
             processes=processes,
             store_tokens=store_tokens,
             progress=bar.update,
+            executor=executor.value,
+            ray_address=ray_address,
         )
     if json_out:
         print_json(report.to_dict())
