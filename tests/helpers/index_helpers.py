@@ -93,3 +93,9 @@ def make_span_corpus(root: Path, bad_lines: tuple[int, ...] = ()) -> Path:
     write(root / "small.jsonl", jsonl(docs("small", 6, late=1)))
     write(root / "packed.jsonl.gz", jsonl(docs("gz", 5, flag=True)))
     return root
+
+
+def assert_same_index(one: Path, two: Path) -> None:
+    """The two index folders hold byte-identical tables and manifests."""
+    for name in ("samples.parquet", "files.parquet", "manifest.json"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name

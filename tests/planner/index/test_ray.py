@@ -18,7 +18,7 @@ import pytest
 
 from mixtera.planner.index import build_index, load_config, parse_config
 from mixtera.runtime.errors import ConfigError, CorpusError
-from tests.helpers.index_helpers import CONFIG, make_corpus, make_span_corpus, run_cli
+from tests.helpers.index_helpers import CONFIG, assert_same_index, make_corpus, make_span_corpus, run_cli
 
 ROOT = Path(__file__).resolve().parents[3]
 SPANS = 700  # bytes: big.jsonl splits into dozens of span tasks
@@ -45,16 +45,11 @@ def corpus(tmp_path: Path) -> Path:
     return make_span_corpus(tmp_path / "c" / "spans")
 
 
-def _same_index(one: Path, two: Path) -> None:
-    for name in ("samples.parquet", "files.parquet", "manifest.json"):
-        assert (one / name).read_bytes() == (two / name).read_bytes(), name
-
-
 def test_ray_index_is_byte_identical_to_local(ray_cluster: str, corpus: Path, tmp_path: Path) -> None:
     cfg = parse_config(CONFIG)
     local = build_index([corpus], tmp_path / "local", cfg, processes=1)
     on_ray = build_index([corpus], tmp_path / "ray", cfg, executor="ray", span_bytes=SPANS)
-    _same_index(tmp_path / "local", tmp_path / "ray")
+    assert_same_index(tmp_path / "local", tmp_path / "ray")
     assert (on_ray.samples, on_ray.bytes_read) == (local.samples, local.bytes_read)
 
 
@@ -65,7 +60,7 @@ def test_ray_index_of_the_shared_corpora_is_byte_identical(
     text, cfg = shared_corpora / "text", ROOT / "examples" / "shared_corpora_index.toml"
     build_index([text], tmp_path / "local", cfg, processes=1)
     build_index([text], tmp_path / "ray", cfg, executor="ray", span_bytes=64 << 10)
-    _same_index(tmp_path / "local", tmp_path / "ray")
+    assert_same_index(tmp_path / "local", tmp_path / "ray")
 
 
 def _files(index: Path) -> list[dict[str, Any]]:
@@ -84,7 +79,7 @@ def test_ray_index_of_an_s3_corpus_is_that_of_the_local_files(
     build_index(url, tmp_path / "local", cfg, processes=2, span_bytes=SPANS)
     on_ray = build_index(url, tmp_path / "ray", cfg, executor="ray", span_bytes=SPANS)
     assert str(on_ray.corpus_root) == "s3://ray-corpus/text"
-    _same_index(tmp_path / "local", tmp_path / "ray")
+    assert_same_index(tmp_path / "local", tmp_path / "ray")
     files = tmp_path / "files" / "samples.parquet"
     assert (tmp_path / "ray" / "samples.parquet").read_bytes() == files.read_bytes()
     assert _files(tmp_path / "ray") == _files(tmp_path / "files")  # content hashes too
@@ -128,7 +123,7 @@ def test_a_task_whose_worker_dies_is_retried(ray_cluster: str, corpus: Path, tmp
         build_index([corpus], tmp_path / "local", cfg, processes=1)  # the marker exists: nobody dies
     finally:
         sys.modules.pop("killing_hook_props", None)
-    _same_index(tmp_path / "local", tmp_path / "ray")
+    assert_same_index(tmp_path / "local", tmp_path / "ray")
     assert "hooked" in json.loads((tmp_path / "ray" / "manifest.json").read_text())["properties"]
 
 
@@ -141,7 +136,7 @@ def test_ray_address_joins_a_running_cluster(ray_cluster: str, corpus: Path, tmp
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["counts"]["samples"] > 400
-    _same_index(tmp_path / "local", tmp_path / "ray")
+    assert_same_index(tmp_path / "local", tmp_path / "ray")
 
 
 def test_without_ray_installed_the_flag_names_the_extra(

@@ -10,14 +10,9 @@ from mixtera.planner.index import build_index, parse_config
 from mixtera.planner.index.corpus_files import line_spans
 from mixtera.planner.index.parts import build_tasks
 from mixtera.runtime.errors import CorpusError
-from tests.helpers.index_helpers import make_span_corpus
+from tests.helpers.index_helpers import assert_same_index, make_span_corpus
 
 WHOLE = 1 << 40  # a span size no test file reaches: every file is one task
-
-
-def _same_index(one: Path, two: Path) -> None:
-    for name in ("samples.parquet", "files.parquet", "manifest.json"):
-        assert (one / name).read_bytes() == (two / name).read_bytes(), name
 
 
 def test_spans_cover_every_line_once_and_start_at_line_starts(tmp_path: Path) -> None:
@@ -54,7 +49,7 @@ def test_spans_give_the_whole_file_index(tmp_path: Path, processes: int) -> None
     root = make_span_corpus(tmp_path / "c")
     build_index([root], tmp_path / "whole", processes=1, span_bytes=WHOLE)
     build_index([root], tmp_path / "spans", processes=processes, span_bytes=700)
-    _same_index(tmp_path / "whole", tmp_path / "spans")
+    assert_same_index(tmp_path / "whole", tmp_path / "spans")
 
 
 def test_skipped_records_keep_their_file_lines(tmp_path: Path) -> None:
@@ -64,7 +59,7 @@ def test_skipped_records_keep_their_file_lines(tmp_path: Path) -> None:
     spans = build_index([root], tmp_path / "spans", cfg, processes=2, span_bytes=700)
     assert [s["line"] for s in whole.skipped] == [3, 200, 390]
     assert spans.skipped == whole.skipped
-    _same_index(tmp_path / "whole", tmp_path / "spans")
+    assert_same_index(tmp_path / "whole", tmp_path / "spans")
 
 
 def _failure(root: Path, out: Path, **kw: object) -> str:
