@@ -4,8 +4,14 @@ This process indexes files itself while the workers start, so N processes approa
 A worker starts in well under a tenth of a second: it imports only the pyarrow-free indexer, and
 not the parent's main script (see `_bare_main`). Tasks arrive largest first in one shared queue:
 workers take from the large end, this process from the small end. A worker holds one task at a
-time and gets its next one the moment it reports (from the pool's result thread), so neither side
-idles while the other still has queued work, and the tail is at most one small file.
+time and gets its next one the moment it reports (from the pool's management thread), so neither
+side idles while the other still has queued work, and the tail is at most one small file.
+
+The pool is `concurrent.futures.ProcessPoolExecutor`: a worker that dies (killed for memory, say)
+fails its task with `BrokenProcessPool` instead of leaving it unanswered, which `multiprocessing.Pool`
+does (it replaces the worker and the run waits forever). Workers ignore SIGINT: on Ctrl-C this
+process stops handing out tasks and terminates them, so the run ends at once, with no traceback
+from a worker.
 """
 
 from __future__ import annotations
@@ -13,15 +19,23 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import queue
+import signal
 import sys
 import threading
 import types
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from mixtera.planner.index import indexer
 from mixtera.planner.index.parts import Sink
+from mixtera.runtime.errors import CorpusError
+
+
+class WorkerDiedError(CorpusError):
+    """An index worker process ended without reporting (killed by a signal, e.g. for memory)."""
 
 
 class _SharedQueue:
@@ -29,14 +43,13 @@ class _SharedQueue:
 
     Every task handed to a worker is answered on ``results`` by its result (or error) followed by
     one marker: ``_FED`` (the worker got its next task) or ``_IDLE``. After :meth:`stop` no task is
-    handed out, so the workers go idle one by one and the pool can be shut down with none of them
-    busy: terminating a worker while it writes its result to the pool's result pipe leaves that
-    pipe's lock held, and the pool's shutdown then waits for it forever.
+    handed out, so the workers go idle one by one and the pool shuts down with none of them busy.
     """
 
-    def __init__(self, tasks: list[indexer.FileTask], pool: Any) -> None:
+    def __init__(self, tasks: list[indexer.FileTask], pool: ProcessPoolExecutor) -> None:
         self._pending = deque(tasks)
-        self._lock = threading.Lock()
+        # Reentrant: a future that is already done runs its callback inside submit's caller.
+        self._lock = threading.RLock()
         self._pool = pool
         self._stopped = False
         self.results: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -51,20 +64,37 @@ class _SharedQueue:
             self._stopped = True
 
     def feed_worker(self) -> bool:
-        """Hand the largest pending task to the pool; False when none is left or after stop()."""
+        """Hand the largest pending task to the pool; False when none is left, after stop(), or
+        once the pool is broken or shut down."""
         with self._lock:  # held while submitting: stop() cannot slip between the check and the submit
             if self._stopped or not self._pending:
                 return False
             task = self._pending.popleft()
-            self._pool.apply_async(
-                indexer.run_task_safe, (task,), callback=self._done, error_callback=self._done
-            )
+            try:
+                future = self._pool.submit(indexer.run_task_safe, task)
+            except (BrokenProcessPool, RuntimeError):  # a worker died, or Ctrl-C shut the pool down
+                self._stopped = True
+                return False
+            future.add_done_callback(lambda f: self._done(f, task))
         return True
 
-    def _done(self, result: Any) -> None:  # runs on the pool's result thread
-        self.results.put(result)
-        with contextlib.suppress(ValueError):  # the pool was terminated (Ctrl-C): nobody waits
-            self.results.put(_FED if self.feed_worker() else _IDLE)
+    def _done(self, future: Future, task: indexer.FileTask) -> None:  # the pool's management thread
+        self.results.put(_outcome(future, task))
+        self.results.put(_FED if self.feed_worker() else _IDLE)
+
+
+def _outcome(future: Future, task: indexer.FileTask) -> Any:
+    """A finished task's result, or the exception to raise for it."""
+    if future.cancelled():
+        return WorkerDiedError(f"{task.file.relpath}: its index task was cancelled", "run the index again")
+    exc = future.exception()
+    if isinstance(exc, BrokenProcessPool):
+        return WorkerDiedError(
+            f"{task.file.relpath}: the index worker process indexing it died without reporting "
+            "(killed by a signal: out of memory?)",
+            "index with fewer --processes, or give the job more memory; then run the index again",
+        )
+    return exc if exc is not None else future.result()
 
 
 _FED, _IDLE = object(), object()  # follow-up markers: a worker got a new task, or none was left
@@ -84,9 +114,10 @@ def run_tasks(tasks: list[indexer.FileTask], workers: int, init_args: tuple[Any,
     ctx = multiprocessing.get_context("spawn")
     # In workers one tokenizer thread each: N processes then use N cores, not N x cores.
     with _bare_main():
-        pool = ctx.Pool(workers - 1, initializer=indexer.init_worker, initargs=(*init_args, False))
-    with pool:  # __exit__ terminates the pool: by then no worker is busy, except after Ctrl-C
-        shared = _SharedQueue(tasks, pool)
+        pool = ProcessPoolExecutor(workers - 1, mp_context=ctx, initializer=_init_pool_worker,
+                                   initargs=(*init_args, False))
+    shared = _SharedQueue(tasks, pool)
+    try:
         counter = [sum(shared.feed_worker() for _ in range(workers - 1))]  # workers holding a task
         try:
             _share(shared, counter, sink)
@@ -94,6 +125,29 @@ def run_tasks(tasks: list[indexer.FileTask], workers: int, init_args: tuple[Any,
             shared.stop()
             _wait_idle(shared, counter[0])
             raise
+    except BaseException:  # Ctrl-C (or an error): stop the workers now rather than after their task
+        shared.stop()
+        _terminate_workers(pool)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _init_pool_worker(*args: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it terminates us)
+    indexer.init_worker(*args)
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM every worker of ``pool``: Python 3.14 has ``terminate_workers``; before, the
+    processes are only reachable through the executor's ``_processes``."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
 
 
 def _share(shared: _SharedQueue, busy: list[int], sink: Sink) -> None:

@@ -13,6 +13,7 @@ import pytest
 import zstandard
 
 from mixtera.planner.index import IndexReport, build_index, load_index, parse_config
+from mixtera.planner.index.config import load_config
 from mixtera.runtime.format.token_file import VERSION as TOKEN_FORMAT
 from mixtera.runtime.format.token_file import TokenFile
 from tests.helpers.index_helpers import CONFIG, docs, jsonl, make_corpus, write
@@ -324,45 +325,99 @@ def test_column_extraction_equals_the_per_record_rows() -> None:
     assert ex.columns([{"meta": {"q": True}}]) is None
 
 
-def test_after_a_worker_error_the_pool_stops_with_no_worker_busy(tmp_path: Path, monkeypatch) -> None:
-    """Terminating a pool whose workers are busy can hang for good (a worker killed while writing its
-    result keeps the result pipe's lock); after an error the workers finish what they hold first."""
-    import multiprocessing.pool
+def test_after_a_worker_error_the_run_ends_with_no_worker_left(tmp_path: Path) -> None:
+    """The largest file goes to a worker and fails at once while the other worker is busy: the
+    error travels back whole, and no worker process outlives the run."""
+    import multiprocessing
 
     from mixtera.runtime.errors import CorpusError
 
-    busy_at_terminate = []
-    terminate = multiprocessing.pool.Pool.terminate
-
-    def recording_terminate(self) -> None:  # noqa: ANN001 - the pool
-        busy_at_terminate.append(len(self._cache))  # jobs handed out and not answered yet
-        terminate(self)
-
-    monkeypatch.setattr(multiprocessing.pool.Pool, "terminate", recording_terminate)
     corpus = tmp_path / "c"
-    # the largest file goes to a worker and fails at once; the other worker is still busy then
     write(corpus / "a" / "bad.jsonl", b"{bad\n" + jsonl(docs("x", 20_000)))
     write(corpus / "b" / "slow.jsonl", jsonl(docs("y", 15_000)))
     for i in range(6):
         write(corpus / "c" / f"f{i}.jsonl", jsonl(docs(f"f{i}", 50)))
     with pytest.raises(CorpusError, match=r"bad\.jsonl:1: malformed JSON"):
         build_index([corpus], tmp_path / "idx", None, processes=3)
-    assert busy_at_terminate == [0]
+    for child in multiprocessing.active_children():
+        child.join(timeout=10)
+    assert multiprocessing.active_children() == []
+
+
+def _hook_corpus(tmp_path: Path, hook: str) -> tuple[Path, Path]:
+    """A corpus of one large file (a worker's) and small ones (this process's), and a config whose
+    hook runs ``hook`` in worker processes only."""
+    corpus = tmp_path / "c"
+    write(corpus / "big" / "large.jsonl", jsonl(docs("large", 5_000)))
+    for i in range(4):
+        write(corpus / "small" / f"f{i}.jsonl", jsonl(docs(f"f{i}", 5)))
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "worker_hook.py").write_text(
+        "import multiprocessing, os, signal, time\n"
+        "def extract(record, path):\n"
+        "    if multiprocessing.parent_process() is not None:\n"
+        f"        {hook}\n"
+        "    return record\n"
+    )
+    cfg = tmp_path / "cfg" / "index.toml"
+    cfg.write_text('[index]\nfunction = "worker_hook:extract"\n')
+    return corpus, cfg
+
+
+def test_a_worker_killed_for_memory_fails_the_run_naming_its_file(tmp_path: Path) -> None:
+    """A worker that dies without reporting (the kernel's OOM killer sends SIGKILL) used to leave its
+    task unanswered and the run waiting forever."""
+    from mixtera.planner.index.parallel import WorkerDiedError
+
+    corpus, cfg = _hook_corpus(tmp_path, "os.kill(os.getpid(), signal.SIGKILL)")
+    with pytest.raises(WorkerDiedError, match=r"big/large\.jsonl: the index worker process .* died") as err:
+        build_index([corpus], tmp_path / "idx", load_config(cfg), processes=2)
+    assert "--processes" in err.value.hint
+    assert not (tmp_path / "idx").exists()
+
+
+def test_ctrl_c_ends_a_parallel_index_at_once_without_a_traceback(tmp_path: Path) -> None:
+    """SIGINT to the CLI while a worker is deep in a long task: the run stops within seconds (not
+    after the task), exits 130 (the shell's code for SIGINT, as typer ends an interrupted command),
+    and no worker prints a traceback."""
+    import signal
+    import subprocess
+    import time
+
+    corpus, cfg = _hook_corpus(tmp_path, "time.sleep(0.05)")  # 5,000 records: minutes in the worker
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mixtera.cli.app", "index", str(corpus), "--out", str(tmp_path / "idx"),
+         "--config", str(cfg), "--processes", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    time.sleep(4)  # the worker has started on the large file
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert time.monotonic() - t0 < 15
+    assert proc.returncode == 130
+    assert b"Traceback" not in err, err.decode()
+    assert not (tmp_path / "idx").exists()
 
 
 def test_a_stopped_queue_hands_out_nothing() -> None:
+    from concurrent.futures import Future
+
     from mixtera.planner.index.parallel import _IDLE, _SharedQueue
 
     class Pool:
-        submitted = 0
+        submitted: list[Future] = []
 
-        def apply_async(self, *args, **kw) -> None:  # noqa: ANN002, ANN003
-            Pool.submitted += 1
+        def submit(self, *args, **kw) -> Future:  # noqa: ANN002, ANN003
+            Pool.submitted.append(Future())
+            return Pool.submitted[-1]
 
-    tasks = [object(), object()]
-    shared = _SharedQueue(tasks, Pool())  # type: ignore[arg-type]
-    assert shared.feed_worker() and Pool.submitted == 1
+    shared = _SharedQueue([object(), object()], Pool())  # type: ignore[arg-type]
+    assert shared.feed_worker() and len(Pool.submitted) == 1
     shared.stop()
-    shared._done("result")
-    assert Pool.submitted == 1
+    Pool.submitted[0].set_result("result")  # the callback: the result, then no next task
+    assert len(Pool.submitted) == 1
     assert [shared.results.get(), shared.results.get()] == ["result", _IDLE]
