@@ -33,6 +33,9 @@ def compile_mixture(
     replace_feedback_state: Annotated[bool, typer.Option(
         "--replace-feedback-state", help="Replace a plan at --out even though it holds feedback state "
         "(the loss log and published decisions), which is deleted.")] = False,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1, max=256, help="Pack and encode "
+                                           "segments in this many processes (the same plan for any "
+                                           "number).")] = 1,
 ) -> None:
     """Compile a mixture into a plan: exact per-step quotas, one binary plan file per rank."""
     from mixtera.planner.mixture.spec import load_spec
@@ -59,7 +62,7 @@ def compile_mixture(
                 bar.update(task, completed=done, total=total)
 
             _, written = compile_file(mixture, out_dir, progress=advance,
-                                      replace_feedback_state=replace_feedback_state)
+                                      replace_feedback_state=replace_feedback_state, processes=processes)
     if written.replaced_state:
         gone = escape(", ".join(written.replaced_state))
         err.print(f"replaced the feedback state of the previous plan: {gone}", highlight=False)

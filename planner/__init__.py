@@ -11,8 +11,8 @@ How data flows (each stage names its module):
 3. Compile (`mixtera.planner.compile`): `selection` matches components against the index, `quotas` gives
    every step its exact integer quota per component, `packing` cuts the global stream into sequences and
    ranks, `plan_arrays` ties these together into a `CompiledPlan`, `writer` publishes the plan
-   directory, `pipeline` is the end-to-end `mixtera compile`, `elastic` re-partitions a plan for
-   another world size.
+   directory, `parallel` packs segments in worker processes (`--processes`), `pipeline` is the
+   end-to-end `mixtera compile`, `elastic` re-partitions a plan for another world size.
 4. Feedback (`mixtera.planner.feedback`): `orchestrate` is `mixtera feedback` (lock, pending decisions,
    follow), `algorithms` the table of feedback algorithms, `ado` and `ado_fit` ADO and its scaling-law
    fit, `loss_proportional` the simple alternative, `rewrite` decides one refit and publishes the version.

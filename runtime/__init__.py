@@ -7,12 +7,13 @@ How data flows through one rank (each stage names its module):
 1. Formats (`mixtera.runtime.format`): `rank_file` (the per-rank plan file: header, seek table) and
    `rank_frames` (its segment frames: the one encoder, used by compile and rewrites, and the decoder),
    `token_file` (pre-tokenized ids), `frame_cache` (seekable cache of .gz/.zst corpus files),
-   `feedback_log` (per-step, per-domain losses); one encoder and one reader each, and `header`, the one
-   header check (magic, version, flags, size) they all run; `plan_dir` names every file of a plan
+   `feedback_log` (per-step, per-domain losses), `sample_blocks` (block checksums of the sample
+   table, and the reader of its checked blocks); one encoder and one reader each, and `header`, the
+   one header check (magic, version, flags, size) they all run; `plan_dir` names every file of a plan
    directory (and of the index directory a plan points into).
-2. Plan (`plan`): opens a plan directory, checks its manifest, memory-maps the sample table and reads one
-   rank's segments; `versions` decides which version of a segment (after feedback rewrites) a rank
-   replays.
+2. Plan (`plan`): opens a plan directory, checks its manifest, reads the sample-table rows it resolves
+   (checked block by block) and reads one rank's segments; `versions` decides which version of a
+   segment (after feedback rewrites) a rank replays.
 3. Streams (`shuffle`, `stream_rows`): a plan entry names a component's stream position; the keyed
    permutation turns positions into sample rows without stored sample ids.
 4. Sources (`readers`, `sources`, `tokenizer`): read each planned sample from its corpus file (with the

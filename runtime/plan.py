@@ -21,9 +21,18 @@ import numpy as np
 from mixtera.runtime.confine import recorded_root
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.fingerprint import ContentHasher, bytes_content_hash, canonical_json, file_content_hash
-from mixtera.runtime.format.plan_dir import MANIFEST, QUOTAS, SAMPLES, WEIGHTS, data_folder, rank_file_path
+from mixtera.runtime.format.plan_dir import (
+    MANIFEST,
+    QUOTAS,
+    SAMPLE_BLOCKS,
+    SAMPLES,
+    WEIGHTS,
+    data_folder,
+    rank_file_path,
+)
 from mixtera.runtime.format.rank_file import RankFileReader
 from mixtera.runtime.format.rank_frames import Segment
+from mixtera.runtime.format.sample_blocks import BlockReader
 from mixtera.runtime.shuffle import stream_samples
 from mixtera.runtime.stream_rows import stream_rows
 from mixtera.runtime.tokenizer import framing_tokens
@@ -31,8 +40,9 @@ from mixtera.runtime.versions import VersionResolver
 
 PLAN_KIND = "mixtera-plan"
 # 1.1: the manifest's "checksums" (manifest, samples.npy); 1.2: also quotas.npy and weights.npy, and
-# a rewrite's decision.json records those of its own version folder
-PLAN_FORMAT_VERSION = "1.2"
+# a rewrite's decision.json records those of its own version folder; 1.3: samples.blocks.npy (the
+# sample table's block checksums) and its checksum
+PLAN_FORMAT_VERSION = "1.3"
 CHECKSUMS = "checksums"  # {"manifest": <content hash>, "samples.npy": <content hash>, "quotas.npy": ...}
 STEP_ARRAYS = (QUOTAS, WEIGHTS)  # per-step (steps, components) arrays of each data version
 SPLITS = ("train", "validation")  # PLAN/validation/ (plan_dir.VALIDATION) holds the validation split
@@ -99,6 +109,7 @@ class Plan:
         self.bos: bool = bool(tokenizer.get("bos", False))
         self.framing = framing_tokens(tokenizer)  # eos and bos tokens around every document
         self._samples: np.ndarray | None = None
+        self._blocks: BlockReader | None = None  # set with _samples when the plan has block checksums
         self.components = [PlanComponent(id=c.get("id"), name=c.get("name"), stream=c.get("stream"),
                                          first_row=c.get("first_row"), rows=c.get("rows"))
                            for c in (x if isinstance(x, dict) else {} for x in manifest["components"])]
@@ -145,13 +156,54 @@ class Plan:
     def segment_count(self) -> int:
         return len(self.manifest["segments"])
 
+    def sample_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` of the sample table (see SAMPLE_DTYPE), their bytes checked.
+
+        A plan of format 1.3 on reads and checks only the 4 KiB blocks the rows lie in
+        (runtime/format/sample_blocks.py), so a rank reads what it replays, not the whole table;
+        an older plan's table is memory-mapped and hashed whole on first use (~10 GB/s, xxh3_128).
+        """
+        table = self._checked_table()
+        if self._blocks is not None:
+            return self._blocks.gather(rows)
+        return np.take(table, rows)  # a plain gather; memmap fancy indexing is ~3x slower
+
     @property
-    def samples(self) -> np.ndarray:
-        """The plan's sample table (memory-mapped structured array, see SAMPLE_DTYPE), its content
-        hash checked against the manifest on first use (once per Plan: ~10 GB/s, xxh3_128)."""
+    def sample_bytes_read(self) -> int:
+        """Bytes of the sample table read and hashed so far (a block read twice counts twice; the
+        whole file for a plan before format 1.3)."""
         if self._samples is None:
-            self._samples = checked_sample_table(self.path, self.manifest)
+            return 0
+        if self._blocks is not None:
+            return self._blocks.bytes_read
+        return (self.path / SAMPLES).stat().st_size
+
+    def _checked_table(self) -> np.ndarray:
+        if self._samples is None:
+            expected = (self.manifest.get(CHECKSUMS) or {}).get(SAMPLE_BLOCKS)
+            if expected is None:
+                self._samples = checked_sample_table(self.path, self.manifest)
+            else:
+                arr = sample_table(self.path)
+                self._blocks = BlockReader(self.path / SAMPLES, int(arr.offset), arr.dtype,
+                                           self._block_sums(expected), "recompile the plan")
+                self._samples = arr
         return self._samples
+
+    def _block_sums(self, expected: str) -> np.ndarray:
+        bpath = self.path / SAMPLE_BLOCKS
+        try:
+            data = bpath.read_bytes()  # read once: hashed, then parsed
+            sums = np.load(io.BytesIO(data))
+        except (OSError, ValueError) as exc:
+            raise PlanError(f"{bpath}: cannot be read ({exc})", "recompile the plan") from None
+        if bytes_content_hash(data) != expected:
+            raise PlanError(f"{bpath}: its content hash differs from the one the manifest records "
+                            f"({expected}): the block checksums are damaged", "recompile the plan")
+        if sums.dtype != np.dtype("<u8") or sums.ndim != 1:
+            raise PlanError(f"{bpath}: dtype {sums.dtype}, shape {sums.shape}; expected a uint64 vector",
+                            "recompile the plan")
+        return sums
 
     def _sample_table(self) -> np.ndarray:
         return sample_table(self.path)
@@ -206,7 +258,7 @@ class Plan:
         """Sample rows, corpus locations and absolute token ranges of every entry of ``segment``."""
         rows = stream_rows(segment.component, segment.position, self._comp_rows, self._comp_first,
                            self.seed, self._comp_streams)  # every component at once: one walk
-        meta = np.take(self.samples, rows)  # a plain gather; memmap fancy indexing is ~3x slower
+        meta = self.sample_rows(rows)
         doc = meta["tokens"].astype(np.int64) + self.framing
         start = segment.token_start.astype(np.int64)
         end = segment.token_end.astype(np.int64)
@@ -242,13 +294,16 @@ class Plan:
 
     def sample_id(self, row: int) -> str:
         """``<path relative to corpus root>#<record>`` of samples.npy row ``row``."""
-        rec = self.samples[int(row)]
+        rec = self.sample_rows(np.array([int(row)], np.int64))[0]
         return f"{self.files[int(rec['file'])]['path']}#{int(rec['record'])}"
 
     def close(self) -> None:
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
+        if self._blocks is not None:
+            self._blocks.close()
+            self._blocks, self._samples = None, None
 
     def __enter__(self) -> Plan:
         return self
@@ -336,6 +391,8 @@ def check_manifest_checksum(manifest: dict[str, Any], where: Path) -> None:
     if sums is None and minor in ("", "0"):
         return
     needed = ("manifest", SAMPLES) if minor == "1" else ("manifest", SAMPLES, *STEP_ARRAYS)
+    if minor.isdigit() and int(minor) >= 3:
+        needed += (SAMPLE_BLOCKS,)
     if not isinstance(sums, dict) or not all(isinstance(sums.get(k), str) for k in needed):
         raise PlanError(f"{where}: format {manifest.get('format_version')} records no valid checksums",
                         "the manifest was edited or is damaged: recompile the plan")

@@ -42,7 +42,7 @@ from mixtera.runtime.format.plan_dir import (
 )
 from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
 from mixtera.runtime.format.rank_frames import BlockEncoder, BlockEntries, Segment
-from mixtera.runtime.plan import Plan
+from mixtera.runtime.plan import Plan, checked_sample_table
 
 
 def check_elastic(old: Plan, spec: MixtureSpec, world_size: int, from_step: int) -> Topology:
@@ -123,7 +123,7 @@ def repartition(old_path: Path | str, spec: MixtureSpec, out: Path | str, *, wor
         states = [PlanState.from_json(s["start_state"]) for s in old.manifest["segments"]]
         blocks: Iterator[tuple[PlanState, BlockEntries]] = (
             (states[k], _repartition_segment(old, k, topo, 0)) for k in range(old.segment_count))
-        samples = np.asarray(old.samples)
+        samples = np.asarray(checked_sample_table(old.path, old.manifest))  # copied whole: checked whole
         validation = spec.validation is not None and (old.path / VALIDATION / MANIFEST).is_file()
         if validation:
             manifest["validation"] = {**manifest["validation"], "batch_size": None}  # filled below

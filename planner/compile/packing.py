@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,12 @@ class Streams:
     doc_lengths: tuple[np.ndarray, ...]  # per component, per member: span in the plan's unit
     seed: int
     unit: str  # "tokens" | "samples"
+    means: tuple[float, ...] = field(init=False)  # mean span per component, at least 1
+
+    def __post_init__(self) -> None:
+        # Computed once: packing asks for them every sub-block, and a mean reads every member.
+        object.__setattr__(self, "means", tuple(max(float(x.mean()), 1.0) if x.size else 1.0
+                                                for x in self.doc_lengths))
 
     def lengths(self, k: int, start: int, count: int) -> np.ndarray:
         """Spans of the documents at stream positions ``[start, start + count)`` of component ``k``."""
@@ -133,8 +139,7 @@ def plan_steps(streams: Streams, state: PlanState, quotas: np.ndarray, *, world_
 def _entries_per_step(streams: Streams, quota: np.ndarray, sequences: int) -> int:
     if streams.unit == "samples":
         return max(int(quota.sum()), 1)
-    docs = sum(int(q) / max(float(lens.mean()), 1.0) for q, lens in zip(quota, streams.doc_lengths,
-                                                                           strict=True))
+    docs = sum(int(q) / mean for q, mean in zip(quota, streams.means, strict=True))
     return max(int(docs) + sequences + quota.size, 1)
 
 
@@ -239,7 +244,7 @@ def _insert_sorted(values: np.ndarray, at: np.ndarray, new: np.ndarray) -> np.nd
 
 def _doc_ends(streams: Streams, k: int, pos: int, need: int) -> tuple[np.ndarray, np.ndarray]:
     """Spans and cumulative spans of documents from ``pos`` on, up to the first that reaches ``need``."""
-    mean = max(float(streams.doc_lengths[k].mean()), 1.0)
+    mean = streams.means[k]
     count = int(need / mean * 1.05) + 16
     lens = streams.lengths(k, pos, count)
     ends = np.cumsum(lens, dtype=np.int64)

@@ -75,17 +75,24 @@ class CompiledPlan:
         state = start or PlanState.initial(len(self.components))
         seg = self.spec.segment_steps
         t = self.topology
-        # Rounding carry at every segment start: target so far minus units given so far.
-        target = np.cumsum(self.weights * self.step_total, axis=0)
-        given = np.cumsum(self.quotas, axis=0)
+        firsts = np.arange(state.step, self.spec.steps, seg)
+        carries = self.carries(firsts)
         while state.step < self.spec.steps:
             if state.step:
-                state.carry = target[state.step - 1] - given[state.step - 1]
+                state.carry = carries[(state.step - firsts[0]) // seg]
             q = self.quotas[state.step: state.step + seg]
             entries, nxt = plan_steps(self.streams, state, q, world_size=t.world_size,
                                       batch_size=t.batch_size, seq_len=t.seq_len)
             yield state, entries
             state = nxt
+
+    def carries(self, steps: np.ndarray) -> np.ndarray:
+        """The quota rounding carry at the start of each of ``steps`` (> 0): the target so far
+        minus the units given so far, per component."""
+        target = np.cumsum(self.weights * self.step_total, axis=0)
+        given = np.cumsum(self.quotas, axis=0)
+        before = np.asarray(steps, np.int64) - 1
+        return target[before] - given[before]
 
 
 def step_total(unit: str, topology: Topology) -> int:

@@ -32,6 +32,7 @@ from mixtera.runtime.format.plan_dir import (
     LOG_NAME,
     MANIFEST,
     QUOTAS,
+    SAMPLE_BLOCKS,
     SAMPLES,
     VALIDATION,
     VERSIONS_DIR,
@@ -40,6 +41,7 @@ from mixtera.runtime.format.plan_dir import (
 )
 from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
 from mixtera.runtime.format.rank_frames import BlockEntries, EncodedSegment, encode_block
+from mixtera.runtime.format.sample_blocks import hash_file_blocks
 from mixtera.runtime.plan import PLAN_FORMAT_VERSION, PLAN_KIND, STEP_ARRAYS, seal_manifest
 
 
@@ -105,8 +107,8 @@ def check_output(out: Path, *, replace_feedback_state: bool = False) -> list[str
 
 
 def _ours(name: str) -> bool:
-    return (name in (MANIFEST, SAMPLES, QUOTAS, WEIGHTS, VALIDATION, PLAN_CACHE, *FEEDBACK_STATE)
-            or _RANK_FILE.fullmatch(name) is not None)
+    return (name in (MANIFEST, SAMPLES, SAMPLE_BLOCKS, QUOTAS, WEIGHTS, VALIDATION, PLAN_CACHE,
+                     *FEEDBACK_STATE) or _RANK_FILE.fullmatch(name) is not None)
 
 
 def feedback_state(plan: Path) -> list[str]:
@@ -130,12 +132,29 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PackedSegment:
+    """One segment packed and encoded: every rank's frame, and the plan state at its start."""
+
+    state: PlanState
+    first_step: int
+    steps: int
+    frames: list[EncodedSegment]  # one per rank, in rank order
+
+    @property
+    def entries(self) -> int:
+        return sum(f.entries for f in self.frames)
+
+
 def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray, quotas: np.ndarray,
-               weights: np.ndarray, blocks: Iterable[tuple[PlanState, BlockEntries]],
+               weights: np.ndarray, blocks: Iterable[tuple[PlanState, BlockEntries]] = (),
+               packed: Iterable[PackedSegment] | None = None,
                nested: Callable[[Path], Any] | None = None,
                replace_feedback_state: bool = False) -> WrittenPlan:
     """Write samples, quotas, one rank file per rank from ``blocks`` and, last, the manifest.
 
+    ``blocks`` are encoded on threads here; ``packed`` (instead of ``blocks``) are segments already
+    encoded elsewhere (``mixtera.planner.compile.parallel``), in segment order.
     ``manifest`` holds everything but ``segments``, which is filled here (with each segment's
     ``start_state``). ``blocks`` may raise (e.g. exhaustion): nothing is left behind then.
     ``nested(stage)`` writes plans inside this one (the validation plan) before the manifest, so
@@ -154,11 +173,12 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
             (WEIGHTS, np.ascontiguousarray(weights, dtype=np.float64)))]
         frames: list[list[EncodedSegment]] = [[] for _ in range(world)]
         segments, entries = [], 0
-        for k, (state, block) in enumerate(_encode(blocks, frames, pool)):
-            segments.append({"index": k, "first_step": block.first_step, "steps": int(block.counts.shape[0]),
-                             "version": 0, "entries": int(block.counts.sum()),
-                             "start_state": state.to_json()})
-            entries += int(block.counts.sum())
+        for k, seg in enumerate(_encode(blocks, pool) if packed is None else packed):
+            for per_rank, enc in zip(frames, seg.frames, strict=True):
+                per_rank.append(enc)
+            segments.append({"index": k, "first_step": seg.first_step, "steps": seg.steps,
+                             "version": 0, "entries": seg.entries, "start_state": seg.state.to_json()})
+            entries += seg.entries
         header = {"world_size": world, "steps": int(manifest["steps"]),
                   "segment_steps": int(manifest["segment_steps"]), "first_segment": 0,
                   "segment_count": len(segments), "fingerprint": fp}
@@ -172,13 +192,22 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
         full = {"kind": PLAN_KIND, "format_version": PLAN_FORMAT_VERSION, "created_by": created_by(),
                 **manifest, "segments": segments, "entries": entries}
         # Read back for their checksums: cheap next to the fsync.
-        hashes = {name: file_content_hash(stage / name) for name in (SAMPLES, *STEP_ARRAYS)}
-        full = seal_manifest(full, hashes)
+        hashes = {name: file_content_hash(stage / name) for name in STEP_ARRAYS}
+        full = seal_manifest(full, {**hashes, **_sample_checksums(stage)})
         write_atomic(stage / MANIFEST, json_file_bytes(full))
         total = sum(p.stat().st_size for p in stage.iterdir() if p.is_file())
         _carry_cache(out, stage)
     return WrittenPlan(path=out, fingerprint=manifest["fingerprint"], entries=entries,
                        bytes_on_disk=total, rank_bytes=rank_bytes, replaced_state=tuple(replaced))
+
+
+def _sample_checksums(stage: Path) -> dict[str, str]:
+    """Hashes of samples.npy (whole, and per block in samples.blocks.npy, written here) and of
+    samples.blocks.npy, from one read of samples.npy back (cheap next to the fsync)."""
+    whole, sums = hash_file_blocks(stage / SAMPLES)
+    _write_npy(stage / SAMPLE_BLOCKS, sums)
+    fsync_path(stage / SAMPLE_BLOCKS)
+    return {SAMPLES: whole, SAMPLE_BLOCKS: file_content_hash(stage / SAMPLE_BLOCKS)}
 
 
 def _workers() -> int:
@@ -220,21 +249,21 @@ def _fsync_files(paths: list[Path], pool: ThreadPoolExecutor) -> None:
 _IN_FLIGHT = 2  # blocks that may still be encoding: bounds the memory they hold
 
 
-def _encode(blocks: Iterable[tuple[PlanState, BlockEntries]], frames: list[list[EncodedSegment]],
-            pool: ThreadPoolExecutor) -> Iterator[tuple[PlanState, BlockEntries]]:
+def _encode(blocks: Iterable[tuple[PlanState, BlockEntries]],
+            pool: ThreadPoolExecutor) -> Iterator[PackedSegment]:
     """Encode and compress every block on ``pool`` (numpy and zstd release the GIL) while the
-    caller packs the next one; frames are the same bytes whichever thread makes them, and are
-    appended in block order."""
-    pending: deque[Future[list[EncodedSegment]]] = deque()
+    caller packs the next one; frames are the same bytes whichever thread makes them, and come
+    out in block order."""
+    pending: deque[tuple[PlanState, BlockEntries, Future[list[EncodedSegment]]]] = deque()
 
-    def collect() -> None:
-        for per_rank, enc in zip(frames, pending.popleft().result(), strict=True):
-            per_rank.append(enc)
+    def collect() -> PackedSegment:
+        state, block, fut = pending.popleft()
+        return PackedSegment(state=state, first_step=block.first_step, steps=int(block.counts.shape[0]),
+                             frames=fut.result())
 
     for state, block in blocks:
-        pending.append(pool.submit(encode_block, block))
+        pending.append((state, block, pool.submit(encode_block, block)))
         if len(pending) > _IN_FLIGHT:
-            collect()
-        yield state, block
+            yield collect()
     while pending:
-        collect()
+        yield collect()

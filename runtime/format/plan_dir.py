@@ -4,6 +4,7 @@ A plan directory (man/mixtera-formats.md, "Plan directory")::
 
     manifest.json               written last; the plan's identity and layout (runtime/plan.py reads it)
     samples.npy                 the sample table
+    samples.blocks.npy          xxh3_64 of every 4 KiB block of samples.npy (runtime/format/sample_blocks.py)
     quotas.npy, weights.npy     per-step quotas and target weights of the compiled plan
     rank-NNNNN.bin              one rank file per rank (runtime/format/rank_file.py)
     versions/vNNNNNN/           a feedback decision: decision.json (written last) and, for a rewrite,
@@ -22,6 +23,7 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 SAMPLES = "samples.npy"
+SAMPLE_BLOCKS = "samples.blocks.npy"
 QUOTAS = "quotas.npy"
 WEIGHTS = "weights.npy"
 RANK_FILE_GLOB = "rank-*.bin"

@@ -130,7 +130,7 @@ def test_index_out_is_not_an_index(cli: Cli) -> None:
 exit code: 1
 ----- stdout -----
 ----- stderr -----
-error: --out [TMP]/plan holds something other than a mixtera index (manifest.json, quotas.npy, rank-00000.bin, rank-00001.bin, samples.npy, ...); refusing to replace it
+error: --out [TMP]/plan holds something other than a mixtera index (manifest.json, quotas.npy, rank-00000.bin, rank-00001.bin, samples.blocks.npy, ...); refusing to replace it
 
 hint: choose an empty or new folder for --out, or an existing mixtera index to update
 """)
@@ -149,7 +149,7 @@ plan plan2
 │ topology    │ 2 ranks x 5 samples                              │
 │ steps       │ 6 in 2 segments of 3                             │
 │ entries     │ 60                                               │
-│ size        │ 6,142 bytes (8.55 bytes per entry in rank files) │
+│ size        │ 6,347 bytes (8.55 bytes per entry in rank files) │
 │ time        │ [TIME]                                           │
 └─────────────┴──────────────────────────────────────────────────┘
 components
@@ -310,7 +310,7 @@ plan plan
 │ ranks        │ 2 x batch 5 samples                           │
 │ steps        │ 6 in 2 segments of 3                          │
 │ entries      │ 60                                            │
-│ size on disk │ 6,142 bytes; rank files 8.550 bytes per entry │
+│ size on disk │ 6,347 bytes; rank files 8.550 bytes per entry │
 └──────────────┴───────────────────────────────────────────────┘
 components
 ┏━━━━┳━━━━━━━━━━━┳━━━━━━━━━┳━━━━━━━━┳━━━━━━━━━━┳━━━━━━━━━━┳━━━━━━━━━┳━━━━━━━━━┳━━━━━━━━┓

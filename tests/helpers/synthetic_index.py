@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mixtera.planner.index.schema import FORMAT_VERSION, files_schema, samples_schema
+from mixtera.planner.index.schema import FORMAT_VERSION, ROW_GROUP_SIZE, files_schema, samples_schema
 from mixtera.runtime.format.plan_dir import INDEX_FILES, INDEX_MANIFEST, INDEX_SAMPLES
 
 LANGUAGES = ("en", "de", "fr", "es")
@@ -37,9 +37,7 @@ def write_synthetic_index(out: Path, samples: int, *, seed: int = 0, files: int 
     props = {"language": "string", "source": "string", "license": "string", "quality": "float",
              "tags": "list[string]"}
     cols = {
-        "sample_id": pc.binary_join_element_wise(
-            pc.binary_join_element_wise("f", pc.cast(pa.array(file_id), pa.string()), ".jsonl", ""),
-            pc.cast(pa.array(record), pa.string()), "#"),
+        "sample_id": _sample_ids(file_id, record),
         "file_id": pa.array(file_id),
         "record": pa.array(record.astype(np.int64)),
         "offset": pa.array((record * 100).astype(np.int64)),
@@ -47,10 +45,7 @@ def write_synthetic_index(out: Path, samples: int, *, seed: int = 0, files: int 
         "text_bytes": pa.array(np.full(samples, 99, np.int64)),
         "tokens": pa.array(n_tok.astype(np.int64)) if tokens else pa.nulls(samples, pa.int64()),
         "token_offset": pa.nulls(samples, pa.int64()),
-        "key": pa.nulls(samples, pa.string()),
-        "images": pa.array(np.zeros(samples, np.int64)),
-        "image_width": pa.nulls(samples, pa.int64()),
-        "image_height": pa.nulls(samples, pa.int64()),
+        **_no_media(samples),
         "language": pa.array(np.array(LANGUAGES)[rng.integers(0, len(LANGUAGES), samples)]),
         "license": pa.array(np.array(LICENSES)[rng.integers(0, len(LICENSES), samples)]),
         "quality": pa.array(np.round(rng.random(samples), 3)),
@@ -59,21 +54,108 @@ def write_synthetic_index(out: Path, samples: int, *, seed: int = 0, files: int 
     }
     schema = samples_schema(props)
     pq.write_table(pa.table([cols[f.name] for f in schema], schema=schema), out / INDEX_SAMPLES)
+    _write_tables_and_manifest(out, props, np.bincount(file_id, minlength=files),
+                               int(n_tok.sum()) if tokens else None, eos=eos)
+    return out
+
+
+def _no_media(n: int) -> dict[str, pa.Array]:
+    """The media columns of a text-only index (format 1.1)."""
+    return {"key": pa.nulls(n, pa.string()), "images": pa.array(np.zeros(n, np.int64)),
+            "image_width": pa.nulls(n, pa.int64()), "image_height": pa.nulls(n, pa.int64())}
+
+
+def _sample_ids(file_id: np.ndarray, record: np.ndarray) -> pa.Array:
+    """``f<file_id>.jsonl#<record>``, built in Arrow."""
+    files = pc.binary_join_element_wise("f", pc.cast(pa.array(file_id), pa.string()), ".jsonl", "")
+    return pc.binary_join_element_wise(files, pc.cast(pa.array(record), pa.string()), "#")
+
+
+def _write_tables_and_manifest(out: Path, props: dict[str, str], records: np.ndarray, tokens: int | None, *,
+                               eos: bool = True) -> None:
+    """files.parquet and manifest.json of an index whose files ``f<i>.jsonl`` hold ``records[i]`` rows."""
+    files = int(records.size)
     file_rows = [{"file_id": i, "path": f"f{i}.jsonl", "format": "jsonl", "size": 1000, "mtime_ns": 0,
-                  "content_hash": f"xxh3_128:{i:032x}", "records": int((file_id == i).sum())}
-                 for i in range(files)]
+                  "content_hash": f"xxh3_128:{i:032x}", "records": int(records[i])} for i in range(files)]
     pq.write_table(pa.Table.from_pylist(file_rows, schema=files_schema()), out / INDEX_FILES)
     tokenizer = {"path": "tok.json", "name": "synthetic", "blake2b": "0" * 32, "vocab_size": 1000,
-                 "eos_id": 0, "eos": eos} if tokens else None
+                 "eos_id": 0, "eos": eos} if tokens is not None else None
+    samples = int(records.sum())
     manifest = {"kind": "mixtera-index", "format_version": FORMAT_VERSION, "created_by": "synthetic",
-                "corpus_root": str(out / "corpus"), "text_field": "text", "config": {},
+                "corpus_root": str(out.resolve() / "corpus"), "text_field": "text", "config": {},
                 "properties": {n: {"type": t, "sources": []} for n, t in props.items()},
                 "files": [{**f, "skipped": 0} for f in file_rows],
-                "counts": {"files": files, "samples": samples, "bytes": 99 * samples,
-                           "tokens": int(n_tok.sum()) if tokens else None, "images": 0},
+                "counts": {"files": files, "samples": samples, "bytes": 99 * samples, "tokens": tokens,
+                           "images": 0},
                 "tokenizer": tokenizer, "store_tokens": False}
     (out / INDEX_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+SCALE_CHUNK = 1 << 22  # rows generated and written at once: bounds the generator's memory
+
+
+def scale_sources(components: int) -> tuple[str, ...]:
+    return tuple(f"c{k:02d}" for k in range(components))
+
+
+def write_scale_index(out: Path, samples: int, *, components: int = 16, files: int = 1024,
+                      tokens: tuple[int, int] = (20, 900), seed: int = 0) -> Path:
+    """A Pile-sized index without a corpus, written in chunks of SCALE_CHUNK rows (memory stays flat).
+
+    Row ``i`` lies in file ``i * files // samples`` (files of equal size, sorted as `mixtera index`
+    writes them) at record ``i - first row of its file``, byte offset ``record * 100``, 99 bytes.
+    Its one property ``source`` is ``c00``..``c<components-1>``, drawn with probability
+    proportional to ``1 / (k + 1)`` (a long tail, like the Pile's subsets), and its token count is
+    uniform in ``tokens`` (mean 460 by default), both from ``numpy.random.default_rng(seed)`` chunk
+    by chunk, so the index is the same for the same arguments.
+    """
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    props = {"source": "string"}
+    schema = samples_schema(props)
+    names = np.array(scale_sources(components))
+    share = 1.0 / np.arange(1, components + 1)
+    cdf = np.cumsum(share / share.sum())
+    total_tokens = 0
+    with pq.ParquetWriter(out / INDEX_SAMPLES, schema) as writer:
+        for lo in range(0, samples, SCALE_CHUNK):
+            row = np.arange(lo, min(lo + SCALE_CHUNK, samples), dtype=np.int64)
+            file_id = (row * files // samples).astype(np.int32)
+            record = row - (-(-file_id.astype(np.int64) * samples // files))  # first row: ceil(f * n / files)
+            n_tok = rng.integers(tokens[0], tokens[1], row.size)
+            total_tokens += int(n_tok.sum())
+            source = names[np.minimum(np.searchsorted(cdf, rng.random(row.size)), components - 1)]
+            cols = {"sample_id": _sample_ids(file_id, record), "file_id": pa.array(file_id),
+                    "record": pa.array(record), "offset": pa.array(record * 100),
+                    "length": pa.array(np.full(row.size, 99, np.int64)),
+                    "text_bytes": pa.array(np.full(row.size, 99, np.int64)), "tokens": pa.array(n_tok),
+                    "token_offset": pa.nulls(row.size, pa.int64()), **_no_media(row.size),
+                    "source": pa.array(source)}
+            writer.write_table(pa.table([cols[f.name] for f in schema], schema=schema),
+                               row_group_size=ROW_GROUP_SIZE)
+    counts = np.diff(-(-np.arange(files + 1, dtype=np.int64) * samples // files))
+    _write_tables_and_manifest(out, props, counts, total_tokens)
     return out
+
+
+def scale_mixture(index: Path | str, steps: int, *, components: int = 16, world_size: int = 256,
+                  batch_size: int = 4, seq_len: int = 4096, segment_steps: int = 100,
+                  extra: str = "") -> str:
+    """Mixture TOML over `write_scale_index`'s sources, natural weights (each takes its share)."""
+    comps = "\n".join(f"[components.{s}]\nwhere = \"source == '{s}'\"\nweight = \"natural\"\n"
+                      for s in scale_sources(components))
+    return f"""
+[mixture]
+index = "{index}"
+seed = 1
+steps = {steps}
+segment_steps = {segment_steps}
+[topology]
+world_size = {world_size}
+batch_size = {batch_size}
+seq_len = {seq_len}
+{extra}
+{comps}"""
 
 
 def _tags(n: int) -> pa.Array:

@@ -132,7 +132,8 @@ def test_a_flipped_bit_in_the_sample_table_is_refused_before_anything_is_resolve
     data = bytearray((plan / "samples.npy").read_bytes())
     data[len(data) // 2] ^= 0x04  # e.g. a record offset: the wrong bytes of a corpus file
     (plan / "samples.npy").write_bytes(bytes(data))
-    with Plan.open(plan) as p, pytest.raises(PlanError, match=r"samples.npy: its content hash differs"):
+    bad = r"samples.npy: bytes \d+\.\.\d+ differ from their checksum"
+    with Plan.open(plan) as p, pytest.raises(PlanError, match=bad):
         p.step_entries(0, 0)
     with Plan.open(compiled) as p:  # the intact plan resolves
         assert len(p.step_entries(0, 0)) > 0
