@@ -17,6 +17,7 @@ cache-sized sub-blocks; the result does not depend on their size.
 
 from __future__ import annotations
 
+import heapq
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mixtera.runtime.errors import ConfigError
 from mixtera.runtime.format.rank_frames import BlockEntries
 from mixtera.runtime.shuffle import epoch_key, permute
 
@@ -36,12 +38,17 @@ class Streams:
     doc_lengths: tuple[np.ndarray, ...]  # per component, per member: span in the plan's unit
     seed: int
     unit: str  # "tokens" | "samples"
+    # Per component: its members are whole samples (image-text), never cut (empty: none is).
+    whole: tuple[bool, ...] = ()
     means: tuple[float, ...] = field(init=False)  # mean span per component, at least 1
 
     def __post_init__(self) -> None:
         # Computed once: packing asks for them every sub-block, and a mean reads every member.
         object.__setattr__(self, "means", tuple(max(float(x.mean()), 1.0) if x.size else 1.0
                                                 for x in self.doc_lengths))
+
+    def is_whole(self, k: int) -> bool:
+        return bool(self.whole) and self.whole[k]
 
     def lengths(self, k: int, start: int, count: int) -> np.ndarray:
         """Spans of the documents at stream positions ``[start, start + count)`` of component ``k``."""
@@ -65,7 +72,9 @@ class PlanState:
 
     step: int
     position: np.ndarray  # int64 per component: next stream position
-    consumed: np.ndarray  # int64 per component: tokens of that document already planned
+    # int64 per component: tokens of that document already planned; for a component of whole
+    # samples, the tokens its quotas so far hold beyond the whole samples it was given (its lag).
+    consumed: np.ndarray
     carry: np.ndarray  # float64 per component: quota rounding carry (see mixtera.planner.compile.quotas)
 
     @classmethod
@@ -172,6 +181,8 @@ def _pack(streams: Streams, state: PlanState, quotas: np.ndarray, world_size: in
     steps, k_count = quotas.shape
     new = PlanState(step=state.step + steps, position=state.position.copy(),
                     consumed=state.consumed.copy(), carry=state.carry.copy())
+    if streams.unit == "tokens" and any(streams.whole):
+        return _pack_whole(streams, state, quotas, world_size, batch_size, seq_len, new)
     if streams.unit == "tokens":
         # Components are independent: pack them on threads (numpy releases the GIL; same result).
         results = list(_pool().map(lambda k: _token_pieces(streams, k, int(state.position[k]),
@@ -364,3 +375,165 @@ def rank_major_order(cell: np.ndarray, steps: int, world_size: int) -> tuple[np.
     (steps, world_size) entry counts."""
     counts = np.bincount(cell, minlength=steps * world_size).reshape(steps, world_size)
     return rank_major_gather(counts, steps, world_size), counts
+
+
+# -- whole samples ---------------------------------------------------------------------------------
+# A component of whole samples (image-text: ``Streams.whole``) is never cut. In every step its
+# members go, in stream order, each to the sequence with the most room left (worst fit: they spread
+# over the step's sequences and ranks; ties to the lower sequence) while the tokens it was given
+# stay within its quotas so far (``end <= bound``: it lags them by less than one sample, the lag is
+# carried in ``PlanState.consumed``); what remains of every sequence is text, cut at the rooms'
+# ends. The step's largest text quota (the "filler") takes what the whole samples leave over or
+# under their quotas, so every other text component gets exactly its quotas and every sequence
+# holds exactly ``seq_len`` tokens: no padding. A step whose text quotas are all zero and whose
+# sequences the whole samples do not fill exactly cannot be packed without padding and is refused.
+
+
+@dataclass(slots=True)
+class _Placed:
+    """Whole samples of a block in placement order, and the room they leave in every sequence."""
+
+    component: np.ndarray  # int64 per sample
+    position: np.ndarray  # int64 per sample: stream position
+    sequence: np.ndarray  # int64 per sample: sequence of the block (step * sequences + j)
+    room: np.ndarray  # (steps, sequences) int64: tokens left for text
+    lagging: ConfigError | None  # a component fell behind its quotas by more than a sample
+
+
+def _pack_whole(streams: Streams, state: PlanState, quotas: np.ndarray, world_size: int, batch_size: int,
+                seq_len: int, new: PlanState) -> tuple[_StepMajor, PlanState]:
+    steps, k_count = quotas.shape
+    seqs = world_size * batch_size
+    whole = np.array([streams.is_whole(k) for k in range(k_count)])
+    text_q = np.where(whole[None, :], 0, quotas)
+    rows = np.arange(steps)
+    filler = np.argmax(text_q, axis=1)  # the largest text quota of the step (ties: the lower id)
+    others = text_q.sum(axis=1) - text_q[rows, filler]
+    placed = _place_whole(streams, state, quotas, whole, seqs, seq_len, seqs * seq_len - others, new)
+    room = placed.room.sum(axis=1)
+    _check_fill(streams, state.step, room, text_q.sum(axis=1))  # the more telling error first
+    if placed.lagging is not None:
+        raise placed.lagging
+    text_q[rows, filler] += room - text_q.sum(axis=1)
+    pieces = []
+    for k in range(k_count):
+        if whole[k]:
+            empty = np.zeros(0, np.int64)
+            pieces.append(_Pieces(np.zeros(steps, np.int64), empty, text_q[:, k], empty, empty, empty, empty))
+            continue
+        p, new.position[k], new.consumed[k] = _token_pieces(streams, k, int(state.position[k]),
+                                                            int(state.consumed[k]), text_q[:, k])
+        pieces.append(p)
+    perm = _interleave(pieces, steps)
+    return _merge_sequences(pieces, perm, placed, steps, world_size, batch_size, k_count), new
+
+
+def _check_fill(streams: Streams, first_step: int, room: np.ndarray, text: np.ndarray) -> None:
+    bad = np.flatnonzero((room > 0) & (text == 0))
+    if bad.size:
+        s = int(bad[0])
+        text = [n for k, n in enumerate(streams.names) if not streams.is_whole(k)]
+        hint = (f"give a text component ({', '.join(text)}) a weight in every step" if text else
+                "add a text component to the mixture")
+        raise ConfigError(
+            f"step {first_step + s}: the whole (image-text) samples leave {int(room[s])} tokens of the "
+            "step's sequences empty, and no text component has a quota in that step to fill them (a "
+            "sequence is never padded)", f"{hint}, or use unit = \"samples\"")
+
+
+def _place_whole(streams: Streams, state: PlanState, quotas: np.ndarray, whole: np.ndarray, seqs: int,
+                 seq_len: int, cap: np.ndarray, new: PlanState) -> _Placed:
+    """Worst fit of every step's whole samples into its sequences (at most ``cap[s]`` tokens)."""
+    steps = quotas.shape[0]
+    comps = np.flatnonzero(whole).tolist()
+    lens, ends, lag, taken, longest = {}, {}, {}, {}, {}
+    for k in comps:
+        need = int(state.consumed[k]) + int(quotas[:, k].sum())
+        lens[k], ends[k] = _doc_ends(streams, k, int(state.position[k]), need) if need > 0 else \
+            (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        lag[k], taken[k], longest[k] = int(state.consumed[k]), 0, int(streams.doc_lengths[k].max())
+    room = np.empty((steps, seqs), np.int64)
+    out: list[tuple[int, int, int]] = []
+    lagging: ConfigError | None = None
+    for s in range(steps):
+        order = _candidates(comps, quotas[s], lens, ends, lag, taken)
+        free = [(-seq_len, j) for j in range(seqs)]  # a heap: the sequence with the most room first
+        total, blocked = 0, set()
+        for k, i in order:
+            length = int(lens[k][i])
+            if k in blocked or total + length > cap[s] or length > -free[0][0]:
+                blocked.add(k)  # a component keeps its stream order: its later samples wait too
+                continue
+            j = free[0][1]
+            heapq.heapreplace(free, (free[0][0] + length, j))
+            total += length
+            lag[k] -= length
+            taken[k] += 1
+            out.append((k, int(state.position[k]) + i, s * seqs + j))
+        for left, j in free:
+            room[s, j] = -left
+        for k in comps:
+            if lag[k] >= longest[k] and lagging is None:
+                lagging = _lagging(streams, k, state.step + s, lag[k], longest[k], seqs, seq_len)
+    for k in comps:
+        new.position[k], new.consumed[k] = int(state.position[k]) + taken[k], lag[k]
+    arr = np.array(out, np.int64).reshape(-1, 3)
+    return _Placed(component=arr[:, 0], position=arr[:, 1], sequence=arr[:, 2], room=room, lagging=lagging)
+
+
+def _candidates(comps: list[int], quota: np.ndarray, lens: dict[int, np.ndarray], ends: dict[int, np.ndarray],
+                lag: dict[int, int], taken: dict[int, int]) -> list[tuple[int, int]]:
+    """(component, member index) of the samples a step may take (their ends within each component's
+    quotas so far), merged by their progress through the step's budget, as the text interleave does."""
+    keys, members = [], []
+    for k in comps:
+        lag[k] += int(quota[k])
+        if lag[k] <= 0:
+            continue
+        first = taken[k]
+        base = int(ends[k][first - 1]) if first else 0
+        stop = int(np.searchsorted(ends[k], base + lag[k], side="right"))
+        keys.append((ends[k][first:stop] - base) / lag[k])
+        members.extend((k, i) for i in range(first, stop))
+    if not members:
+        return []
+    order = np.argsort(np.concatenate(keys), kind="stable")
+    return [members[i] for i in order.tolist()]
+
+
+def _lagging(streams: Streams, k: int, step: int, lag: int, longest: int, seqs: int,
+             seq_len: int) -> ConfigError:
+    return ConfigError(
+        f"step {step}: the whole (image-text) samples of component {streams.names[k]!r} do not fit the "
+        f"step's {seqs} sequences of {seq_len} tokens beside the other components' quotas: it lags its "
+        f"token quotas by {lag} tokens, more than its longest sample ({longest} tokens)",
+        "lower its weight, raise seq_len or batch_size, or lower [mixture] image_tokens")
+
+
+def _merge_sequences(pieces: list[_Pieces], perm: np.ndarray, placed: _Placed, steps: int,
+                     world_size: int, batch_size: int, k_count: int) -> _StepMajor:
+    """Every sequence: its whole samples in placement order, then its room of text (cut there)."""
+    length = _concat(pieces, "length")[perm]
+    stop = np.cumsum(length)
+    bounds = np.cumsum(placed.room.ravel())
+    cuts = np.union1d(stop, bounds[bounds > 0])  # every text entry ends on a piece end or a room end
+    piece = np.searchsorted(stop, cuts, side="left")
+    seq = np.searchsorted(bounds, cuts, side="left")  # the first room reaching the cut holds it
+    begin = np.concatenate([[0], cuts[:-1]]).astype(np.int64)
+    shift = (_concat(pieces, "start")[perm] - (stop - length))[piece]
+    src = perm[piece]
+    t_begin, t_end = begin + shift, cuts + shift
+    doc_end = _concat(pieces, "doc_end")[src]
+    comp_dtype = np.uint16 if k_count <= 2**16 else np.int64
+    n_img = placed.component.size
+    sequence = np.concatenate([placed.sequence, seq])
+    order = np.argsort(sequence * 2 + (np.arange(sequence.size) >= n_img), kind="stable")
+    component = np.concatenate([placed.component, _components(pieces)[src]]).astype(comp_dtype)[order]
+    position = np.concatenate([placed.position, _concat(pieces, "position")[src]])[order]
+    zeros = np.zeros(n_img, np.int64)
+    token_start = np.concatenate([zeros, t_begin])[order].astype(np.uint32)
+    token_end = np.concatenate([zeros, np.where(t_end == doc_end, 0, t_end)])[order].astype(np.uint32)
+    cell = sequence[order] // batch_size
+    counts = np.bincount(cell, minlength=steps * world_size).reshape(steps, world_size)
+    return _StepMajor(counts=counts, component=component, position=position, token_start=token_start,
+                      token_end=token_end)

@@ -46,6 +46,8 @@ def manifest_of(plan: CompiledPlan, index: IndexTables) -> dict[str, Any]:
         "token_files": token_files,
         "dynamic": spec.dynamic,
         "elastic": None,
+        # The runtime's image path reads what one image costs (only plans that set it carry it).
+        **({"image_tokens": spec.image_tokens} if spec.image_tokens is not None else {}),
     }
 
 

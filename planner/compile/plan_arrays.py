@@ -39,6 +39,7 @@ class ComponentInfo:
     used: int  # tokens or samples the plan takes from it
     dropped: int  # members without tokens, left out
     exhausted_at: int | None  # step where `redistribute` took its weight away
+    whole: bool = False  # its members are image-text samples, packed whole (never cut)
 
     @property
     def epochs(self) -> float:
@@ -49,7 +50,7 @@ class ComponentInfo:
                 "weight": weight, "on_exhausted": self.on_exhausted, "first_row": self.first_row,
                 "rows": self.rows, "size": self.size, "used": self.used, "epochs": self.epochs,
                 "epochs_started": -(-self.used // self.size), "dropped": self.dropped,
-                "exhausted_at": self.exhausted_at}
+                "exhausted_at": self.exhausted_at, **({"whole": True} if self.whole else {})}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,10 +145,11 @@ def _assemble(spec: MixtureSpec, index: IndexTables, sel: Selection, qp: QuotaPl
               size: PlanEstimate | None = None) -> CompiledPlan:
     return CompiledPlan(
         spec=spec, topology=spec.topology, index_hash=index_hash, fingerprint=fp,
-        components=_infos(spec, sel, qp), samples=_sample_table(index, sel), quotas=qp.quotas,
+        components=_infos(spec, sel, qp), samples=_sample_table(index, sel, spec.image_tokens),
+        quotas=qp.quotas,
         weights=qp.weights,
         streams=Streams(names=sel.names, doc_lengths=tuple(compact_lengths(s) for s in sel.spans),
-                        seed=spec.seed, unit=spec.unit),
+                        seed=spec.seed, unit=spec.unit, whole=sel.whole),
         validation=validation, size=size)
 
 
@@ -173,7 +175,8 @@ def _infos(spec: MixtureSpec, sel: Selection, qp: QuotaPlan) -> tuple[ComponentI
         out.append(ComponentInfo(id=k, name=leaf.name, where=_combined_where(spec, leaf.name),
                                  on_exhausted=leaf.on_exhausted, first_row=first, rows=int(rows.size),
                                  size=int(spans.sum()), used=int(used[k]), dropped=sel.dropped[k],
-                                 exhausted_at=qp.exhausted_at.get(k)))
+                                 exhausted_at=qp.exhausted_at.get(k),
+                                 whole=bool(sel.whole) and sel.whole[k]))
         first += int(rows.size)
     return tuple(out)
 
@@ -181,7 +184,9 @@ def _infos(spec: MixtureSpec, sel: Selection, qp: QuotaPlan) -> tuple[ComponentI
 _TABLE_CHUNK = 1 << 18  # rows gathered at once: the temporaries stay in the CPU cache
 
 
-def _sample_table(index: IndexTables, sel: Selection) -> np.ndarray:
+def _sample_table(index: IndexTables, sel: Selection, image_tokens: int | None) -> np.ndarray:
+    """The plan's sample rows; with ``image_tokens``, a sample's ``tokens`` count its images'
+    placeholders too (its planned size, what the runtime's image path lays out)."""
     rows = np.concatenate(sel.rows)
     t = index.samples
     out = np.empty(rows.size, dtype=SAMPLE_DTYPE)
@@ -201,6 +206,8 @@ def _sample_table(index: IndexTables, sel: Selection) -> np.ndarray:
     for field, name in (("file", "file_id"), ("record", "record"), ("offset", "offset"),
                         ("length", "length"), ("tokens", "tokens")):
         fill(field, col(name))
+    if image_tokens is not None and "images" in t.column_names:
+        fill("tokens", col("tokens").astype(np.int64) + col("images").astype(np.int64) * image_tokens)
     offsets = t.column("token_offset")
     if offsets.null_count == len(offsets):
         out["token_offset"] = NO_TOKEN_OFFSET

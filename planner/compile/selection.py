@@ -29,8 +29,9 @@ class Selection:
 
     names: tuple[str, ...]
     rows: tuple[np.ndarray, ...]
-    spans: tuple[np.ndarray, ...]  # tokens (+1 with eos, +1 with bos) per member, or 1 for samples
+    spans: tuple[np.ndarray, ...]  # tokens (+1 with eos, +1 with bos, + images * image_tokens) or 1
     dropped: tuple[int, ...]  # members left out because they hold no token
+    whole: tuple[bool, ...] = ()  # per leaf (unit = tokens): its members hold images, never cut
 
     def sizes(self) -> np.ndarray:
         return np.array([int(s.sum()) for s in self.spans], dtype=np.int64)
@@ -49,15 +50,19 @@ def select(spec: MixtureSpec, index: IndexTables) -> Selection:
     images = _images(index) if tokens is not None else None
     raw = [_match(spec, leaf, index) for leaf in leaves]
     matched = _resolve_overlap(spec, leaves, raw, index.samples.num_rows)
-    rows, spans, dropped = [], [], []
+    rows, spans, dropped, whole = [], [], [], []
     for leaf, m, r in zip(leaves, matched, raw, strict=True):
         if r.size and not m.size:
             raise ConfigError(f"{spec.source}: component {leaf.name!r} gets no sample: all {r.size} samples "
                               "it matches belong to earlier components (overlap = \"first\")",
                               "move it before the components that claim its samples, or narrow theirs")
         span = tokens[m] if tokens is not None else np.ones(m.size, np.int64)
-        if images is not None:
-            _check_images(spec, leaf, images[m])
+        has_images = images is not None and bool(np.count_nonzero(images[m]))
+        if has_images:
+            assert images is not None
+            span = span + images[m] * _image_tokens(spec, leaf, images[m])
+            _check_fits(spec, leaf, span)
+        whole.append(has_images)
         keep = span > 0
         rows.append(m[keep])
         spans.append(span[keep])
@@ -65,7 +70,7 @@ def select(spec: MixtureSpec, index: IndexTables) -> Selection:
         if not keep.any():
             raise _empty(spec, leaf, index, m.size)
     return Selection(names=tuple(leaf.name for leaf in leaves), rows=tuple(rows), spans=tuple(spans),
-                     dropped=tuple(dropped))
+                     dropped=tuple(dropped), whole=tuple(whole) if any(whole) else ())
 
 
 def _token_spans(spec: MixtureSpec, index: IndexTables) -> np.ndarray | None:
@@ -88,27 +93,28 @@ def _images(index: IndexTables) -> np.ndarray | None:
     return pc.fill_null(index.samples.column("images"), 0).to_numpy().astype(np.int64)
 
 
-def _check_images(spec: MixtureSpec, leaf: ComponentSpec, images: np.ndarray) -> None:
-    """A token plan over image-text samples: refused, with what is missing.
-
-    A sample would span its text tokens plus ``images * image_tokens``, and must never be split across
-    sequences; the token packer cuts documents at step and sequence ends, so until it packs whole
-    samples such a plan is refused rather than compiled wrong.
-    """
-    with_images = int(np.count_nonzero(images))
-    if not with_images:
-        return
+def _image_tokens(spec: MixtureSpec, leaf: ComponentSpec, images: np.ndarray) -> int:
+    """What one image costs: a token plan over image-text samples needs ``[mixture] image_tokens``."""
     if spec.image_tokens is None:
         raise ConfigError(f"{spec.source}: mixture.image_tokens: component {leaf.name!r} matches "
-                          f"{with_images} samples with images, and unit = 'tokens' needs to know what an "
-                          "image costs",
+                          f"{int(np.count_nonzero(images))} samples with images, and unit = 'tokens' needs "
+                          "to know what an image costs",
                           "set image_tokens = N under [mixture]: the positions the vision encoder gives one "
                           "image (576 for a LLaVA-style 24x24 patch grid), or use unit = \"samples\"")
-    raise ConfigError(f"{spec.source}: component {leaf.name!r} matches {with_images} image-text samples; "
-                      "unit = 'tokens' would cut them at sequence ends, and this mixtera does not pack "
-                      "whole image-text samples yet",
-                      "use unit = \"samples\" (PlanDataset output=\"documents\" with decode_images=True), "
-                      "or narrow the component's `where` to text (images == 0)")
+    return spec.image_tokens
+
+
+def _check_fits(spec: MixtureSpec, leaf: ComponentSpec, span: np.ndarray) -> None:
+    """Image-text samples are packed whole: every one must fit one sequence."""
+    seq_len = spec.topology.seq_len
+    over = int(np.count_nonzero(span > seq_len))
+    if over:
+        raise ConfigError(f"{spec.source}: component {leaf.name!r}: {over} image-text samples span more "
+                          f"than seq_len = {seq_len} tokens (the longest {int(span.max())}: text, end-of-"
+                          f"text and images x image_tokens = {spec.image_tokens}); a sample is never cut "
+                          "across sequences",
+                          "raise [topology] seq_len, lower [mixture] image_tokens, or leave the long samples "
+                          "out with `where = \"tokens <= N\"` on the component")
 
 
 def _match(spec: MixtureSpec, leaf: ComponentSpec, index: IndexTables) -> np.ndarray:

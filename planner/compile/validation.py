@@ -61,9 +61,10 @@ def hold_out(spec: MixtureSpec, sel: Selection) -> tuple[Selection, HeldOut]:
         train_spans.append(sel.spans[k][keep])
         val_rows.append(sel.rows[k][held])
         val_spans.append(sel.spans[k][held])
-    train = Selection(names=sel.names, rows=tuple(train_rows), spans=tuple(train_spans), dropped=sel.dropped)
+    train = Selection(names=sel.names, rows=tuple(train_rows), spans=tuple(train_spans), dropped=sel.dropped,
+                      whole=sel.whole)
     val = Selection(names=sel.names, rows=tuple(val_rows), spans=tuple(val_spans),
-                    dropped=(0,) * count)
+                    dropped=(0,) * count, whole=sel.whole)
     return train, HeldOut(spec=vspec, selection=val, quotas=quotas)
 
 

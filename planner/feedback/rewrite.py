@@ -109,7 +109,8 @@ class PlanContext:
             self._streams = Streams(names=tuple(c["stream"] for c in self.manifest["components"]),
                                     doc_lengths=tuple(compact_lengths(x) for x in lengths),
                                     seed=int(self.manifest["seed"]),
-                                    unit=self.manifest["unit"])
+                                    unit=self.manifest["unit"],
+                                    whole=_whole(self.manifest["components"]))
         return self._streams
 
     def version_quotas(self, version: int, name: str = QUOTAS) -> tuple[int, np.ndarray]:
@@ -331,3 +332,9 @@ def write_durably(files: dict[Path, bytes]) -> None:
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(put, files.items()))
+
+
+def _whole(components: list[dict[str, Any]]) -> tuple[bool, ...]:
+    """Per component: packed as whole samples (image-text; empty when none is)."""
+    whole = tuple(bool(c.get("whole")) for c in components)
+    return whole if any(whole) else ()

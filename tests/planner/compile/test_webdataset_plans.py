@@ -1,5 +1,6 @@
 """Mixtures over WebDataset shards: samples mode mixes them with text, `where` on image columns,
-and what unit = "tokens" says about image-text samples."""
+and what unit = "tokens" says about image-text samples (whole-sample packing:
+test_whole_samples.py)."""
 
 from __future__ import annotations
 
@@ -54,14 +55,6 @@ def test_tokens_over_image_samples_needs_image_tokens(index: Path, tmp_path: Pat
     toml = mixture_toml(index, {"img": 0.5, "text": 0.5}, unit="tokens", seq_len=64, batch_size=2)
     with pytest.raises(ConfigError, match=r"(?s)mixture.image_tokens: component 'img' matches 24 samples "
                        r"with images.*set image_tokens = N under \[mixture\]"):
-        _compile(tmp_path, toml)
-
-
-def test_tokens_over_image_samples_is_refused_until_whole_sample_packing(index: Path, tmp_path: Path) -> None:
-    toml = mixture_toml(index, {"img": 0.5, "text": 0.5}, unit="tokens", seq_len=64, batch_size=2,
-                        extra="image_tokens = 16\n")
-    with pytest.raises(ConfigError, match=r"(?s)component 'img' matches 24 image-text samples.*"
-                       r"use unit = \"samples\""):
         _compile(tmp_path, toml)
 
 

@@ -1,0 +1,236 @@
+"""unit = "tokens" over image-text samples: every sample packed whole, text fills what remains.
+
+The checks read the written plan back (rank files through ``Plan``), so they hold for what a job
+replays: every sequence exactly seq_len tokens, no image-text sample cut or crossing a sequence end,
+every component's tokens over every prefix of steps within one sample of its quotas (the text
+filler takes what the whole samples leave over or under theirs; any other text component is exact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mixtera.planner.compile import packing
+from mixtera.planner.compile.elastic import repartition
+from mixtera.planner.compile.packing import PlanState, plan_steps
+from mixtera.planner.compile.pipeline import compile_file
+from mixtera.planner.feedback.orchestrate import inprocess_rewriter
+from mixtera.planner.feedback.rewrite import PlanContext
+from mixtera.planner.index import build_index, parse_config
+from mixtera.planner.mixture.spec import load_spec
+from mixtera.runtime.errors import ConfigError
+from mixtera.runtime.feedback import FeedbackReporter
+from mixtera.runtime.plan import Plan
+from mixtera.runtime.versions import read_decision
+from tests.helpers.feedback_plans import Replay
+from tests.helpers.shards import mixed_corpus, mixture_toml
+
+IMAGE_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -> Path:
+    tmp = tmp_path_factory.mktemp("whole")
+    cfg = parse_config(f'[index]\ntext = ["text", "txt"]\ntokenizer = "{tiny_tokenizer}"\n')
+    build_index(mixed_corpus(tmp / "corpus", shards=2, per_shard=20, texts=40), tmp / "idx", cfg)
+    return tmp / "idx"
+
+
+def _toml(index: Path, weights: dict[str, float], **kw: object) -> str:
+    args: dict = {"unit": "tokens", "seq_len": 64, "batch_size": 2, "world_size": 2, "steps": 10,
+                  "extra": f"image_tokens = {IMAGE_TOKENS}\n"}
+    args.update(kw)
+    return mixture_toml(index, weights, **args)
+
+
+def _compile(tmp: Path, toml: str, name: str = "plan") -> Path:
+    (tmp / f"{name}.toml").write_text(toml)
+    compile_file(tmp / f"{name}.toml", tmp / name)
+    return tmp / name
+
+
+@dataclass
+class Replayed:
+    taken: np.ndarray  # (steps, components): tokens each component got in each step (all ranks)
+    whole: list[bool]
+    longest: np.ndarray  # per component: its longest member span
+
+
+def _replay(path: Path) -> Replayed:
+    """Reads every rank's entries of every step (in the version the job replays) and checks the
+    sequence layout on the way."""
+    with Plan.open(path) as plan:
+        seq_len, batch = plan.seq_len, plan.batch_size
+        replay = Replay(plan)
+        comps = plan.manifest["components"]
+        whole = [bool(c.get("whole")) for c in comps]
+        samples = np.load(path / "samples.npy")
+        taken = np.zeros((plan.steps, len(comps)), np.int64)
+        for step in range(plan.steps):
+            for rank in range(plan.world_size):
+                e = replay.entries(rank, step)
+                size = (e.token_end - e.token_start).astype(np.int64)
+                assert int(size.sum()) == batch * seq_len  # every sequence exactly seq_len
+                start = np.cumsum(size) - size
+                for c, s0, n, ts, te, doc in zip(e.component.tolist(), start.tolist(), size.tolist(),
+                                                 e.token_start.tolist(), e.token_end.tolist(),
+                                                 e.doc_tokens.tolist(), strict=True):
+                    if whole[c]:  # the whole sample, inside one sequence
+                        assert (ts, te) == (0, doc)
+                        assert s0 // seq_len == (s0 + n - 1) // seq_len
+                taken[step] += np.bincount(e.component.astype(np.int64), weights=size,
+                                           minlength=len(comps)).astype(np.int64)
+        framing = plan.framing
+    longest = np.array([int(samples["tokens"][c["first_row"]: c["first_row"] + c["rows"]].max()) + framing
+                        for c in comps])
+    return Replayed(taken, whole, longest)
+
+
+def test_whole_samples_fill_sequences_and_keep_quotas_over_every_prefix(index: Path, tmp_path: Path) -> None:
+    path = _compile(tmp_path, _toml(index, {"img": 0.4, "text": 0.6}))
+    got = _replay(path)
+    quotas = np.load(path / "quotas.npy")
+    assert got.whole == [True, False]
+    lag = np.cumsum(quotas, axis=0) - np.cumsum(got.taken, axis=0)
+    # Images: never ahead of their quotas, behind by less than their longest sample; text takes the rest.
+    assert (lag[:, 0] >= 0).all() and (lag[:, 0] < got.longest[0]).all()
+    assert (lag[:, 1] == -lag[:, 0]).all()
+    assert (got.taken[:, 0] > 0).all()  # images in every step
+
+
+def test_a_second_text_component_gets_exactly_its_quotas(index: Path, tmp_path: Path) -> None:
+    toml = _toml(index, {}) + (
+        "[components.img]\nwhere = \"source == 'img'\"\nweight = 0.3\n"
+        "[components.long]\nwhere = \"source == 'text' and text_bytes >= 35\"\nweight = 0.5\n"
+        "[components.short]\nwhere = \"source == 'text' and text_bytes < 35\"\nweight = 0.2\n")
+    path = _compile(tmp_path, toml)
+    got = _replay(path)
+    quotas = np.load(path / "quotas.npy")
+    assert (got.taken[:, 2] == quotas[:, 2]).all()  # not the filler: exact in every step
+    lag = np.cumsum(quotas, axis=0) - np.cumsum(got.taken, axis=0)
+    assert (lag[:, 0] >= 0).all() and (lag[:, 0] < got.longest[0]).all()
+    assert (lag.sum(axis=1) == 0).all()
+
+
+def test_sample_spans_count_image_placeholders(index: Path, tmp_path: Path) -> None:
+    path = _compile(tmp_path, _toml(index, {"img": 0.4, "text": 0.6}))
+    samples = np.load(path / "samples.npy")
+    plain = _compile(tmp_path, _toml(index, {"img": 0.4, "text": 0.6}, unit="samples", seq_len=0, extra=""),
+                     "samples")
+    # Same rows (component order, index order); image samples gain one image's placeholders each.
+    texts = np.load(plain / "samples.npy")["tokens"].astype(np.int64)
+    with Plan.open(path) as plan:
+        assert plan.manifest["image_tokens"] == IMAGE_TOKENS
+        img = plan.manifest["components"][0]
+    extra = samples["tokens"].astype(np.int64) - texts
+    assert (extra[: img["rows"]] == IMAGE_TOKENS).all() and (extra[img["rows"]:] == 0).all()
+
+
+def test_same_bytes_twice_and_whatever_the_sub_block(index: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = _toml(index, {"img": 0.4, "text": 0.6})
+    a, b = _compile(tmp_path, toml, "a"), _compile(tmp_path, toml, "b")
+    monkeypatch.setattr(packing, "SUB_BLOCK_ENTRIES", 7)  # a few steps per sub-block
+    c = _compile(tmp_path, toml, "c")
+    for name in ("rank-00000.bin", "rank-00001.bin", "samples.npy"):
+        assert (a / name).read_bytes() == (b / name).read_bytes() == (c / name).read_bytes()
+
+
+DYNAMIC = '[dynamic]\nalgorithm = "loss_proportional"\nrefit_every = 4\nwait_timeout_s = 30\n'
+
+
+def test_packing_resumes_from_any_segment_state(index: Path, tmp_path: Path) -> None:
+    """What feedback rewrites do: re-pack from a segment's start state with the plan's own streams."""
+    path = _compile(tmp_path, _toml(index, {"img": 0.4, "text": 0.6}) + DYNAMIC)
+    ctx = PlanContext.open(path)
+    assert ctx.streams().whole == (True, False)
+    quotas = np.load(path / "quotas.npy")
+    with Plan.open(path) as plan:
+        for seg in plan.manifest["segments"][1:]:
+            state = PlanState.from_json(seg["start_state"])
+            assert state.consumed[0] >= 0  # the image component's lag
+            first, n = seg["first_step"], seg["steps"]
+            block, _ = plan_steps(ctx.streams(), state, quotas[first: first + n], world_size=2, batch_size=2,
+                                  seq_len=64)
+            for rank in range(2):
+                want, got = plan.segment(rank, seg["index"]), block.rank_segment(rank)
+                for col in ("step_counts", "component", "position", "token_start", "token_end"):
+                    assert np.array_equal(getattr(want, col), getattr(got, col)), (seg["index"], rank, col)
+
+
+def test_elastic_repartition_keeps_samples_whole(index: Path, tmp_path: Path) -> None:
+    toml = _toml(index, {"img": 0.4, "text": 0.6}, world_size=2, batch_size=2)
+    path = _compile(tmp_path, toml)
+    (tmp_path / "one.toml").write_text(toml.replace("world_size = 2\nbatch_size = 2",
+                                                    "world_size = 1\nbatch_size = 4"))
+    repartition(path, load_spec(tmp_path / "one.toml"), tmp_path / "one", world_size=1, from_step=4)
+    got = _replay(tmp_path / "one")
+    assert (got.taken == _replay(path).taken).all()
+
+
+def test_a_sample_longer_than_a_sequence_is_refused(index: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"(?s)component 'img': \d+ image-text samples span more than "
+                       r"seq_len = 32 tokens.*raise \[topology\] seq_len, lower \[mixture\] image_tokens"):
+        _compile(tmp_path, _toml(index, {"img": 0.4, "text": 0.6}, seq_len=32))
+
+
+def test_images_alone_cannot_fill_sequences(index: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"(?s)step 0: the whole \(image-text\) samples leave \d+ tokens.*"
+                       r"never padded.*add a text component"):
+        _compile(tmp_path, _toml(index, {"img": 1.0}))
+
+
+def test_images_that_cannot_keep_up_with_their_quota_are_refused(index: Path, tmp_path: Path) -> None:
+    # Samples of ~30 tokens in sequences of 40: one per sequence, far below a 95% share.
+    with pytest.raises(ConfigError, match=r"(?s)samples of component 'img' do not fit the step's 4 "
+                       r"sequences of 40 tokens.*lower its weight"):
+        _compile(tmp_path, _toml(index, {"img": 0.95, "text": 0.05}, seq_len=40))
+
+
+def test_feedback_rewrites_keep_samples_whole(index: Path, tmp_path: Path) -> None:
+    path = _compile(tmp_path, _toml(index, {"img": 0.4, "text": 0.6}, steps=12) + DYNAMIC)
+    with Plan.open(path) as plan, FeedbackReporter(path, rank=0, on_refit=inprocess_rewriter(path),
+                                                   fsync=False) as fb:
+        replay = Replay(plan)
+        for step in range(12):
+            tokens = np.zeros(2, np.int64)
+            for rank in range(2):
+                e = replay.entries(rank, step)
+                np.add.at(tokens, e.component.astype(np.int64), e.token_end - e.token_start)
+            fb.report(step, tokens=tokens, loss_sum=np.array([1.0, 3.0]) * tokens)  # text "harder"
+    assert read_decision(path, 1)["action"] == "rewrite"
+    got = _replay(path)  # the rewritten segments, as the job replays them
+    start = 8  # the first step the decisions govern (refit at step 4, rewrites from segment 4 on)
+    assert got.taken[start:, 1].sum() > 0.7 * got.taken[start:].sum()  # loss-proportional: text 3/4
+
+
+def test_text_only_plans_take_the_text_packer(index: Path, tmp_path: Path) -> None:
+    path = _compile(tmp_path, _toml(index, {"text": 1.0}) + DYNAMIC)
+    ctx = PlanContext.open(path)
+    assert ctx.streams().whole == ()
+    with Plan.open(path) as plan:
+        assert "whole" not in plan.manifest["components"][0]
+
+
+@pytest.mark.shared
+def test_real_shards_mixed_with_text(shared_corpora: Path, neox_tokenizer: Path, tmp_path: Path) -> None:
+    """cc12m and tuxpaint beside redpajama text, LLaVA's 576 tokens an image: the same guarantees."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "img").symlink_to(shared_corpora / "image_text")
+    (corpus / "text").symlink_to(shared_corpora / "text" / "redpajama")
+    cfg = (f'[index]\ntext = ["text", "txt"]\ntokenizer = "{neox_tokenizer}"\n'
+           '[properties.source]\npath = "{source}/**"\n')
+    build_index(corpus, tmp_path / "idx", parse_config(cfg))
+    toml = _toml(tmp_path / "idx", {"img": 0.5, "text": 0.5}, seq_len=2048, batch_size=2, steps=12,
+                 extra="image_tokens = 576\n")
+    path = _compile(tmp_path, toml)
+    got = _replay(path)
+    quotas = np.load(path / "quotas.npy")
+    lag = np.cumsum(quotas, axis=0) - np.cumsum(got.taken, axis=0)
+    assert (lag[:, 0] >= 0).all() and (lag[:, 0] < got.longest[0]).all()
+    assert (lag.sum(axis=1) == 0).all() and (got.taken[:, 0] > 0).all()
