@@ -79,6 +79,11 @@ def render(r: dict[str, Any]) -> None:
         held = ", ".join(f"{n} {h:,}" for n, h in zip(names, v["held_out"], strict=True))
         head.add_row("validation", f"{v['dir']}/: {v['steps']:,} steps x batch {v['batch_size']}; held out "
                      f"({r['unit']}): {held}")
+    if r.get("packing"):
+        pk = r["packing"]
+        head.add_row("packing", f"image-text samples whole ({escape(', '.join(pk['whole_components']))}; "
+                     f"{pk['image_tokens']} tokens per image), the rest of every sequence "
+                     f"{pk['filled_by']}; padding {pk['padding_share']:.1%} of tokens")
     out.print(head)
     out.print(_components_table(r))
     if r["schedule"]:

@@ -121,7 +121,20 @@ def plan_report(path: Path | str) -> dict[str, Any]:
             "undecided_from_step": undecided[0] * plan.segment_steps if undecided else None,
             "schedule": m.get("schedule", []), "dynamic": m.get("dynamic"),
             "elastic": m.get("elastic"), "index": m.get("index"), "feedback": feedback_report(path),
-            "validation": m.get("validation")}
+            "validation": m.get("validation"), **whole_sample_report(m)}
+
+
+def whole_sample_report(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``packing`` for a token plan with components of whole (image-text) samples; nothing otherwise.
+
+    The compiler fills what such samples leave of a sequence with text (never padding) and refuses a
+    plan it cannot fill, so the padding share of every replayed sequence is 0 by construction (the
+    runtime checks that a rank's step holds exactly batch_size x seq_len planned tokens)."""
+    whole = [c["name"] for c in manifest["components"] if c.get("whole")]
+    if not whole:
+        return {}
+    return {"packing": {"whole_components": whole, "image_tokens": manifest.get("image_tokens"),
+                        "filled_by": "text", "padding_share": 0.0}}
 
 
 def component_report(components: list[dict[str, Any]], rep: Replayed, compiled: np.ndarray

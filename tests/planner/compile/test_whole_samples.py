@@ -8,6 +8,7 @@ filler takes what the whole samples leave over or under theirs; any other text c
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,3 +235,20 @@ def test_real_shards_mixed_with_text(shared_corpora: Path, neox_tokenizer: Path,
     lag = np.cumsum(quotas, axis=0) - np.cumsum(got.taken, axis=0)
     assert (lag[:, 0] >= 0).all() and (lag[:, 0] < got.longest[0]).all()
     assert (lag.sum(axis=1) == 0).all() and (got.taken[:, 0] > 0).all()
+
+
+def test_inspect_reports_the_packing_and_its_padding_share(index: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mixtera.cli.app import app
+
+    path = _compile(tmp_path, _toml(index, {"img": 0.4, "text": 0.6}))
+    result = CliRunner().invoke(app, ["inspect", str(path)], env={"NO_COLOR": "1", "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "image-text samples whole (img; 16 tokens per image), the rest of every sequence text; " \
+           "padding 0.0% of tokens" in result.stdout
+    report = json.loads(CliRunner().invoke(app, ["inspect", str(path), "--json"]).stdout)
+    assert report["packing"] == {"whole_components": ["img"], "image_tokens": 16, "filled_by": "text",
+                                 "padding_share": 0.0}
+    text = _compile(tmp_path, _toml(index, {"text": 1.0}), "text")
+    assert "packing" not in json.loads(CliRunner().invoke(app, ["inspect", str(text), "--json"]).stdout)
