@@ -378,15 +378,17 @@ def rank_major_order(cell: np.ndarray, steps: int, world_size: int) -> tuple[np.
 
 
 # -- whole samples ---------------------------------------------------------------------------------
-# A component of whole samples (image-text: ``Streams.whole``) is never cut. In every step its
-# members go, in stream order, each to the sequence with the most room left (worst fit: they spread
-# over the step's sequences and ranks; ties to the lower sequence) while the tokens it was given
-# stay within its quotas so far (``end <= bound``: it lags them by less than one sample, the lag is
-# carried in ``PlanState.consumed``); what remains of every sequence is text, cut at the rooms'
-# ends. The step's largest text quota (the "filler") takes what the whole samples leave over or
-# under their quotas, so every other text component gets exactly its quotas and every sequence
-# holds exactly ``seq_len`` tokens: no padding. A step whose text quotas are all zero and whose
-# sequences the whole samples do not fill exactly cannot be packed without padding and is refused.
+# A component of whole samples (image-text: ``Streams.whole``) is never cut. Every step takes its
+# next members, in stream order, while the tokens it was given stay within its quotas so far
+# (``end <= bound``: it lags them by less than one sample, the lag is carried in
+# ``PlanState.consumed``); they go to the step's sequences longest first, each to the sequence with
+# the most room left (worst fit decreasing: they spread over the sequences and ranks), and a sample
+# that fits nowhere waits for the next step with its component's later members. What remains of
+# every sequence is text, cut at the rooms' ends. The step's largest text quota (the "filler")
+# takes what the whole samples leave over or under their quotas, so every other text component
+# gets exactly its quotas and every sequence holds exactly ``seq_len`` tokens: no padding. A step
+# whose text quotas are all zero and whose sequences the whole samples do not fill exactly cannot
+# be packed without padding and is refused.
 
 
 @dataclass(slots=True)
@@ -443,7 +445,7 @@ def _check_fill(streams: Streams, first_step: int, room: np.ndarray, text: np.nd
 
 def _place_whole(streams: Streams, state: PlanState, quotas: np.ndarray, whole: np.ndarray, seqs: int,
                  seq_len: int, cap: np.ndarray, new: PlanState) -> _Placed:
-    """Worst fit of every step's whole samples into its sequences (at most ``cap[s]`` tokens)."""
+    """Every step's whole samples (at most ``cap[s]`` tokens) and the sequences they go to."""
     steps = quotas.shape[0]
     comps = np.flatnonzero(whole).tolist()
     lens, ends, lag, taken, longest = {}, {}, {}, {}, {}
@@ -456,22 +458,17 @@ def _place_whole(streams: Streams, state: PlanState, quotas: np.ndarray, whole: 
     out: list[tuple[int, int, int]] = []
     lagging: ConfigError | None = None
     for s in range(steps):
-        order = _candidates(comps, quotas[s], lens, ends, lag, taken)
-        free = [(-seq_len, j) for j in range(seqs)]  # a heap: the sequence with the most room first
-        total, blocked = 0, set()
-        for k, i in order:
-            length = int(lens[k][i])
-            if k in blocked or total + length > cap[s] or length > -free[0][0]:
-                blocked.add(k)  # a component keeps its stream order: its later samples wait too
-                continue
-            j = free[0][1]
-            heapq.heapreplace(free, (free[0][0] + length, j))
-            total += length
-            lag[k] -= length
+        order = _within(_candidates(comps, quotas[s], lens, ends, lag, taken), lens, int(cap[s]))
+        while True:  # a sample that fits nowhere waits, with its component's later samples
+            seq, room[s], failed = _worst_fit_decreasing([int(lens[k][i]) for k, i in order], seqs, seq_len)
+            if failed is None:
+                break
+            k_fail, i_fail = order[failed]
+            order = [(k, i) for k, i in order if k != k_fail or i < i_fail]
+        for (k, i), j in zip(order, seq, strict=True):
+            lag[k] -= int(lens[k][i])
             taken[k] += 1
             out.append((k, int(state.position[k]) + i, s * seqs + j))
-        for left, j in free:
-            room[s, j] = -left
         for k in comps:
             if lag[k] >= longest[k] and lagging is None:
                 lagging = _lagging(streams, k, state.step + s, lag[k], longest[k], seqs, seq_len)
@@ -479,6 +476,30 @@ def _place_whole(streams: Streams, state: PlanState, quotas: np.ndarray, whole: 
         new.position[k], new.consumed[k] = int(state.position[k]) + taken[k], lag[k]
     arr = np.array(out, np.int64).reshape(-1, 3)
     return _Placed(component=arr[:, 0], position=arr[:, 1], sequence=arr[:, 2], room=room, lagging=lagging)
+
+
+def _within(order: list[tuple[int, int]], lens: dict[int, np.ndarray], cap: int) -> list[tuple[int, int]]:
+    """The longest prefix of ``order`` holding at most ``cap`` tokens (a prefix of every component)."""
+    sizes = np.array([int(lens[k][i]) for k, i in order], np.int64)
+    return order[: int(np.searchsorted(np.cumsum(sizes), cap, side="right"))]
+
+
+def _worst_fit_decreasing(sizes: list[int], seqs: int,
+                          seq_len: int) -> tuple[list[int], np.ndarray, int | None]:
+    """Longest first, each into the sequence with the most room (ties: the lower sequence): the
+    samples spread over the step's sequences. Returns the sequence of every sample, every sequence's
+    room left, and the index of the first sample that fits nowhere (None when all fit)."""
+    free = [(-seq_len, j) for j in range(seqs)]  # a heap: the sequence with the most room first
+    seq = [0] * len(sizes)
+    for n in sorted(range(len(sizes)), key=lambda n: -sizes[n]):  # stable: stream order among equals
+        if sizes[n] > -free[0][0]:
+            return seq, np.zeros(seqs, np.int64), n
+        seq[n] = free[0][1]
+        heapq.heapreplace(free, (free[0][0] + sizes[n], seq[n]))
+    room = np.empty(seqs, np.int64)
+    for left, j in free:
+        room[j] = -left
+    return seq, room, None
 
 
 def _candidates(comps: list[int], quota: np.ndarray, lens: dict[int, np.ndarray], ends: dict[int, np.ndarray],
@@ -519,7 +540,7 @@ def _merge_sequences(pieces: list[_Pieces], perm: np.ndarray, placed: _Placed, s
     cuts = np.union1d(stop, bounds[bounds > 0])  # every text entry ends on a piece end or a room end
     piece = np.searchsorted(stop, cuts, side="left")
     seq = np.searchsorted(bounds, cuts, side="left")  # the first room reaching the cut holds it
-    begin = np.concatenate([[0], cuts[:-1]]).astype(np.int64)
+    begin = np.concatenate([[0], cuts])[:-1].astype(np.int64)
     shift = (_concat(pieces, "start")[perm] - (stop - length))[piece]
     src = perm[piece]
     t_begin, t_end = begin + shift, cuts + shift

@@ -252,3 +252,57 @@ def test_inspect_reports_the_packing_and_its_padding_share(index: Path, tmp_path
                                  "padding_share": 0.0}
     text = _compile(tmp_path, _toml(index, {"text": 1.0}), "text")
     assert "packing" not in json.loads(CliRunner().invoke(app, ["inspect", str(text), "--json"]).stdout)
+
+
+def _entries(streams: packing.Streams, quotas: np.ndarray, seq_len: int) -> packing.BlockEntries:
+    block, _ = plan_steps(streams, PlanState.initial(len(streams.names)), quotas, world_size=2, batch_size=3,
+                          seq_len=seq_len)
+    return block
+
+
+def test_whole_samples_that_fill_sequences_exactly_need_no_text() -> None:
+    streams = packing.Streams(names=("img",), doc_lengths=(np.full(50, 16, np.uint16),), seed=1,
+                              unit="tokens", whole=(True,))
+    block = _entries(streams, np.full((4, 1), 6 * 32), 32)
+    assert block.counts.tolist() == [[6, 6]] * 4  # two samples in each of a rank's 3 sequences
+    assert not block.token_start.any() and not block.token_end.any()
+
+
+def test_two_image_components_and_text_on_synthetic_streams() -> None:
+    rng = np.random.default_rng(5)
+    lens = (rng.integers(20, 60, 300).astype(np.uint16), rng.integers(5, 30, 300).astype(np.uint16),
+            rng.integers(1, 200, 300).astype(np.uint16))
+    streams = packing.Streams(names=("a", "b", "t"), doc_lengths=lens, seed=2, unit="tokens",
+                              whole=(True, True, False))
+    from mixtera.planner.compile.quotas import largest_remainder
+
+    quotas, _ = largest_remainder(np.tile([0.3, 0.2, 0.5], (40, 1)) * 6 * 64, np.zeros(3), 6 * 64)
+    block = _entries(streams, quotas, 64)
+    segs = [block.rank_segment(r) for r in range(2)]
+    taken = np.zeros((40, 3), np.int64)
+    for seg in segs:
+        bounds = seg.step_slices()
+        for s in range(40):
+            lo, hi = int(bounds[s]), int(bounds[s + 1])
+            comp = seg.component[lo:hi].astype(np.int64)
+            doc = np.array([int(streams.lengths(int(c), int(p), 1)[0]) for c, p in
+                            zip(comp, seg.position[lo:hi], strict=True)], np.int64)
+            end = np.where(seg.token_end[lo:hi] == 0, doc, seg.token_end[lo:hi])
+            size = end - seg.token_start[lo:hi]
+            assert size.sum() == 3 * 64
+            at = np.cumsum(size) - size
+            img = comp < 2
+            assert (seg.token_start[lo:hi][img] == 0).all()
+            assert (at[img] // 64 == (at[img] + size[img] - 1) // 64).all()
+            taken[s] += np.bincount(comp, weights=size, minlength=3).astype(np.int64)
+    lag = np.cumsum(quotas, axis=0) - np.cumsum(taken, axis=0)
+    assert (lag[:, :2] >= 0).all() and (lag[:, 0] < 60).all() and (lag[:, 1] < 30).all()
+    assert (lag.sum(axis=1) == 0).all()
+    monkey = packing.SUB_BLOCK_ENTRIES
+    try:
+        packing.SUB_BLOCK_ENTRIES = 5
+        again = _entries(streams, quotas, 64)
+    finally:
+        packing.SUB_BLOCK_ENTRIES = monkey
+    for col in ("counts", "component", "position", "token_start", "token_end"):
+        assert np.array_equal(getattr(block, col), getattr(again, col))
