@@ -382,8 +382,10 @@ def rank_major_order(cell: np.ndarray, steps: int, world_size: int) -> tuple[np.
 # next members, in stream order, while the tokens it was given stay within its quotas so far
 # (``end <= bound``: it lags them by less than one sample, the lag is carried in
 # ``PlanState.consumed``); they go to the step's sequences longest first, each to the sequence with
-# the most room left (worst fit decreasing: they spread over the sequences and ranks), and a sample
-# that fits nowhere waits for the next step with its component's later members. What remains of
+# the most room left (worst fit decreasing: they spread over the sequences and ranks). When one fits
+# nowhere, the component's last member of the step waits for the next step and the rest is placed
+# again (the lag then grows past one sample for a while; a component a whole step behind cannot
+# keep up: refused). What remains of
 # every sequence is text, cut at the rooms' ends. The step's largest text quota (the "filler")
 # takes what the whole samples leave over or under their quotas, so every other text component
 # gets exactly its quotas and every sequence holds exactly ``seq_len`` tokens: no padding. A step
@@ -448,30 +450,30 @@ def _place_whole(streams: Streams, state: PlanState, quotas: np.ndarray, whole: 
     """Every step's whole samples (at most ``cap[s]`` tokens) and the sequences they go to."""
     steps = quotas.shape[0]
     comps = np.flatnonzero(whole).tolist()
-    lens, ends, lag, taken, longest = {}, {}, {}, {}, {}
+    lens, ends, lag, taken = {}, {}, {}, {}
     for k in comps:
         need = int(state.consumed[k]) + int(quotas[:, k].sum())
         lens[k], ends[k] = _doc_ends(streams, k, int(state.position[k]), need) if need > 0 else \
             (np.zeros(0, np.int64), np.zeros(0, np.int64))
-        lag[k], taken[k], longest[k] = int(state.consumed[k]), 0, int(streams.doc_lengths[k].max())
+        lag[k], taken[k] = int(state.consumed[k]), 0
     room = np.empty((steps, seqs), np.int64)
     out: list[tuple[int, int, int]] = []
     lagging: ConfigError | None = None
     for s in range(steps):
         order = _within(_candidates(comps, quotas[s], lens, ends, lag, taken), lens, int(cap[s]))
-        while True:  # a sample that fits nowhere waits, with its component's later samples
+        while True:  # the longest stream prefix that fits: a component's last samples wait
             seq, room[s], failed = _worst_fit_decreasing([int(lens[k][i]) for k, i in order], seqs, seq_len)
             if failed is None:
                 break
-            k_fail, i_fail = order[failed]
-            order = [(k, i) for k, i in order if k != k_fail or i < i_fail]
+            k_fail = order[failed][0]
+            del order[max(n for n, (k, _) in enumerate(order) if k == k_fail)]
         for (k, i), j in zip(order, seq, strict=True):
             lag[k] -= int(lens[k][i])
             taken[k] += 1
             out.append((k, int(state.position[k]) + i, s * seqs + j))
-        for k in comps:
-            if lag[k] >= longest[k] and lagging is None:
-                lagging = _lagging(streams, k, state.step + s, lag[k], longest[k], seqs, seq_len)
+        for k in comps:  # samples that waited for room make up for it later, unless they never can
+            if lag[k] >= seqs * seq_len and lagging is None:
+                lagging = _lagging(streams, k, state.step + s, lag[k], seqs, seq_len)
     for k in comps:
         new.position[k], new.consumed[k] = int(state.position[k]) + taken[k], lag[k]
     arr = np.array(out, np.int64).reshape(-1, 3)
@@ -522,12 +524,11 @@ def _candidates(comps: list[int], quota: np.ndarray, lens: dict[int, np.ndarray]
     return [members[i] for i in order.tolist()]
 
 
-def _lagging(streams: Streams, k: int, step: int, lag: int, longest: int, seqs: int,
-             seq_len: int) -> ConfigError:
+def _lagging(streams: Streams, k: int, step: int, lag: int, seqs: int, seq_len: int) -> ConfigError:
     return ConfigError(
         f"step {step}: the whole (image-text) samples of component {streams.names[k]!r} do not fit the "
         f"step's {seqs} sequences of {seq_len} tokens beside the other components' quotas: it lags its "
-        f"token quotas by {lag} tokens, more than its longest sample ({longest} tokens)",
+        f"token quotas by {lag} tokens, a whole step",
         "lower its weight, raise seq_len or batch_size, or lower [mixture] image_tokens")
 
 
