@@ -382,7 +382,8 @@ def rank_major_order(cell: np.ndarray, steps: int, world_size: int) -> tuple[np.
 # next members, in stream order, while the tokens it was given stay within its quotas so far
 # (``end <= bound``: it lags them by less than one sample, the lag is carried in
 # ``PlanState.consumed``); they go to the step's sequences longest first, each to the sequence with
-# the most room left (worst fit decreasing: they spread over the sequences and ranks). When one fits
+# the most room left (worst fit decreasing, ties round the ranks: they spread over the sequences and
+# ranks). When one fits
 # nowhere, the component's last member of the step waits for the next step and the rest is placed
 # again (the lag then grows past one sample for a while; a component a whole step behind cannot
 # keep up: refused). What remains of
@@ -413,7 +414,8 @@ def _pack_whole(streams: Streams, state: PlanState, quotas: np.ndarray, world_si
     rows = np.arange(steps)
     filler = np.argmax(text_q, axis=1)  # the largest text quota of the step (ties: the lower id)
     others = text_q.sum(axis=1) - text_q[rows, filler]
-    placed = _place_whole(streams, state, quotas, whole, seqs, seq_len, seqs * seq_len - others, new)
+    placed = _place_whole(streams, state, quotas, whole, world_size, batch_size, seq_len,
+                          seqs * seq_len - others, new)
     room = placed.room.sum(axis=1)
     _check_fill(streams, state.step, room, text_q.sum(axis=1))  # the more telling error first
     if placed.lagging is not None:
@@ -445,10 +447,10 @@ def _check_fill(streams: Streams, first_step: int, room: np.ndarray, text: np.nd
             "sequence is never padded)", f"{hint}, or use unit = \"samples\"")
 
 
-def _place_whole(streams: Streams, state: PlanState, quotas: np.ndarray, whole: np.ndarray, seqs: int,
-                 seq_len: int, cap: np.ndarray, new: PlanState) -> _Placed:
+def _place_whole(streams: Streams, state: PlanState, quotas: np.ndarray, whole: np.ndarray, world_size: int,
+                 batch_size: int, seq_len: int, cap: np.ndarray, new: PlanState) -> _Placed:
     """Every step's whole samples (at most ``cap[s]`` tokens) and the sequences they go to."""
-    steps = quotas.shape[0]
+    steps, seqs = quotas.shape[0], world_size * batch_size
     comps = np.flatnonzero(whole).tolist()
     lens, ends, lag, taken = {}, {}, {}, {}
     for k in comps:
@@ -462,7 +464,8 @@ def _place_whole(streams: Streams, state: PlanState, quotas: np.ndarray, whole: 
     for s in range(steps):
         order = _within(_candidates(comps, quotas[s], lens, ends, lag, taken), lens, int(cap[s]))
         while True:  # the longest stream prefix that fits: a component's last samples wait
-            seq, room[s], failed = _worst_fit_decreasing([int(lens[k][i]) for k, i in order], seqs, seq_len)
+            sizes = [int(lens[k][i]) for k, i in order]
+            seq, room[s], failed = _worst_fit_decreasing(sizes, world_size, batch_size, seq_len)
             if failed is None:
                 break
             k_fail = order[failed][0]
@@ -486,20 +489,25 @@ def _within(order: list[tuple[int, int]], lens: dict[int, np.ndarray], cap: int)
     return order[: int(np.searchsorted(np.cumsum(sizes), cap, side="right"))]
 
 
-def _worst_fit_decreasing(sizes: list[int], seqs: int,
+def _worst_fit_decreasing(sizes: list[int], world_size: int, batch_size: int,
                           seq_len: int) -> tuple[list[int], np.ndarray, int | None]:
-    """Longest first, each into the sequence with the most room (ties: the lower sequence): the
-    samples spread over the step's sequences. Returns the sequence of every sample, every sequence's
-    room left, and the index of the first sample that fits nowhere (None when all fit)."""
-    free = [(-seq_len, j) for j in range(seqs)]  # a heap: the sequence with the most room first
+    """Longest first, each into the sequence with the most room; ties go round the ranks (sequence 0
+    of every rank, then sequence 1, ...), so every rank gets image samples when the step has as many
+    as ranks. Returns the sequence of every sample, every sequence's room left, and the index of the
+    first sample that fits nowhere (None when all fit)."""
+    # A heap of (-room, tie, sequence): the sequence with the most room first.
+    free = [(-seq_len, (j % batch_size) * world_size + j // batch_size, j)
+            for j in range(world_size * batch_size)]
+    heapq.heapify(free)
     seq = [0] * len(sizes)
     for n in sorted(range(len(sizes)), key=lambda n: -sizes[n]):  # stable: stream order among equals
-        if sizes[n] > -free[0][0]:
-            return seq, np.zeros(seqs, np.int64), n
-        seq[n] = free[0][1]
-        heapq.heapreplace(free, (free[0][0] + sizes[n], seq[n]))
-    room = np.empty(seqs, np.int64)
-    for left, j in free:
+        left, tie, j = free[0]
+        if sizes[n] > -left:
+            return seq, np.zeros(len(free), np.int64), n
+        seq[n] = j
+        heapq.heapreplace(free, (left + sizes[n], tie, j))
+    room = np.empty(len(free), np.int64)
+    for left, _, j in free:
         room[j] = -left
     return seq, room, None
 

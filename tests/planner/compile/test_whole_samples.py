@@ -59,6 +59,7 @@ class Replayed:
     taken: np.ndarray  # (steps, components): tokens each component got in each step (all ranks)
     whole: list[bool]
     longest: np.ndarray  # per component: its longest member span
+    whole_entries: np.ndarray  # (steps, world_size): whole samples each rank replays in each step
 
 
 def _replay(path: Path) -> Replayed:
@@ -71,6 +72,7 @@ def _replay(path: Path) -> Replayed:
         whole = [bool(c.get("whole")) for c in comps]
         samples = np.load(path / "samples.npy")
         taken = np.zeros((plan.steps, len(comps)), np.int64)
+        per_rank = np.zeros((plan.steps, plan.world_size), np.int64)
         for step in range(plan.steps):
             for rank in range(plan.world_size):
                 e = replay.entries(rank, step)
@@ -83,12 +85,13 @@ def _replay(path: Path) -> Replayed:
                     if whole[c]:  # the whole sample, inside one sequence
                         assert (ts, te) == (0, doc)
                         assert s0 // seq_len == (s0 + n - 1) // seq_len
+                per_rank[step, rank] = sum(whole[c] for c in e.component.tolist())
                 taken[step] += np.bincount(e.component.astype(np.int64), weights=size,
                                            minlength=len(comps)).astype(np.int64)
         framing = plan.framing
     longest = np.array([int(samples["tokens"][c["first_row"]: c["first_row"] + c["rows"]].max()) + framing
                         for c in comps])
-    return Replayed(taken, whole, longest)
+    return Replayed(taken, whole, longest, per_rank)
 
 
 def test_whole_samples_fill_sequences_and_keep_quotas_over_every_prefix(index: Path, tmp_path: Path) -> None:
@@ -101,6 +104,7 @@ def test_whole_samples_fill_sequences_and_keep_quotas_over_every_prefix(index: P
     assert (lag[:, 0] >= 0).all() and (lag[:, 0] < got.longest[0]).all()
     assert (lag[:, 1] == -lag[:, 0]).all()
     assert (got.taken[:, 0] > 0).all()  # images in every step
+    assert (got.whole_entries > 0).all()  # and on every rank: ties go round the ranks
 
 
 def test_a_second_text_component_gets_exactly_its_quotas(index: Path, tmp_path: Path) -> None:
