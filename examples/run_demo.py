@@ -127,26 +127,6 @@ def with_follower(plan: Path, job: Callable[[], None]) -> None:
             follower.terminate()
 
 
-PACKING_PENDING = "does not pack whole image-text samples yet"  # mixtera compile's refusal (issue 11)
-
-
-def compiled_with_images(mixture: str, plan: Path) -> bool:
-    """`mixtera compile`; False (with a note) only for the one refusal of a mixtera that cannot pack
-    image-text samples whole in a token plan yet; any other failure stops the demo."""
-    cmd = [str(BIN / "mixtera"), "compile", mixture, "--out", str(plan)]
-    print("$ " + shlex.join(["mixtera", *cmd[1:]]), flush=True)
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    sys.stdout.write(done.stdout)
-    sys.stderr.write(done.stderr)
-    if done.returncode == 1 and PACKING_PENDING in done.stderr:
-        print("  skipped: this mixtera's compiler does not yet pack image-text samples whole in a token "
-              "plan, which the VLM job needs", flush=True)
-        return False
-    if done.returncode:
-        raise subprocess.CalledProcessError(done.returncode, cmd)
-    return True
-
-
 def vision_language_job(work: Path) -> None:
     banner("7. a tiny vision-language model on pictures the demo draws, mixed with text; ADO over both")
     corpus = build_vlm_corpus(work / "corpus")
@@ -156,8 +136,7 @@ def vision_language_job(work: Path) -> None:
     mixtera("index", corpus, "--out", work / "index", "--config", "examples/vlm_index.toml",
             "--tokenizer", tokenizer)
     plan = work / "plan"
-    if not compiled_with_images("examples/mixtures/vlm_ado.toml", plan):
-        return
+    mixtera("compile", "examples/mixtures/vlm_ado.toml", "--out", plan)
     mixtera("inspect", plan)
     steps = json.loads((plan / "manifest.json").read_text())["steps"]
     train = [BIN / "torchrun", "--standalone", "--nproc_per_node=2", "examples/train_tiny_vlm.py",
