@@ -15,8 +15,10 @@ import json
 import os
 import sys
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -188,3 +190,26 @@ def expected_step(plan: ImagePlan, rank: int, step: int, size: tuple[int, int] |
     starts_arr = np.array(starts, dtype=np.int64)
     positions = np.stack([starts_arr // plan.seq_len, starts_arr % plan.seq_len], 1).reshape(-1, 2)
     return {"input_ids": flat, "labels": labels, "image_positions": positions, "images": images}
+
+
+IMAGE_BATCH_KEYS = ("input_ids", "labels", "domain_ids", "image_positions", "images", "step")
+
+
+def assert_resumes_exactly(make: Callable[[], Any], stop: int) -> None:
+    """A dataset from ``make()`` stopped after ``stop`` steps (2 loader workers) and resumed from its
+    state (1 worker) gives exactly the batches of an uninterrupted run, images included."""
+    import torch
+
+    whole = list(make().loader(num_workers=2))
+    first = make()
+    it = iter(first.loader(num_workers=2))
+    head = [next(it) for _ in range(stop)]
+    state = first.state_dict()
+    del it
+    again = make()
+    again.load_state_dict(state)
+    tail = list(again.loader(num_workers=1))
+    assert len(head) + len(tail) == len(whole)
+    for got, want in zip(head + tail, whole, strict=True):
+        for key in IMAGE_BATCH_KEYS:
+            assert torch.equal(got[key], want[key]), key

@@ -18,7 +18,13 @@ from torch.utils.data import DataLoader
 from mixtera.runtime import PlanDataset
 from mixtera.runtime.errors import PlanError
 from tests.helpers import ROOT
-from tests.helpers.image_plans import PLACEHOLDER, ImagePlan, build_image_plan, expected_step
+from tests.helpers.image_plans import (
+    PLACEHOLDER,
+    ImagePlan,
+    assert_resumes_exactly,
+    build_image_plan,
+    expected_step,
+)
 from tests.helpers.runtime_plans import make_docs
 
 SIZE = (16, 16)
@@ -88,19 +94,7 @@ def test_a_plain_dataloader_with_the_collate_function_stacks_sequences(
 def test_resume_continues_with_exactly_the_images_of_an_uninterrupted_run(
     plan: ImagePlan, image_tokenizer: Path
 ) -> None:
-    whole = list(_dataset(plan, image_tokenizer, image_size=SIZE).loader(num_workers=2))
-    first = _dataset(plan, image_tokenizer, image_size=SIZE)
-    it = iter(first.loader(num_workers=2))
-    head = [next(it) for _ in range(2)]
-    state = first.state_dict()
-    del it
-    again = _dataset(plan, image_tokenizer, image_size=SIZE)
-    again.load_state_dict(state)
-    tail = list(again.loader(num_workers=1))
-    assert len(head) + len(tail) == len(whole)
-    for got, want in zip(head + tail, whole, strict=True):
-        for key in ("input_ids", "labels", "domain_ids", "image_positions", "images", "step"):
-            assert torch.equal(got[key], want[key]), key
+    assert_resumes_exactly(lambda: _dataset(plan, image_tokenizer, image_size=SIZE), stop=2)
 
 
 def test_the_placeholder_id_is_required_checked_and_tokens_only(

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from tokenizers import Tokenizer
 
 from mixtera.planner.compile.pipeline import compile_file
@@ -24,6 +23,7 @@ from mixtera.runtime import PlanDataset
 from mixtera.runtime.packing import IGNORE_INDEX
 from mixtera.runtime.plan import Plan
 from tests.helpers import ROOT
+from tests.helpers.image_plans import assert_resumes_exactly
 from tests.helpers.shards import mixed_corpus, mixture_toml
 
 pytest.importorskip("PIL", reason="needs the vision extra (pip install 'mixtera[vision]')")
@@ -127,16 +127,4 @@ def test_every_step_equals_an_independent_read(compiled: tuple[Path, Path], rank
 
 def test_resume_continues_exactly(compiled: tuple[Path, Path]) -> None:
     plan, tok = compiled
-    whole = list(_dataset(plan, tok, 1).loader(num_workers=2))
-    first = _dataset(plan, tok, 1)
-    it = iter(first.loader(num_workers=2))
-    head = [next(it) for _ in range(3)]
-    state = first.state_dict()
-    del it
-    again = _dataset(plan, tok, 1)
-    again.load_state_dict(state)
-    tail = list(again.loader(num_workers=1))
-    assert len(head) + len(tail) == len(whole)
-    for got, want in zip(head + tail, whole, strict=True):
-        for key in ("input_ids", "labels", "domain_ids", "image_positions", "images", "step"):
-            assert torch.equal(got[key], want[key]), key
+    assert_resumes_exactly(lambda: _dataset(plan, tok, 1), stop=3)
