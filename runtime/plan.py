@@ -143,7 +143,7 @@ class Plan:
                                 f"{c.first_row!r}, rows {c.rows!r}; expected id {k}, first_row {at} and "
                                 "rows >= 0 (components own consecutive rows of the sample table)", hint)
             at += c.rows
-        table = len(self._sample_table())  # from the npy header
+        table = len(sample_table(self.path))  # from the npy header
         if at != table:
             raise PlanError(f"{where}: the components own {at} rows, {self.path / SAMPLES} holds {table}",
                             hint)
@@ -180,33 +180,22 @@ class Plan:
 
     def _checked_table(self) -> np.ndarray:
         if self._samples is None:
-            expected = (self.manifest.get(CHECKSUMS) or {}).get(SAMPLE_BLOCKS)
-            if expected is None:
+            if SAMPLE_BLOCKS not in (self.manifest.get(CHECKSUMS) or {}):
                 self._samples = checked_sample_table(self.path, self.manifest)
             else:
                 arr = sample_table(self.path)
                 self._blocks = BlockReader(self.path / SAMPLES, int(arr.offset), arr.dtype,
-                                           self._block_sums(expected), "recompile the plan")
+                                           self._block_sums(), "recompile the plan")
                 self._samples = arr
         return self._samples
 
-    def _block_sums(self, expected: str) -> np.ndarray:
+    def _block_sums(self) -> np.ndarray:
         bpath = self.path / SAMPLE_BLOCKS
-        try:
-            data = bpath.read_bytes()  # read once: hashed, then parsed
-            sums = np.load(io.BytesIO(data))
-        except (OSError, ValueError) as exc:
-            raise PlanError(f"{bpath}: cannot be read ({exc})", "recompile the plan") from None
-        if bytes_content_hash(data) != expected:
-            raise PlanError(f"{bpath}: its content hash differs from the one the manifest records "
-                            f"({expected}): the block checksums are damaged", "recompile the plan")
+        sums = read_checked_npy(bpath, self.manifest.get(CHECKSUMS), where=self.path / MANIFEST)
         if sums.dtype != np.dtype("<u8") or sums.ndim != 1:
             raise PlanError(f"{bpath}: dtype {sums.dtype}, shape {sums.shape}; expected a uint64 vector",
                             "recompile the plan")
         return sums
-
-    def _sample_table(self) -> np.ndarray:
-        return sample_table(self.path)
 
     # -- segments ------------------------------------------------------------------------------
     def segment_of_step(self, step: int) -> int:
@@ -290,7 +279,7 @@ class Plan:
                 raise PlanError(f"{data_folder(self.path, version)}: version {version} is not published",
                                 "the plan folder lost a decision: restore it or recompile the plan")
             sums, where = decision.get(CHECKSUMS), data_folder(self.path, version)
-        return read_step_array(data_folder(self.path, version) / name, sums, where=where)
+        return read_checked_npy(data_folder(self.path, version) / name, sums, where=where)
 
     def sample_id(self, row: int) -> str:
         """``<path relative to corpus root>#<record>`` of samples.npy row ``row``."""
@@ -366,9 +355,10 @@ def checked_sample_table(plan_dir: Path, manifest: dict[str, Any]) -> np.ndarray
     return arr
 
 
-def read_step_array(path: Path, checksums: dict[str, Any] | None, *, where: Path) -> np.ndarray:
-    """A step array (quotas or weights), its content hash checked when ``checksums`` (recorded in
-    ``where``: a manifest or decision) holds one for it; plans before format 1.2 record none."""
+def read_checked_npy(path: Path, checksums: dict[str, Any] | None, *, where: Path) -> np.ndarray:
+    """A small plan array (quotas, weights, the sample table's block checksums), read whole, its content
+    hash checked when ``checksums`` (recorded in ``where``: a manifest or decision) holds one for it;
+    plans before format 1.2 record none for the step arrays."""
     try:
         data = path.read_bytes()
     except OSError as exc:

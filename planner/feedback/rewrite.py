@@ -38,7 +38,7 @@ from mixtera.runtime.format.plan_dir import (
 )
 from mixtera.runtime.format.rank_file import RankHeader, rank_file_bytes
 from mixtera.runtime.format.rank_frames import BlockEncoder
-from mixtera.runtime.plan import CHECKSUMS, checked_sample_table, read_manifest, read_step_array
+from mixtera.runtime.plan import CHECKSUMS, checked_sample_table, read_checked_npy, read_manifest
 from mixtera.runtime.shuffle import stream_samples
 from mixtera.runtime.tokenizer import framing_tokens
 from mixtera.runtime.versions import DECISION_KIND, DecisionSchedule, VersionResolver, publish_version
@@ -119,13 +119,13 @@ class PlanContext:
         key = (version, name)
         if key not in self._arrays:
             if version == 0:
-                self._arrays[key] = (0, read_step_array(self.path / name, self.manifest.get(CHECKSUMS),
+                self._arrays[key] = (0, read_checked_npy(self.path / name, self.manifest.get(CHECKSUMS),
                                                         where=self.path / MANIFEST))
             else:
                 d = self.resolver.decision(version, wait=False)
                 folder = version_path(self.path, version)
                 self._arrays[key] = (int(d["first_step"]),
-                                     read_step_array(folder / name, d.get(CHECKSUMS), where=folder))
+                                     read_checked_npy(folder / name, d.get(CHECKSUMS), where=folder))
         return self._arrays[key]
 
     def weights_at(self, step: int) -> np.ndarray:
