@@ -10,9 +10,10 @@ A reader returns the text of samples given the (offset, length) pair the index s
   data); one ``pread`` per sample, split by :mod:`mixtera.runtime.webdataset`.
 
 Objects in a store (`mixtera.runtime.storage.ObjectPath`) are read by ranged GETs through the block
-cache of :mod:`mixtera.runtime.object_reads`: JSON lines by the samples' byte ranges, Parquet by the
-byte ranges of the text column's chunks in the row groups, .gz/.zst through the local frame cache
-(built once per file by streaming the object). A reader of an object names the ranges it will read
+cache of :mod:`mixtera.runtime.object_reads`: JSON lines and tar shards by the samples' byte ranges
+(a shard sample's span is then split as a local one is), Parquet by the byte ranges of the text
+column's chunks in the row groups, .gz/.zst through the local frame cache (built once per file by
+streaming the object). A reader of an object names the ranges it will read
 (``ranges``), so that the whole step, and the steps after it, are requested before any is waited for.
 
 Fingerprints: opening a file compares its size and mtime_ns with the plan (an object: its size and
@@ -184,7 +185,7 @@ class ObjectJsonLinesReader:
         self.remote = entry.remote
 
     def ranges(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[tuple[int, int]]:
-        return [(int(o), int(o) + int(n)) for o, n in zip(offsets, lengths, strict=True)]
+        return _byte_ranges(offsets, lengths)
 
     def raw(self, offset: int, length: int) -> bytes:
         return block_cache().read(self.remote, [(offset, offset + length)])[0]  # type: ignore[arg-type]
@@ -325,13 +326,18 @@ class TarReader:
     """WebDataset shards: one positioned read (``os.pread``) of each sample's span, split into its
     members; the file stays open, no shard is scanned. Thread-safe (pread has no file position)."""
 
+    remote: RemoteObject | None = None
+
     def __init__(self, entry: FileEntry, text_field: str | list[str], cache_dir: Path) -> None:
         self.entry = entry
         self.getter = text_getter(text_field)
         self._fd = os.open(entry.path, os.O_RDONLY)
 
-    def span(self, offset: int, length: int) -> bytes:
-        data = os.pread(self._fd, length, offset)
+    def spans(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[bytes]:
+        """The bytes of each sample's span, checked to be whole."""
+        return [self._whole(os.pread(self._fd, n, o), o, n) for o, n in zip(offsets, lengths, strict=True)]
+
+    def _whole(self, data: bytes, offset: int, length: int) -> bytes:
         if len(data) != length:
             raise PlanError(f"{self.entry.path}: the plan reads bytes [{offset}, {offset + length}) of a "
                             f"{self.entry.size}-byte file", _REINDEX)
@@ -339,8 +345,14 @@ class TarReader:
 
     def sample(self, offset: int, length: int) -> TarSample:
         """The sample whose span starts at ``offset``: key, text, record and media (other members)."""
+        return self.samples([offset], [length])[0]
+
+    def samples(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[TarSample]:
+        spans = self.spans(offsets, lengths)
+        return [self._split(span, o) for span, o in zip(spans, offsets, strict=True)]
+
+    def _split(self, span: bytes, offset: int) -> TarSample:
         where = f"{self.entry.path} byte {offset}"
-        span = self.span(offset, length)
         key, members = split_span(span, where)
         record, media = members_record(span, members, where)
         try:
@@ -349,9 +361,6 @@ class TarReader:
             raise CorpusError(f"{where}: the sample (key {key!r}) has no text member ({exc})",
                               _REINDEX) from None
         return TarSample(key=key, text=text, record=record, media=media)
-
-    def samples(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[TarSample]:
-        return [self.sample(o, n) for o, n in zip(offsets, lengths, strict=True)]
 
     def texts(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[str]:
         return [s.text for s in self.samples(offsets, lengths)]
@@ -362,8 +371,36 @@ class TarReader:
             self._fd = -1
 
 
+class ObjectTarReader(TarReader):
+    """WebDataset shards in an object: the samples' spans through the block cache (ranged GETs that
+    insist on the plan's ETag, coalesced and read ahead like JSON lines)."""
+
+    def __init__(self, entry: FileEntry, text_field: str | list[str], cache_dir: Path) -> None:
+        self.entry = entry
+        self.getter = text_getter(text_field)
+        self.remote = entry.remote
+        self._fd = -1
+
+    def ranges(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[tuple[int, int]]:
+        return _byte_ranges(offsets, lengths)
+
+    def spans(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[bytes]:
+        got = block_cache().read(self.remote, self.ranges(offsets, lengths))  # type: ignore[arg-type]
+        return [self._whole(d, int(o), int(n)) for d, o, n in zip(got, offsets, lengths, strict=True)]
+
+
+def _byte_ranges(offsets: Sequence[int], lengths: Sequence[int]) -> list[tuple[int, int]]:
+    """``[offset, offset + length)`` of each sample: what a reader of byte spans asks an object for."""
+    return [(int(o), int(o) + int(n)) for o, n in zip(offsets, lengths, strict=True)]
+
+
 def _json_lines(entry: FileEntry, text_field: str, cache_dir: Path) -> Any:
     cls = ObjectJsonLinesReader if entry.remote is not None else JsonLinesReader
+    return cls(entry, text_field, cache_dir)
+
+
+def _tar(entry: FileEntry, text_field: str, cache_dir: Path) -> TarReader:
+    cls = ObjectTarReader if entry.remote is not None else TarReader
     return cls(entry, text_field, cache_dir)
 
 
@@ -375,7 +412,7 @@ READERS: dict[str, Callable[[FileEntry, str, Path], Any]] = {
     "jsonl.zst": CompressedJsonLinesReader,
     "json.zst": CompressedJsonLinesReader,
     "parquet": ParquetReader,
-    "tar": TarReader,
+    "tar": _tar,
 }
 
 

@@ -76,6 +76,7 @@ class TextSource:
         media: list[dict[str, bytes] | None] = [None] * len(file)
         if not any(self.pool.format_of(f) == "tar" for f in set(file)):
             return self.texts(file, offset, length), media
+        self.request(file, offset, length)  # the spans of every shard object of the step at once
         groups: dict[int, list[int]] = {}
         for i, f in enumerate(file):
             groups.setdefault(f, []).append(i)

@@ -12,6 +12,7 @@ writing one function and adding one row to `READERS`.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import tarfile
 import zlib
@@ -356,24 +357,36 @@ class _TarSample:
     problem: str | None = None
 
 
-def _read_tar(path: Path, columns: list[str] | None, digest: list[str]) -> Iterator[Chunk]:
+def _read_tar(path: CorpusPath, columns: list[str] | None, digest: list[str]) -> Iterator[Chunk]:
     """The samples of a WebDataset shard in order of their key's first appearance.
 
     Reads every member header, the JSON and text members, and the header of each sample's first image;
-    other member data is skipped (seek). The content hash is a second, sequential pass.
+    other member data is skipped (seek). The content hash of a local shard is a second, sequential
+    pass; an object is streamed once (`_ForwardFile`), hashed on the way.
     """
-    items = list(_tar_samples(path).values())
+    if isinstance(path, ObjectPath):
+        with open_stream(path) as f:
+            src = HashingReader(f)
+            items = list(_tar_samples(path, _ForwardFile(src)).values())
+            content_hash = src.drain()
+    else:
+        items = list(_tar_samples(path).values())
+        content_hash = None
     for lo in range(0, len(items), TAR_CHUNK):
         part = items[lo : lo + TAR_CHUNK]
         problems = {i: s.problem for i, s in enumerate(part) if s.problem is not None}
         yield Chunk([s.record for s in part], [s.start for s in part], [s.end - s.start for s in part],
                     range(lo, lo + len(part)), False, media=[s.info for s in part], problems=problems)
-    digest.append(file_content_hash(path))
+    digest.append(content_hash or file_content_hash(path))  # type: ignore[arg-type]
 
 
-def _tar_samples(path: Path) -> dict[str, _TarSample]:
+def _tar_samples(path: CorpusPath, stream: _ForwardFile | None = None) -> dict[str, _TarSample]:
+    """The samples of the shard at ``path``, read from ``stream`` when given (an object), else from
+    the local file (which tarfile seeks in)."""
     try:
-        tf = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed by the `with` below
+        # closed by the `with` below
+        source: dict[str, Any] = {"name": path} if stream is None else {"fileobj": stream}
+        tf = tarfile.open(mode="r:", **source)  # noqa: SIM115
     except tarfile.ReadError as exc:
         raise CorpusError(f"{path}: not a tar archive ({exc})", _TAR_HINT) from None
     samples: dict[str, _TarSample] = {}
@@ -381,14 +394,65 @@ def _tar_samples(path: Path) -> dict[str, _TarSample]:
         try:
             for info in tf:
                 if info.isfile():
-                    _add_member(tf, info, samples)
+                    _add_member(tf, info, samples, seekable=stream is None)
         except tarfile.ReadError as exc:
             raise _truncated(path, samples, f"it ends inside a member ({exc})") from None
         _check_end(path, tf, samples)
     return samples
 
 
-def _add_member(tf: tarfile.TarFile, info: tarfile.TarInfo, samples: dict[str, _TarSample]) -> None:
+class _ForwardFile:
+    """A shard streamed from a store as the seekable file tarfile wants: a seek forward reads and drops
+    the bytes in between (they are still hashed), a seek back may go at most `REWIND` bytes behind the
+    furthest byte read (tarfile steps back one byte before a header and one block at the archive's
+    end). Memory: the kept tail, whatever the shard's size."""
+
+    REWIND = 1 << 16
+
+    def __init__(self, src: HashingReader) -> None:
+        self._src = src
+        self._pos = 0
+        self._end = 0  # bytes read from src so far
+        self._tail = b""  # the last bytes read from src, up to REWIND of them, ending at _end
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        pos = offset + (self._pos if whence == os.SEEK_CUR else 0)
+        if whence == os.SEEK_END or pos < self._end - len(self._tail):
+            raise OSError(f"the stream cannot seek to byte {pos} (it has read {self._end} bytes)")
+        self._pos = pos
+        return pos
+
+    def read(self, n: int = -1) -> bytes:
+        while self._end < self._pos:  # a seek forward: read past the skipped bytes
+            if not self._pull(min(self._pos - self._end, READ_BYTES)):
+                return b""
+        kept = self._tail[len(self._tail) - (self._end - self._pos) :] if self._pos < self._end else b""
+        if 0 <= n <= len(kept):
+            out = kept[:n]
+        else:
+            parts, want = [kept], (n - len(kept) if n >= 0 else -1)
+            while want != 0 and (block := self._pull(READ_BYTES if want < 0 else want)):
+                parts.append(block)
+                want -= len(block) if want > 0 else 0
+            out = b"".join(parts)
+        self._pos += len(out)
+        return out
+
+    def _pull(self, n: int) -> bytes:
+        """Up to ``n`` more bytes of the stream (fewer only at its end), remembered in the tail."""
+        block = self._src.read(n)
+        self._end += len(block)
+        kept = block if len(block) >= self.REWIND else self._tail + block
+        self._tail = kept[-self.REWIND :]
+        return block
+
+
+def _add_member(
+    tf: tarfile.TarFile, info: tarfile.TarInfo, samples: dict[str, _TarSample], *, seekable: bool
+) -> None:
     key, ext = split_name(info.name)
     end = info.offset_data + -(-info.size // _BLOCK) * _BLOCK
     sample = samples.get(key)
@@ -409,7 +473,9 @@ def _add_member(tf: tarfile.TarFile, info: tarfile.TarInfo, samples: dict[str, _
         elif kind == "image":
             sample.info.images += 1
             if sample.info.images == 1:
-                sample.info.width, sample.info.height = image_header_size(tf.extractfile(info))
+                # the header reader seeks back in the member: a streamed one is read whole first
+                image = tf.extractfile(info) if seekable else io.BytesIO(_member_bytes(tf, info))
+                sample.info.width, sample.info.height = image_header_size(image)
     except MemberError as exc:
         sample.problem = str(exc)
 
@@ -420,7 +486,7 @@ def _member_bytes(tf: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
     return f.read()
 
 
-def _check_end(path: Path, tf: tarfile.TarFile, samples: dict[str, _TarSample]) -> None:
+def _check_end(path: CorpusPath, tf: tarfile.TarFile, samples: dict[str, _TarSample]) -> None:
     """A tar ends with zero blocks; without them the file was cut at a member boundary (or holds a
     damaged header there, which tarfile reads as the end)."""
     assert tf.fileobj is not None
@@ -434,7 +500,7 @@ def _check_end(path: Path, tf: tarfile.TarFile, samples: dict[str, _TarSample]) 
     raise _truncated(path, samples, f"the header at byte {tf.offset} is not a tar header")
 
 
-def _truncated(path: Path, samples: dict[str, _TarSample], reason: str) -> CorpusError:
+def _truncated(path: CorpusPath, samples: dict[str, _TarSample], reason: str) -> CorpusError:
     """The error for a damaged shard, naming the last sample whose members all lie before the damage."""
     keys = list(samples)
     good = (f"the last complete sample is #{len(keys) - 2} (key {keys[-2]!r})" if len(keys) > 1
@@ -678,10 +744,6 @@ def _discover_objects(paths: list[ObjectPath], root: ObjectPath) -> Discovery:
             if fmt is None and not is_prefix:
                 raise CorpusError(f"{obj}: no reader for this file type",
                                   f"mixtera indexes {', '.join(sorted(READERS))} files")
-            if fmt == "tar":
-                raise CorpusError(f"{obj}: WebDataset shards are indexed from local disk only (the tar "
-                                  "reader and the runtime's media reads seek within a local file)",
-                                  "copy the shards to a local folder and index that, or leave them out")
             if fmt is None:
                 ignored.add(rel)
             else:

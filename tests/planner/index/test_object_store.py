@@ -147,12 +147,3 @@ def test_file_urls_are_local_paths(tmp_path: Path) -> None:
     assert by_url.corpus_root == by_path.corpus_root == corpus
     assert (tmp_path / "a" / "samples.parquet").read_bytes() == \
         (tmp_path / "b" / "samples.parquet").read_bytes()
-
-
-def test_webdataset_shards_in_a_bucket_are_refused_by_name(s3_server: Any, tmp_path: Path) -> None:
-    corpus = make_corpus(tmp_path / "corpus")
-    (corpus / "shards").mkdir()
-    (corpus / "shards" / "s-000.tar").write_bytes(b"\0" * 1024)
-    url = s3_server.upload(corpus, "with-shards", "data")
-    with pytest.raises(MixteraUserError, match=r"s3://with-shards/data/shards/s-000\.tar: WebDataset shards"):
-        build_index(url, tmp_path / "index")
