@@ -150,6 +150,8 @@ class Replay:
     def packed(self, step: int) -> PackedStep:
         """The step's token ids, checked against the topology, in compact form (runtime/batches.py)."""
         ent = self.entries(step)
+        if isinstance(self.tokens, TokenizingSource):
+            self._read_ahead(step)  # before the images: an image sample's span is an object read too
         images = self._images(ent, step)
         counts = np.array([len(x) for x in images], dtype=np.int64) if images is not None else 0
         placeholders = counts * self.cfg.image_tokens
@@ -160,8 +162,6 @@ class Replay:
             "tokens": ent.doc_tokens - (self.eos_id is not None) - (self.bos_id is not None) - placeholders,
             "token_offset": ent.token_offset,
         }
-        if isinstance(self.tokens, TokenizingSource):
-            self._read_ahead(step)
         # Text coordinates (the document without its placeholders): image entries are whole samples.
         start, end = ent.token_start, ent.token_end - placeholders
         flat = self.tokens.flat(ent.row, cols, start, end)

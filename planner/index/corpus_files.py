@@ -402,52 +402,55 @@ def _tar_samples(path: CorpusPath, stream: _ForwardFile | None = None) -> dict[s
 
 
 class _ForwardFile:
-    """A shard streamed from a store as the seekable file tarfile wants: a seek forward reads and drops
-    the bytes in between (they are still hashed), a seek back may go at most `REWIND` bytes behind the
-    furthest byte read (tarfile steps back one byte before a header and one block at the archive's
-    end). Memory: the kept tail, whatever the shard's size."""
+    """A shard streamed from a store as the seekable file tarfile wants. It reads the stream in
+    `READ_BYTES` blocks (tarfile asks for 512-byte headers: one store read each would cost far more
+    than the bytes) and keeps what a seek back may want: tarfile steps back one byte before a header
+    and one block at the archive's end, never more than `REWIND`. A seek forward reads past the bytes
+    in between (they are still hashed). Memory: a block and the kept tail, whatever the shard's size
+    (and a member asked for whole, while it is read)."""
 
     REWIND = 1 << 16
 
     def __init__(self, src: HashingReader) -> None:
         self._src = src
         self._pos = 0
-        self._end = 0  # bytes read from src so far
-        self._tail = b""  # the last bytes read from src, up to REWIND of them, ending at _end
+        self._buf = bytearray()  # stream bytes [_start, _start + len(_buf)): read, not yet dropped
+        self._start = 0
 
     def tell(self) -> int:
         return self._pos
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         pos = offset + (self._pos if whence == os.SEEK_CUR else 0)
-        if whence == os.SEEK_END or pos < self._end - len(self._tail):
-            raise OSError(f"the stream cannot seek to byte {pos} (it has read {self._end} bytes)")
+        if whence == os.SEEK_END or pos < self._start:
+            raise OSError(f"the stream cannot seek back to byte {pos} (it keeps bytes from {self._start} on)")
         self._pos = pos
         return pos
 
     def read(self, n: int = -1) -> bytes:
-        while self._end < self._pos:  # a seek forward: read past the skipped bytes
-            if not self._pull(min(self._pos - self._end, READ_BYTES)):
-                return b""
-        kept = self._tail[len(self._tail) - (self._end - self._pos) :] if self._pos < self._end else b""
-        if 0 <= n <= len(kept):
-            out = kept[:n]
-        else:
-            parts, want = [kept], (n - len(kept) if n >= 0 else -1)
-            while want != 0 and (block := self._pull(READ_BYTES if want < 0 else want)):
-                parts.append(block)
-                want -= len(block) if want > 0 else 0
-            out = b"".join(parts)
+        """``n`` bytes from the position (fewer only at the stream's end; n < 0: the rest)."""
+        self._fill(self._pos + n if n >= 0 else None)
+        at = self._pos - self._start
+        out = bytes(self._buf[at : at + n] if n >= 0 else self._buf[at:])
         self._pos += len(out)
         return out
 
-    def _pull(self, n: int) -> bytes:
-        """Up to ``n`` more bytes of the stream (fewer only at its end), remembered in the tail."""
-        block = self._src.read(n)
-        self._end += len(block)
-        kept = block if len(block) >= self.REWIND else self._tail + block
-        self._tail = kept[-self.REWIND :]
-        return block
+    def _fill(self, upto: int | None) -> None:
+        """Read blocks until the buffer reaches stream offset ``upto`` (None: the end), dropping what lies
+        more than `REWIND` before the position."""
+        while upto is None or self._start + len(self._buf) < upto:
+            block = self._src.read(READ_BYTES)
+            if not block:
+                return
+            keep = self._pos - self.REWIND
+            end = self._start + len(self._buf) + len(block)
+            if end <= keep:  # all of it skipped: hashed, then dropped
+                self._buf, self._start = bytearray(), end
+                continue
+            self._buf += block
+            if keep > self._start:
+                del self._buf[: keep - self._start]
+                self._start = keep
 
 
 def _add_member(

@@ -3,6 +3,7 @@ streamed once, and the index equals the index of the same files on a local disk.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import tarfile
@@ -12,9 +13,13 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mixtera.planner.index import build_index, parse_config
+from mixtera.planner.index.corpus_files import HashingReader, _ForwardFile
 from mixtera.runtime.errors import CorpusError
+from mixtera.runtime.fingerprint import bytes_content_hash
 from tests.helpers import SHARED
 from tests.helpers.shards import image_samples, mixed_corpus, png_bytes, write_members, write_shard
 
@@ -119,3 +124,31 @@ def test_a_damaged_shard_in_s3_is_named_as_locally(s3_server: Any, tmp_path: Pat
     remote = _message(f"s3://damaged/{case}/", tmp_path / "remote")
     assert url in remote and "tar" in remote
     assert remote == local.replace(str(shard), url)
+
+
+
+@given(st.integers(0, 3 << 20), st.integers(0, 2**32),
+       st.lists(st.tuples(st.integers(-_ForwardFile.REWIND, 2 << 20), st.integers(0, 70_000)), max_size=30))
+@settings(max_examples=40, deadline=None)
+def test_the_forward_file_reads_as_a_seekable_file_and_hashes_every_byte(
+    size: int, seed: int, moves: list[tuple[int, int]]
+) -> None:
+    """Seeks forward (any distance) or back (at most REWIND behind the position), then a read: the
+    bytes a seekable file gives; the stream's hash is that of all its bytes, skipped ones too."""
+    data = random.Random(seed).randbytes(size)
+    src = HashingReader(io.BytesIO(data))
+    stream = _ForwardFile(src)
+    for step, n in moves:
+        pos = max(stream.tell() + step, 0)
+        assert stream.seek(pos) == pos
+        assert stream.read(n) == data[pos : pos + n]
+        assert stream.tell() == min(pos + n, max(size, pos))
+    assert src.drain() == bytes_content_hash(data)
+
+
+def test_the_forward_file_refuses_a_seek_further_back() -> None:
+    stream = _ForwardFile(HashingReader(io.BytesIO(bytes(4 << 20))))
+    stream.seek(3 << 20)
+    assert stream.read(10) == bytes(10)
+    with pytest.raises(OSError, match="cannot seek back"):
+        stream.seek((3 << 20) - 2 * _ForwardFile.REWIND)
