@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -347,3 +348,23 @@ def expected_tokens(plan: HandPlan, rank: int, step: int) -> np.ndarray:
             for r, s, e in zip(ent.row, ent.token_start, ent.token_end, strict=True)
         ]
     return np.concatenate(pieces).reshape(plan.batch_size, plan.seq_len)
+
+
+def assert_same_steps(a: Any, b: Any) -> None:
+    """Two replays' steps are equal: nested lists, dicts and `StepDocuments`, tensors by dtype and value."""
+    import torch
+
+    from mixtera.runtime.batches import StepDocuments
+
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same_steps(a[k], b[k])
+    elif isinstance(a, list | tuple | StepDocuments):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same_steps(x, y)
+    else:
+        assert a == b

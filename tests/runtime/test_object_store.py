@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from mixtera.runtime import PlanDataset
 from mixtera.runtime.errors import MixteraUserError, PlanError
 from mixtera.runtime.object_reads import read_stats
 from tests.helpers import SHARED
-from tests.helpers.runtime_plans import make_docs, write_corpus_file
+from tests.helpers.runtime_plans import assert_same_steps, make_docs, write_corpus_file
 from tests.helpers.s3_server import ACCESS_KEY, SECRET_KEY, S3Server, s3_environment
 
 MIXTURE = """[mixture]
@@ -54,21 +53,6 @@ def _plan(root: Path, corpus: str | Path, name: str, *, tokenizer: Path | None, 
     return root / f"{name}-plan"
 
 
-def _same(a: Any, b: Any) -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            _same(a[k], b[k])
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            _same(x, y)
-    else:
-        assert a == b
-
-
 def _replay(plan: Path, tmp: Path, **kwargs: Any) -> list[list[Any]]:
     return [list(PlanDataset(plan, rank=r, world_size=2, cache_dir=tmp / "cache", **kwargs)
                  .loader(num_workers=0)) for r in range(2)]
@@ -83,7 +67,7 @@ def test_tokens_from_s3_equal_the_local_replay(s3_server: Any, tmp_path: Path, t
     before = read_stats()
     got = _replay(remote, tmp_path / "r", tokenizer=tiny_tokenizer, with_provenance=True)
     assert read_stats()["requests"] > before["requests"]  # the samples came by ranged GETs
-    _same(got, _replay(local, tmp_path / "l", tokenizer=tiny_tokenizer, with_provenance=True))
+    assert_same_steps(got, _replay(local, tmp_path / "l", tokenizer=tiny_tokenizer, with_provenance=True))
     assert sum(len(r) for r in got) == 16
     for folder in (tmp_path / "remote-index", remote, tmp_path / "r"):
         for path in folder.rglob("*"):
@@ -103,7 +87,7 @@ def test_documents_from_s3_equal_the_local_replay(s3_server: Any, tmp_path: Path
     local = _plan(tmp_path, corpus, "local", tokenizer=None, steps=12)
     remote = _plan(tmp_path, url, "remote", tokenizer=None, steps=12)
     got = _replay(remote, tmp_path / "r", output="documents")
-    _same(got, _replay(local, tmp_path / "l", output="documents"))
+    assert_same_steps(got, _replay(local, tmp_path / "l", output="documents"))
     assert sum(len(r) for r in got) == 24
 
 
@@ -117,7 +101,7 @@ def test_loader_workers_read_from_s3_after_the_parent_did(s3_server: Any, tmp_pa
 
     in_process = list(dataset().loader(num_workers=0))  # the parent has a client, a loop, fetch threads
     assert len(in_process) == 8
-    _same(list(dataset().loader(num_workers=2)), in_process)
+    assert_same_steps(list(dataset().loader(num_workers=2)), in_process)
 
 
 def test_a_replaced_object_fails_naming_it(s3_server: Any, tmp_path: Path) -> None:

@@ -10,19 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from tokenizers import Tokenizer
 
 from mixtera.planner.compile.pipeline import compile_file
 from mixtera.planner.index import build_index, parse_config
 from mixtera.runtime import PlanDataset
-from mixtera.runtime.batches import StepDocuments
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.object_reads import block_cache, read_stats
 from mixtera.runtime.readers import FileEntry, ObjectTarReader, open_reader
 from mixtera.runtime.storage import corpus_location
 from tests.helpers import ROOT, SHARED
 from tests.helpers.image_plans import assert_resumes_exactly
+from tests.helpers.runtime_plans import assert_same_steps
 from tests.helpers.shards import image_samples, mixed_corpus, mixture_toml, write_shard
 
 pytest.importorskip("PIL", reason="needs the vision extra (pip install 'mixtera[vision]')")
@@ -53,21 +52,6 @@ def _plan(root: Path, corpus: str | Path, name: str, *, tokenizer: Path | None =
     return root / f"{name}-plan"
 
 
-def _same(a: Any, b: Any) -> None:
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            _same(a[k], b[k])
-    elif isinstance(a, list | tuple | StepDocuments):
-        assert len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            _same(x, y)
-    else:
-        assert a == b
-
-
 def _documents(plan: Path, cache: Path, workers: int = 0) -> list[list[Any]]:
     return [list(PlanDataset(plan, rank=r, world_size=2, output="documents", decode_images=True,
                              cache_dir=cache).loader(num_workers=workers)) for r in range(2)]
@@ -87,10 +71,10 @@ def test_documents_with_images_from_s3_equal_the_local_replay(s3_server: Any, tm
     got = _documents(remote, tmp_path / "r")
     assert read_stats()["requests"] > before["requests"]  # the spans came by ranged GETs
     want = _documents(local, tmp_path / "l")
-    _same(got, want)
+    assert_same_steps(got, want)
     assert _images_in(got) == 2 * 6 * 2  # half of each rank's 4 samples per step are images
     assert all("media" in d for rank in got for step in rank for d in step if d["domain"] == "img")
-    _same(_documents(remote, tmp_path / "w", workers=2), want)  # forked workers read from S3 too
+    assert_same_steps(_documents(remote, tmp_path / "w", workers=2), want)  # forked workers read from S3 too
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +106,7 @@ def test_tokens_with_images_from_s3_equal_the_local_replay_and_resume(
         got = list(_tokens(remote, image_tokenizer, rank).loader(num_workers=0))
         want = list(_tokens(local, image_tokenizer, rank).loader(num_workers=0))
         assert len(got) == 6 and sum(len(b["images"]) for b in got) > 0
-        _same(got, want)
+        assert_same_steps(got, want)
     assert_resumes_exactly(lambda: _tokens(remote, image_tokenizer, 1), stop=3)
 
 
@@ -140,7 +124,7 @@ def test_the_shared_shards_from_s3_replay_as_the_local_ones(s3_server: Any, tmp_
     url = s3_server.upload(corpus / "text", "shard-replay", "shared/text").removesuffix("text/")
     remote = _plan(tmp_path, url, "remote", shared=True)
     got = _documents(remote, tmp_path / "r")
-    _same(got, _documents(local, tmp_path / "l"))
+    assert_same_steps(got, _documents(local, tmp_path / "l"))
     assert _images_in(got) == 2 * 6 * 2
 
 
