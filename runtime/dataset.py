@@ -86,7 +86,11 @@ class PlanDataset(IterableDataset):
         decode_images: bool = False,
         image_token_id: int | None = None,
         image_size: tuple[int, int] | None = None,
+        keep_image_bytes: bool = False,
     ) -> None:
+        """See man/mixtera-runtime.md. Documents of WebDataset samples carry ``media`` (the bytes of
+        their non-text members); ``decode_images=True`` adds ``images`` (uint8 tensors (3, H, W)) and
+        leaves the image members' bytes out of ``media`` unless ``keep_image_bytes=True``."""
         super().__init__()
         if output not in OUTPUTS:
             raise PlanError(f"output={output!r} is not one of {', '.join(OUTPUTS)}")
@@ -96,6 +100,9 @@ class PlanDataset(IterableDataset):
         if image_size is not None and not decode_images and image_token_id is None:
             raise PlanError("image_size needs decode_images=True (documents) or image_token_id (tokens)",
                             "pass decode_images=True or image_token_id as well")
+        if keep_image_bytes and not decode_images:
+            raise PlanError("keep_image_bytes needs decode_images=True",
+                            "without decoding, `media` holds the image bytes already")
         self.split = split
         self.plan_path = split_path(Path(plan), split)
         self.output = output
@@ -131,7 +138,7 @@ class PlanDataset(IterableDataset):
             pretokenized=self.pretokenized, tokenizer_path=self.tokenizer_path,
             tokenizer_info=self.tokenizer_info, tokenizer_blake2b=self.tokenizer_blake2b,
             document_masks=document_masks, continue_positions=continue_positions,
-            decode_images=decode_images, image_size=self.image_size,
+            decode_images=decode_images, image_size=self.image_size, keep_image_bytes=keep_image_bytes,
             image_token_id=self.image_token_id, image_tokens=self.image_tokens,
         )
         self._next_step = 0  # position of this copy: first step not yet consumed / yielded

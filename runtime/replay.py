@@ -20,7 +20,7 @@ from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.plan_dir import MANIFEST, TOKENS_DIR
 from mixtera.runtime.format.rank_frames import Segment
 from mixtera.runtime.image_tokens import check_whole, insert_placeholders, stack_images
-from mixtera.runtime.images import decode_media_images
+from mixtera.runtime.images import decode_step_images, without_images
 from mixtera.runtime.packing import PackedStep, pack_step, provenance_slices
 from mixtera.runtime.plan import Plan, ResolvedEntries
 from mixtera.runtime.readers import FileEntry
@@ -61,6 +61,7 @@ class ReplayConfig:
     continue_positions: bool = False
     decode_images: bool = False  # documents of WebDataset samples: add `images` (runtime/images.py)
     image_size: tuple[int, int] | None = None
+    keep_image_bytes: bool = False  # decode_images: `media` keeps the decoded members' bytes too
     image_token_id: int | None = None  # tokens: image placeholders and images (runtime/image_tokens.py)
     image_tokens: int = 0  # placeholders per image, the plan's [mixture] image_tokens
 
@@ -204,11 +205,11 @@ class Replay:
         texts, media = self.texts.documents(lists["file"], lists["offset"], lists["length"])
         cols: dict[str, Any] = {name: lists[name] for name in _DOC_COLUMNS}
         if any(m is not None for m in media):
-            cols["media"] = media
             if self.cfg.decode_images:
-                cols["images"] = [None if m is None else decode_media_images(
-                    m, self.cfg.image_size, f"{self.paths[f]}#{r}")
-                    for m, f, r in zip(media, lists["file"], lists["record"], strict=True)]
+                names = [f"{self.paths[f]}#{r}" for f, r in zip(lists["file"], lists["record"], strict=True)]
+                cols["images"] = decode_step_images(media, self.cfg.image_size, names)
+                media = media if self.cfg.keep_image_bytes else without_images(media)
+            cols["media"] = media
         cols["paths"] = {f: self.paths[f] for f in set(lists["file"])}
         cols["domains"] = self.cfg.domains
         return StepDocuments(step, texts, cols)

@@ -19,7 +19,7 @@ from mixtera.runtime.errors import PlanError
 from mixtera.runtime.fingerprint import json_digest
 from mixtera.runtime.format.plan_dir import INDEX_MANIFEST
 from mixtera.runtime.format.token_file import TokenFile
-from mixtera.runtime.images import decode_media_images
+from mixtera.runtime.images import decode_step_images
 from mixtera.runtime.object_reads import block_cache
 from mixtera.runtime.readers import FileEntry, JsonLinesReader, ReaderPool, TarReader
 
@@ -127,8 +127,8 @@ class ImageSource:
     ) -> list[list[np.ndarray]]:
         """Per sample (``names``: its sample id, for errors), its images."""
         _, media = self.texts.documents(file, offset, length)
-        return [[] if m is None else [t.numpy() for t in decode_media_images(m, self.image_size, name)]
-                for m, name in zip(media, names, strict=True)]
+        decoded = decode_step_images(media, self.image_size, names)
+        return [[t.numpy() for t in images or ()] for images in decoded]
 
 
 class DocCache:

@@ -197,6 +197,84 @@ def split_span(span: bytes, where: str) -> tuple[str, list[Member]]:
 
     Members of other keys inside the span (non-adjacent members of one key) are left out.
     """
+    found = _plain_members(span)
+    key, members = found if found is not None else _tarfile_members(span, where)
+    if key is None or any(m.start + m.size > len(span) for m in members):
+        raise CorpusError(f"{where}: no complete tar sample at the planned bytes", REINDEX)
+    return key, members
+
+
+_BLOCK = 512
+_REGULAR = (b"0", b"\x00")  # typeflags of regular files
+_PAX = b"x"  # a pax extended header for the next member
+_PAX_IGNORED = frozenset({b"mtime", b"atime", b"ctime", b"uid", b"gid", b"uname", b"gname"})
+
+
+def _plain_members(span: bytes) -> tuple[str | None, list[Member]] | None:
+    """`split_span` without tarfile for spans of plain headers of regular files (what `tar`, Python's
+    tarfile and webdataset's TarWriter produce for short names, pax headers of times and owners
+    included), parsed as tarfile parses them (about 6x faster per sample); None for anything else
+    (long names, links, directories, base-256 sizes, a bad checksum), which tarfile then reads."""
+    members: list[Member] = []
+    key: str | None = None
+    at = 0
+    while at + _BLOCK <= len(span):
+        head = span[at : at + _BLOCK]
+        size, kind = _checked_size(head), head[156:157]
+        if size is None:
+            return None
+        if kind == _PAX and not _ignorable_pax(span[at + _BLOCK : at + _BLOCK + size]):
+            return None
+        if kind != _PAX:
+            name, prefix = _nts(head[:100]), _nts(head[345:500])
+            if kind not in _REGULAR or not name or name.endswith("/"):
+                return None
+            k, ext = split_name(f"{prefix}/{name}" if prefix else name)
+            key = k if key is None else key
+            if k == key:
+                members.append(Member(ext, at + _BLOCK, size))
+        at += _BLOCK + -(-size // _BLOCK) * _BLOCK
+    return key, members
+
+
+def _checked_size(head: bytes) -> int | None:
+    """The data size of a header block with a valid checksum, else None."""
+    try:
+        size, checksum = _octal(head[124:136]), _octal(head[148:156])
+    except ValueError:  # base-256 or damaged numbers: tarfile decides
+        return None
+    return size if checksum == 256 + sum(head) - sum(head[148:156]) else None  # its field counts as spaces
+
+
+def _ignorable_pax(records: bytes) -> bool:
+    """Whether the records (``"%d %s=%s\\n"``) of a pax header set only what `split_span` ignores."""
+    at = 0
+    while at < len(records):
+        space = records.find(b" ", at)
+        equals = records.find(b"=", space + 1)
+        try:
+            length = int(records[at:space])
+        except ValueError:
+            return False
+        end = at + length
+        if not at < space < equals < end <= len(records) or records[end - 1 : end] != b"\n":
+            return False
+        if records[space + 1 : equals] not in _PAX_IGNORED:
+            return False
+        at = end
+    return True
+
+
+def _octal(field: bytes) -> int:
+    return int(field.split(b"\x00", 1)[0].decode("ascii").strip() or "0", 8)
+
+
+def _nts(field: bytes) -> str:
+    """A NUL-terminated name field, decoded as tarfile decodes names by default."""
+    return field.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _tarfile_members(span: bytes, where: str) -> tuple[str | None, list[Member]]:
     members: list[Member] = []
     key: str | None = None
     try:
@@ -210,8 +288,6 @@ def split_span(span: bytes, where: str) -> tuple[str, list[Member]]:
                     members.append(Member(ext, info.offset_data, info.size))
     except tarfile.TarError as exc:
         raise CorpusError(f"{where}: no tar sample at the planned bytes ({exc})", REINDEX) from None
-    if key is None or any(m.start + m.size > len(span) for m in members):
-        raise CorpusError(f"{where}: no complete tar sample at the planned bytes", REINDEX)
     return key, members
 
 

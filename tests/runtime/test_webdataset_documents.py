@@ -79,7 +79,7 @@ def test_per_step_shares_are_exact_in_samples_mode(plan: Path) -> None:
 
 
 def test_decoded_images_equal_pillow_and_resize_crops(plan: Path) -> None:
-    plain = _docs(plan, decode_images=True)
+    plain = _docs(plan, decode_images=True, keep_image_bytes=True)
     sized = _docs(plan, decode_images=True, image_size=(8, 10), workers=2)
     for a, b in zip(plain, sized, strict=True):
         for da, db in zip(a, b, strict=True):
@@ -88,6 +88,7 @@ def test_decoded_images_equal_pillow_and_resize_crops(plan: Path) -> None:
                 assert "images" not in da
                 continue
             (png,) = da["media"].values()
+            assert db["media"] == {}  # the decoded image stands for its bytes
             import io
 
             from PIL import Image
@@ -143,6 +144,8 @@ def test_a_changed_shard_is_refused(tmp_path: Path) -> None:
 def test_image_size_is_checked(plan: Path) -> None:
     with pytest.raises(PlanError, match="image_size needs decode_images=True"):
         PlanDataset(plan, rank=0, world_size=2, output="documents", image_size=(4, 4))
+    with pytest.raises(PlanError, match="keep_image_bytes needs decode_images=True"):
+        PlanDataset(plan, rank=0, world_size=2, output="documents", keep_image_bytes=True)
     with pytest.raises(MixteraUserError, match=r"image_size=\(0, 4\) must be \(height, width\)"):
         PlanDataset(plan, rank=0, world_size=2, output="documents", decode_images=True, image_size=(0, 4))
 
@@ -201,7 +204,7 @@ def test_elastic_repartition_keeps_the_global_order_of_shard_samples(plan: Path,
     repartition(plan, load_spec(plan.parent / "mix.toml"), tmp_path / "one", world_size=1, from_step=2)
     old = [_docs(plan, rank) for rank in (0, 1)]
     new = list(PlanDataset(tmp_path / "one", rank=0, world_size=1, output="documents",
-                           decode_images=True).loader(num_workers=2))
+                           decode_images=True, keep_image_bytes=True).loader(num_workers=2))
     for step in range(2, 6):
         want = [d for rank in old for d in rank[step]]
         got = new[step]
