@@ -205,7 +205,8 @@ class StepDocuments:
     """One step's documents, in plan order: ``len``, indexing, slicing, iteration and ``==`` as a list
     of dicts with ``text``, ``sample_id``, ``domain``, ``domain_id``, ``step``, ``token_start``,
     ``token_end``; items of WebDataset samples add ``media`` (``{extension: bytes}`` of the non-text
-    members) and, with ``decode_images=True``, ``images`` (uint8 tensors (3, H, W), archive order).
+    members) and, with ``decode_images=True``, ``images`` (uint8 tensors (3, H, W), archive order; then
+    ``media`` holds only the members not decoded, unless ``keep_image_bytes=True``).
     The dicts are built once, on first use."""
 
     __slots__ = ("step", "_texts", "_cols", "_items")
