@@ -7,11 +7,15 @@ captioned-image corpus (examples/make_vlm_corpus.py, under bench/data/vision/). 
 compiled into a `unit = "samples"` plan over every sample (one rank, batch 16), and then:
 
 - ours: `PlanDataset(output="documents", decode_images=True, image_size=(S, S))`, through
-  `ds.loader(num_workers=w)`;
+  `ds.loader(num_workers=w)` (each item: text, record columns, decoded images; the image bytes are
+  not repeated in `media`, the default `keep_image_bytes=False`);
 - (a) the same samples in the same order, each image member read with one `os.pread` at its offset
-  (found by a `tarfile` scan, untimed) and decoded by the same function (runtime/images.py);
+  (found by a `tarfile` scan, untimed) and decoded by the same function (runtime/images.py:
+  transparency over white, JPEG draft, one boxed resize), one tensor per image;
 - (b) the `webdataset` library (what a user would pick instead) reading the same shards sequentially,
   decoding each sample's image member with the same function.
+
+The decoder is the same in all three, so the ratios compare loaders, not decoders.
 
 Each with 0 and 2 loader workers. Rates are images per CPU second of the process that decodes (the
 main one with 0 workers; the workers' CPU time summed with 2), so they are per worker and hardly
