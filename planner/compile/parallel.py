@@ -9,6 +9,10 @@ worker processes and come back in segment order. Every segment is packed by the 
 ``plan_steps`` from the same state as in one process, so the plan is the same bytes for any N;
 each worker checks that its packing ends where the next segment's start state says.
 
+Not for a plan over whole (image-text) samples: where its segments start depends on where the
+previous ones' whole samples went (``PlanState.consumed`` holds their lag behind their quotas, and
+the text filler's stream moves by it), so ``compile_file`` packs such a plan in one process.
+
 Workers are spawned (never forked: the parent holds threads) and get the streams and quotas once;
 they hold neither the index nor the sample table.
 """
@@ -32,6 +36,9 @@ TASKS_PER_PROCESS = 4  # segment ranges per worker: a slow range delays the othe
 
 def segment_starts(plan: CompiledPlan) -> list[PlanState]:
     """The plan state at the start of every segment, computed from the quotas alone."""
+    if any(plan.streams.whole):
+        raise RuntimeError("segment_starts: the quotas of a plan over whole samples do not tell where its "
+                           "segments start")  # a bug, never bad input: compile_file packs it in one process
     seg, steps = plan.spec.segment_steps, plan.spec.steps
     firsts = np.arange(0, steps, seg, dtype=np.int64)
     given = np.zeros((firsts.size, len(plan.components)), np.int64)  # units handed out before each

@@ -73,7 +73,10 @@ def compile_file(mixture: Path | str, out: Path | str,
 
     ``progress(done, total)`` is called after every packed segment. An existing plan at ``out``
     with feedback state is replaced only with ``replace_feedback_state`` (see ``check_output``).
-    ``processes`` > 1 packs and encodes segments in that many worker processes (the same bytes).
+    ``processes`` > 1 packs and encodes segments in that many worker processes (the same bytes); a
+    plan over whole (image-text) samples is packed in this process whatever ``processes`` says: where
+    a segment starts depends on where the previous one's whole samples went, which its quotas alone
+    do not tell (``mixtera.planner.compile.parallel``).
     """
     spec = load_spec(mixture)
     check_output(Path(out), replace_feedback_state=replace_feedback_state)  # before the slow part
@@ -85,15 +88,16 @@ def compile_file(mixture: Path | str, out: Path | str,
     nested = None if plan.validation is None else _validation_writer(plan, manifest, index)
     del index  # the plan holds all it needs: free the index tables before packing
     pa.default_memory_pool().release_unused()  # and hand their memory back to the system
-    if processes > 1:
+    placement = plan.placement()
+    if processes > 1 and placement is None:
         from mixtera.planner.compile.parallel import packed_segments
 
         segments = {"packed": _reporting(plan, packed_segments(plan, processes), progress)}
     else:
         segments = {"blocks": _reporting(plan, plan.blocks(), progress)}
     written = write_plan(out, manifest=manifest, samples=plan.samples, quotas=plan.quotas,
-                         weights=plan.weights, nested=nested, replace_feedback_state=replace_feedback_state,
-                         **segments)
+                         weights=plan.weights, nested=nested, placement=placement,
+                         replace_feedback_state=replace_feedback_state, **segments)
     return plan, written
 
 
@@ -108,7 +112,8 @@ def _validation_writer(plan: CompiledPlan, manifest: dict[str, Any],
                               "per_component": plan.spec.validation.per_component,
                               "held_out": [int(q) for q in val.quotas.sum(axis=0)]}
     return lambda stage: write_plan(stage / VALIDATION, manifest=vmanifest, samples=val.samples,
-                                    quotas=val.quotas, weights=val.weights, blocks=val.blocks())
+                                    quotas=val.quotas, weights=val.weights, blocks=val.blocks(),
+                                    placement=val.placement())
 
 
 T = TypeVar("T")

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from mixtera.planner.compile.estimate import PlanEstimate, estimate_plan
 from mixtera.planner.compile.packing import PlanState, Streams, compact_lengths, plan_steps
+from mixtera.planner.compile.placed import Placement
 from mixtera.planner.compile.quotas import QuotaPlan, plan_quotas, weight_matrix
 from mixtera.planner.compile.selection import Selection, leaf_weights, select
 from mixtera.planner.compile.validation import hold_out
@@ -61,7 +62,9 @@ class CompiledPlan:
     index_hash: str
     components: tuple[ComponentInfo, ...]
     samples: np.ndarray  # SAMPLE_DTYPE rows, sorted by (component, index row)
-    quotas: np.ndarray  # (steps, components) int64: units of each component in each step
+    # (steps, components) int64: units of each component in each step; with whole (image-text) samples
+    # the targets, which the rank files hold within about a sample (``placement()`` records theirs)
+    quotas: np.ndarray
     weights: np.ndarray  # (steps, components) float64: target weights in effect
     streams: Streams
     validation: CompiledPlan | None = None  # the [validation] plan, over the held-out samples
@@ -86,6 +89,16 @@ class CompiledPlan:
                                       batch_size=t.batch_size, seq_len=t.seq_len)
             yield state, entries
             state = nxt
+
+    def placement(self) -> Placement | None:
+        """For a token plan with whole (image-text) samples: what records the tokens the rank files
+        hold (its ``quotas.npy``; the ``quotas`` above are the targets that drive packing)."""
+        if not any(self.streams.whole):
+            return None
+        return Placement(streams=self.streams, names=tuple(c.name for c in self.components),
+                         capacity=np.array([c.size for c in self.components], np.int64),
+                         error=np.array([c.on_exhausted == "error" for c in self.components]),
+                         source=self.spec.source)
 
     def carries(self, steps: np.ndarray) -> np.ndarray:
         """The quota rounding carry at the start of each of ``steps`` (> 0): the target so far

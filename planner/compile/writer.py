@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mixtera.planner.compile.packing import PlanState
+from mixtera.planner.compile.placed import Placement
 from mixtera.runtime.atomic import check_writable, fsync_path, staging_dir, write_atomic
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.fingerprint import file_content_hash
@@ -140,6 +141,8 @@ class PackedSegment:
     first_step: int
     steps: int
     frames: list[EncodedSegment]  # one per rank, in rank order
+    # (steps, components): what the frames hold, for a plan over whole samples (None: its quotas)
+    placed: np.ndarray | None = None
 
     @property
     def entries(self) -> int:
@@ -150,11 +153,14 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
                weights: np.ndarray, blocks: Iterable[tuple[PlanState, BlockEntries]] = (),
                packed: Iterable[PackedSegment] | None = None,
                nested: Callable[[Path], Any] | None = None,
+               placement: Placement | None = None,
                replace_feedback_state: bool = False) -> WrittenPlan:
     """Write samples, quotas, one rank file per rank from ``blocks`` and, last, the manifest.
 
     ``blocks`` are encoded on threads here; ``packed`` (instead of ``blocks``) are segments already
-    encoded elsewhere (``mixtera.planner.compile.parallel``), in segment order.
+    encoded elsewhere (``mixtera.planner.compile.parallel``), in segment order. With ``placement``
+    (a plan over whole image-text samples, whose ``quotas`` are targets) quotas.npy records what the
+    blocks hold instead, checked against on_exhausted = "error" (``mixtera.planner.compile.placed``).
     ``manifest`` holds everything but ``segments``, which is filled here (with each segment's
     ``start_state``). ``blocks`` may raise (e.g. exhaustion): nothing is left behind then.
     ``nested(stage)`` writes plans inside this one (the validation plan) before the manifest, so
@@ -169,11 +175,15 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
     with staging_dir(out) as stage, ThreadPoolExecutor(max_workers=_workers()) as pool:
         # The tables go to disk while the blocks are packed (file writes release the GIL).
         tables = [pool.submit(_write_npy, stage / name, arr) for name, arr in (
-            (SAMPLES, samples), (QUOTAS, np.ascontiguousarray(quotas, dtype=np.int64)),
-            (WEIGHTS, np.ascontiguousarray(weights, dtype=np.float64)))]
+            (SAMPLES, samples), (WEIGHTS, np.ascontiguousarray(weights, dtype=np.float64)))]
+        quotas = np.array(quotas, dtype=np.int64)  # a copy: rows become what the blocks hold
+        used = np.zeros(quotas.shape[1], np.int64)
         frames: list[list[EncodedSegment]] = [[] for _ in range(world)]
         segments, entries = [], 0
-        for k, seg in enumerate(_encode(blocks, pool) if packed is None else packed):
+        for k, seg in enumerate(_encode(blocks, pool, placement) if packed is None else packed):
+            if seg.placed is not None and placement is not None:
+                used = placement.check(seg.placed, seg.first_step, used)
+                quotas[seg.first_step: seg.first_step + seg.steps] = seg.placed
             for per_rank, enc in zip(frames, seg.frames, strict=True):
                 per_rank.append(enc)
             segments.append({"index": k, "first_step": seg.first_step, "steps": seg.steps,
@@ -185,7 +195,7 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
         paths = [stage / rank_file_name(rank) for rank in range(world)]
         rank_bytes = sum(pool.map(lambda r: _write_rank(paths[r], RankHeader(rank=r, **header), frames[r]),
                                   range(world)))
-        paths += [f.result() for f in tables]
+        paths += [f.result() for f in tables] + [_write_npy(stage / QUOTAS, quotas)]
         _fsync_files(paths, pool)  # all at once: the first flush carries the others' data along
         if nested is not None:
             nested(stage)
@@ -249,20 +259,22 @@ def _fsync_files(paths: list[Path], pool: ThreadPoolExecutor) -> None:
 _IN_FLIGHT = 2  # blocks that may still be encoding: bounds the memory they hold
 
 
-def _encode(blocks: Iterable[tuple[PlanState, BlockEntries]],
-            pool: ThreadPoolExecutor) -> Iterator[PackedSegment]:
+def _encode(blocks: Iterable[tuple[PlanState, BlockEntries]], pool: ThreadPoolExecutor,
+            placement: Placement | None) -> Iterator[PackedSegment]:
     """Encode and compress every block on ``pool`` (numpy and zstd release the GIL) while the
-    caller packs the next one; frames are the same bytes whichever thread makes them, and come
-    out in block order."""
-    pending: deque[tuple[PlanState, BlockEntries, Future[list[EncodedSegment]]]] = deque()
+    caller packs the next one (and measure what it holds, with ``placement``); frames are the same
+    bytes whichever thread makes them, and come out in block order."""
+    pending: deque[tuple[PlanState, BlockEntries, Future[list[EncodedSegment]],
+                         Future[np.ndarray] | None]] = deque()
 
     def collect() -> PackedSegment:
-        state, block, fut = pending.popleft()
+        state, block, fut, placed = pending.popleft()
         return PackedSegment(state=state, first_step=block.first_step, steps=int(block.counts.shape[0]),
-                             frames=fut.result())
+                             frames=fut.result(), placed=None if placed is None else placed.result())
 
     for state, block in blocks:
-        pending.append((state, block, pool.submit(encode_block, block)))
+        placed = None if placement is None else pool.submit(placement.tokens, block)
+        pending.append((state, block, pool.submit(encode_block, block), placed))
         if len(pending) > _IN_FLIGHT:
             yield collect()
     while pending:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mixtera.planner.compile.packing import PlanState, Streams, compact_lengths, plan_steps
+from mixtera.planner.compile.placed import placed_tokens
 from mixtera.planner.compile.quotas import largest_remainder
 from mixtera.planner.compile.writer import npy_bytes
 from mixtera.planner.feedback.algorithms import Algorithm, History, algorithms, consume
@@ -282,6 +283,10 @@ def write_version(ctx: PlanContext, decision: Decision) -> bool:
     world, seg = int(topo["world_size"]), sched.segment_steps
     f = int(decision.body["first_segment"])
     segments, state = [], decision.start
+    # The quotas drive packing; with whole (image-text) samples the files record what the ranks
+    # replay instead (mixtera.planner.compile.placed), as a compiled plan's quotas.npy does.
+    quotas = decision.quotas.copy()
+    whole = any(ctx.streams().whole)
     encoder = BlockEncoder(world, decision.version)  # compresses on threads while the next block packs
     try:
         for k in range(f, sched.segment_count):
@@ -293,11 +298,13 @@ def write_version(ctx: PlanContext, decision: Decision) -> bool:
             segments.append({"index": k, "first_step": k * seg, "steps": int(q.shape[0]),
                              "entries": int(entries.counts.sum()), "start_state": state.to_json()})
             encoder.submit(entries)
+            if whole:
+                quotas[lo: lo + q.shape[0]] = placed_tokens(ctx.streams(), entries)
             state = nxt
         frames = encoder.frames()
     finally:
         encoder.close()
-    arrays = {QUOTAS: npy_bytes(decision.quotas), WEIGHTS: npy_bytes(decision.weights)}
+    arrays = {QUOTAS: npy_bytes(quotas), WEIGHTS: npy_bytes(decision.weights)}
     body = dict(decision.body, segments=segments,
                 checksums={name: bytes_content_hash(data) for name, data in arrays.items()})
     fp = bytes.fromhex(ctx.manifest["fingerprint"])
