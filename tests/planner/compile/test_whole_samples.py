@@ -2,8 +2,9 @@
 
 The checks read the written plan back (rank files through ``Plan``), so they hold for what a job
 replays: every sequence exactly seq_len tokens, no image-text sample cut or crossing a sequence end,
-every component's tokens over every prefix of steps within one sample of its quotas (the text
-filler takes what the whole samples leave over or under theirs; any other text component is exact).
+every component's tokens over every prefix of steps within one sample of its target quotas (the text
+filler takes what the whole samples leave over or under theirs; any other text component is exact),
+and quotas.npy holding exactly what the rank files hold.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import pytest
 from mixtera.planner.compile import packing
 from mixtera.planner.compile.elastic import repartition
 from mixtera.planner.compile.packing import PlanState, plan_steps
-from mixtera.planner.compile.pipeline import compile_file
+from mixtera.planner.compile.pipeline import compile_file, needed_columns
+from mixtera.planner.compile.plan_arrays import compile_plan
 from mixtera.planner.feedback.orchestrate import inprocess_rewriter
 from mixtera.planner.feedback.rewrite import PlanContext
-from mixtera.planner.index import build_index, parse_config
-from mixtera.planner.mixture.spec import load_spec
+from mixtera.planner.index import build_index, load_index, parse_config
+from mixtera.planner.mixture.spec import load_spec, parse_spec
+from mixtera.planner.report import plan_report, replayed
 from mixtera.runtime.errors import ConfigError
 from mixtera.runtime.feedback import FeedbackReporter
 from mixtera.runtime.plan import Plan
@@ -48,10 +51,16 @@ def _toml(index: Path, weights: dict[str, float], **kw: object) -> str:
     return mixture_toml(index, weights, **args)
 
 
-def _compile(tmp: Path, toml: str, name: str = "plan") -> Path:
+def _compile(tmp: Path, toml: str, name: str = "plan", processes: int = 1) -> Path:
     (tmp / f"{name}.toml").write_text(toml)
-    compile_file(tmp / f"{name}.toml", tmp / name)
+    compile_file(tmp / f"{name}.toml", tmp / name, processes=processes)
     return tmp / name
+
+
+def _targets(toml: str) -> np.ndarray:
+    """The quotas that drive the packing (quotas.npy holds what the rank files hold instead)."""
+    spec = parse_spec(toml)
+    return compile_plan(spec, load_index(spec.index, columns=needed_columns(spec))).quotas
 
 
 @dataclass
@@ -95,9 +104,10 @@ def _replay(path: Path) -> Replayed:
 
 
 def test_whole_samples_fill_sequences_and_keep_quotas_over_every_prefix(index: Path, tmp_path: Path) -> None:
-    path = _compile(tmp_path, _toml(index, {"img": 0.4, "text": 0.6}))
+    toml = _toml(index, {"img": 0.4, "text": 0.6})
+    path = _compile(tmp_path, toml)
     got = _replay(path)
-    quotas = np.load(path / "quotas.npy")
+    quotas = _targets(toml)
     assert got.whole == [True, False]
     lag = np.cumsum(quotas, axis=0) - np.cumsum(got.taken, axis=0)
     # Images: never ahead of their quotas, behind by less than their longest sample; text takes the rest.
@@ -114,7 +124,7 @@ def test_a_second_text_component_gets_exactly_its_quotas(index: Path, tmp_path: 
         "[components.short]\nwhere = \"source == 'text' and text_bytes < 35\"\nweight = 0.2\n")
     path = _compile(tmp_path, toml)
     got = _replay(path)
-    quotas = np.load(path / "quotas.npy")
+    quotas = _targets(toml)
     assert (got.taken[:, 2] == quotas[:, 2]).all()  # not the filler: exact in every step
     lag = np.cumsum(quotas, axis=0) - np.cumsum(got.taken, axis=0)
     assert (lag[:, 0] >= 0).all() and (lag[:, 0] < got.longest[0]).all()
@@ -150,10 +160,11 @@ DYNAMIC = '[dynamic]\nalgorithm = "loss_proportional"\nrefit_every = 4\nwait_tim
 
 def test_packing_resumes_from_any_segment_state(index: Path, tmp_path: Path) -> None:
     """What feedback rewrites do: re-pack from a segment's start state with the plan's own streams."""
-    path = _compile(tmp_path, _toml(index, {"img": 0.4, "text": 0.6}) + DYNAMIC)
+    toml = _toml(index, {"img": 0.4, "text": 0.6}) + DYNAMIC
+    path = _compile(tmp_path, toml)
     ctx = PlanContext.open(path)
     assert ctx.streams().whole == (True, False)
-    quotas = np.load(path / "quotas.npy")
+    quotas = _targets(toml)
     with Plan.open(path) as plan:
         for seg in plan.manifest["segments"][1:]:
             state = PlanState.from_json(seg["start_state"])
@@ -175,6 +186,7 @@ def test_elastic_repartition_keeps_samples_whole(index: Path, tmp_path: Path) ->
     repartition(path, load_spec(tmp_path / "one.toml"), tmp_path / "one", world_size=1, from_step=4)
     got = _replay(tmp_path / "one")
     assert (got.taken == _replay(path).taken).all()
+    assert (np.load(tmp_path / "one" / "quotas.npy") == got.taken).all()  # what the new ranks replay
 
 
 def test_a_sample_longer_than_a_sequence_is_refused(index: Path, tmp_path: Path) -> None:
@@ -196,21 +208,94 @@ def test_images_that_cannot_keep_up_with_their_quota_are_refused(index: Path, tm
         _compile(tmp_path, _toml(index, {"img": 0.95, "text": 0.05}, seq_len=40))
 
 
-def test_feedback_rewrites_keep_samples_whole(index: Path, tmp_path: Path) -> None:
-    path = _compile(tmp_path, _toml(index, {"img": 0.4, "text": 0.6}, steps=12) + DYNAMIC)
+def _train_with_feedback(path: Path, steps: int) -> None:
+    """A job that reports every step's tokens per domain (what it replays) and text as "harder"."""
     with Plan.open(path) as plan, FeedbackReporter(path, rank=0, on_refit=inprocess_rewriter(path),
                                                    fsync=False) as fb:
         replay = Replay(plan)
-        for step in range(12):
+        for step in range(steps):
             tokens = np.zeros(2, np.int64)
             for rank in range(2):
                 e = replay.entries(rank, step)
                 np.add.at(tokens, e.component.astype(np.int64), e.token_end - e.token_start)
-            fb.report(step, tokens=tokens, loss_sum=np.array([1.0, 3.0]) * tokens)  # text "harder"
+            fb.report(step, tokens=tokens, loss_sum=np.array([1.0, 3.0]) * tokens)
+
+
+def test_feedback_rewrites_keep_samples_whole(index: Path, tmp_path: Path) -> None:
+    path = _compile(tmp_path, _toml(index, {"img": 0.4, "text": 0.6}, steps=12) + DYNAMIC)
+    _train_with_feedback(path, 12)
     assert read_decision(path, 1)["action"] == "rewrite"
     got = _replay(path)  # the rewritten segments, as the job replays them
     start = 8  # the first step the decisions govern (refit at step 4, rewrites from segment 4 on)
     assert got.taken[start:, 1].sum() > 0.7 * got.taken[start:].sum()  # loss-proportional: text 3/4
+
+
+def _replayed_share(got: Replayed) -> np.ndarray:
+    used = got.taken.sum(axis=0)
+    return used / used.sum()
+
+
+def test_quotas_hold_what_the_rank_files_hold(index: Path, tmp_path: Path) -> None:
+    """quotas.npy is what every rank replays (summed over ranks), not the targets the whole samples
+    lag; inspect's realized share is the rank files' share."""
+    toml = _toml(index, {"img": 0.4, "text": 0.6})
+    path = _compile(tmp_path, toml)
+    got = _replay(path)
+    quotas = np.load(path / "quotas.npy")
+    assert (quotas == got.taken).all()
+    assert not (_targets(toml) == got.taken).all()  # the targets differ: the check means something
+    shares = [c["realized_share"] for c in plan_report(path)["components"]]
+    np.testing.assert_allclose(shares, _replayed_share(got), rtol=0, atol=1e-12)
+
+
+def test_quotas_of_a_feedback_rewrite_hold_what_its_rank_files_hold(index: Path, tmp_path: Path) -> None:
+    path = _compile(tmp_path, _toml(index, {"img": 0.4, "text": 0.6}, steps=12) + DYNAMIC)
+    _train_with_feedback(path, 12)
+    decision = read_decision(path, 1)
+    assert decision["action"] == "rewrite"
+    got = _replay(path)  # the rewritten segments, as the job replays them
+    rewritten = np.load(path / "versions" / "v000001" / "quotas.npy")
+    first = decision["first_step"]
+    assert (rewritten == got.taken[first:]).all()
+    assert (replayed(path).quotas == got.taken).all()
+    shares = [c["realized_share"] for c in plan_report(path)["components"]]
+    np.testing.assert_allclose(shares, _replayed_share(got), rtol=0, atol=1e-12)
+    with Plan.open(path) as plan:  # the decision's checksum is the written array's
+        assert (plan.step_array("quotas.npy", 1) == rewritten).all()
+
+
+def test_any_process_count_writes_the_same_image_plan(index: Path, tmp_path: Path) -> None:
+    toml = _toml(index, {"img": 0.4, "text": 0.6})
+    one, two = _compile(tmp_path, toml, "one"), _compile(tmp_path, toml, "two", processes=2)
+    for name in sorted(p.name for p in one.iterdir()):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+
+
+def _filler_near_its_epoch(index: Path, text_weight: float) -> str:
+    # 6 steps of 256 tokens; the text component holds 1043 tokens and fills what images leave.
+    return _toml(index, {}, steps=6) + (
+        f"[components.img]\nwhere = \"source == 'img'\"\nweight = {1 - text_weight}\n"
+        f"[components.text]\nwhere = \"source == 'text'\"\nweight = {text_weight}\n"
+        "on_exhausted = \"error\"\n")
+
+
+def test_on_exhausted_error_counts_the_tokens_the_filler_is_given(index: Path, tmp_path: Path) -> None:
+    toml = _filler_near_its_epoch(index, 0.675)
+    spec = parse_spec(toml)
+    plan = compile_plan(spec, load_index(spec.index, columns=needed_columns(spec)))
+    size = plan.components[1].size
+    assert plan.quotas[:, 1].sum() <= size  # its quotas fit one epoch ...
+    placement = plan.placement()
+    assert placement is not None
+    given = sum(placement.tokens(block)[:, 1].sum() for _, block in plan.blocks())
+    assert given > size  # ... what it is given as the filler does not
+    with pytest.raises(ConfigError, match=r"(?s)component 'text' runs out of data at step \d: its quotas fit "
+                       r"its \d+ tokens, but as the text that fills .* past one epoch.*lower its weight"):
+        _compile(tmp_path, toml)
+    assert not (tmp_path / "plan").exists()  # nothing left behind
+    # A little less text: it fits, on_exhausted = "error" and all.
+    path = _compile(tmp_path, _filler_near_its_epoch(index, 0.64), "fits")
+    assert np.load(path / "quotas.npy")[:, 1].sum() <= size
 
 
 def test_text_only_plans_take_the_text_packer(index: Path, tmp_path: Path) -> None:
@@ -235,10 +320,11 @@ def test_real_shards_mixed_with_text(shared_corpora: Path, neox_tokenizer: Path,
                  extra="image_tokens = 576\n")
     path = _compile(tmp_path, toml)
     got = _replay(path)
-    quotas = np.load(path / "quotas.npy")
+    quotas = _targets(toml)
     lag = np.cumsum(quotas, axis=0) - np.cumsum(got.taken, axis=0)
     assert (lag[:, 0] >= 0).all() and (lag[:, 0] < got.longest[0]).all()
     assert (lag.sum(axis=1) == 0).all() and (got.taken[:, 0] > 0).all()
+    assert (np.load(path / "quotas.npy") == got.taken).all()
 
 
 def test_inspect_reports_the_packing_and_its_padding_share(index: Path, tmp_path: Path) -> None:
@@ -310,3 +396,4 @@ def test_two_image_components_and_text_on_synthetic_streams() -> None:
         packing.SUB_BLOCK_ENTRIES = monkey
     for col in ("counts", "component", "position", "token_start", "token_end"):
         assert np.array_equal(getattr(block, col), getattr(again, col))
+
