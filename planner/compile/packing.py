@@ -17,7 +17,6 @@ cache-sized sub-blocks; the result does not depend on their size.
 
 from __future__ import annotations
 
-import heapq
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -449,7 +448,10 @@ def _check_fill(streams: Streams, first_step: int, room: np.ndarray, text: np.nd
 
 def _place_whole(streams: Streams, state: PlanState, quotas: np.ndarray, whole: np.ndarray, world_size: int,
                  batch_size: int, seq_len: int, cap: np.ndarray, new: PlanState) -> _Placed:
-    """Every step's whole samples (at most ``cap[s]`` tokens) and the sequences they go to."""
+    """Every step's whole samples (at most ``cap[s]`` tokens) and the sequences they go to.
+
+    One pass of a few array operations per step (no per-sample Python): the samples a step may take,
+    the longest prefix within ``cap``, and the worst fit decreasing of ``_worst_fit_decreasing``."""
     steps, seqs = quotas.shape[0], world_size * batch_size
     comps = np.flatnonzero(whole).tolist()
     lens, ends, lag, taken = {}, {}, {}, {}
@@ -459,64 +461,78 @@ def _place_whole(streams: Streams, state: PlanState, quotas: np.ndarray, whole: 
             (np.zeros(0, np.int64), np.zeros(0, np.int64))
         lag[k], taken[k] = int(state.consumed[k]), 0
     room = np.empty((steps, seqs), np.int64)
-    out: list[tuple[int, int, int]] = []
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     lagging: ConfigError | None = None
     for s in range(steps):
-        order = _within(_candidates(comps, quotas[s], lens, ends, lag, taken), lens, int(cap[s]))
+        comp, member, size = _candidates(comps, quotas[s], lens, ends, lag, taken)
+        n = int(np.searchsorted(np.cumsum(size), int(cap[s]), side="right"))  # the prefix within cap
+        comp, member, size = comp[:n], member[:n], size[:n]
         while True:  # the longest stream prefix that fits: a component's last samples wait
-            sizes = [int(lens[k][i]) for k, i in order]
-            seq, room[s], failed = _worst_fit_decreasing(sizes, world_size, batch_size, seq_len)
+            seq, room[s], failed = _worst_fit_decreasing(size, world_size, batch_size, seq_len)
             if failed is None:
                 break
-            k_fail = order[failed][0]
-            del order[max(n for n, (k, _) in enumerate(order) if k == k_fail)]
-        for (k, i), j in zip(order, seq, strict=True):
-            lag[k] -= int(lens[k][i])
-            taken[k] += 1
-            out.append((k, int(state.position[k]) + i, s * seqs + j))
+            keep = np.ones(comp.size, bool)  # its last sample (a component's are in stream order) waits
+            keep[np.flatnonzero(comp == comp[failed])[-1]] = False
+            comp, member, size = comp[keep], member[keep], size[keep]
+        out.append((comp, state.position[comp] + member, s * seqs + seq))
         for k in comps:  # samples that waited for room make up for it later, unless they never can
+            mine = comp == k
+            lag[k] -= int(size[mine].sum())
+            taken[k] += int(mine.sum())
             if lag[k] >= seqs * seq_len and lagging is None:
                 lagging = _lagging(streams, k, state.step + s, lag[k], seqs, seq_len)
     for k in comps:
         new.position[k], new.consumed[k] = int(state.position[k]) + taken[k], lag[k]
-    arr = np.array(out, np.int64).reshape(-1, 3)
-    return _Placed(component=arr[:, 0], position=arr[:, 1], sequence=arr[:, 2], room=room, lagging=lagging)
+
+    def cat(i: int) -> np.ndarray:
+        return np.concatenate([o[i] for o in out]) if out else np.zeros(0, np.int64)
+
+    return _Placed(component=cat(0), position=cat(1), sequence=cat(2), room=room, lagging=lagging)
 
 
-def _within(order: list[tuple[int, int]], lens: dict[int, np.ndarray], cap: int) -> list[tuple[int, int]]:
-    """The longest prefix of ``order`` holding at most ``cap`` tokens (a prefix of every component)."""
-    sizes = np.array([int(lens[k][i]) for k, i in order], np.int64)
-    return order[: int(np.searchsorted(np.cumsum(sizes), cap, side="right"))]
-
-
-def _worst_fit_decreasing(sizes: list[int], world_size: int, batch_size: int,
-                          seq_len: int) -> tuple[list[int], np.ndarray, int | None]:
+def _worst_fit_decreasing(sizes: np.ndarray, world_size: int, batch_size: int,
+                          seq_len: int) -> tuple[np.ndarray, np.ndarray, int | None]:
     """Longest first, each into the sequence with the most room; ties go round the ranks (sequence 0
     of every rank, then sequence 1, ...), so every rank gets image samples when the step has as many
     as ranks. Returns the sequence of every sample, every sequence's room left, and the index of the
-    first sample that fits nowhere (None when all fit)."""
-    # A heap of (-room, tie, sequence): the sequence with the most room first.
-    free = [(-seq_len, (j % batch_size) * world_size + j // batch_size, j)
-            for j in range(world_size * batch_size)]
-    heapq.heapify(free)
-    seq = [0] * len(sizes)
-    for n in sorted(range(len(sizes)), key=lambda n: -sizes[n]):  # stable: stream order among equals
-        left, tie, j = free[0]
-        if sizes[n] > -left:
-            return seq, np.zeros(len(free), np.int64), n
-        seq[n] = j
-        heapq.heapreplace(free, (left + sizes[n], tie, j))
-    room = np.empty(len(free), np.int64)
-    for left, _, j in free:
-        room[j] = -left
+    first sample that fits nowhere (None when all fit).
+
+    Computed in rounds: the next samples (longest first) go one each to the sequences in order of
+    preference (most room, then the tie order) for as long as no sequence filled earlier in the
+    round would be preferred again; that is exactly the one-by-one greedy, and with samples of
+    similar spans a round places as many samples as there are sequences."""
+    seqs = world_size * batch_size
+    j = np.arange(seqs, dtype=np.int64)
+    rank_order = seqs - 1 - ((j % batch_size) * world_size + j // batch_size)  # larger: preferred
+    room = np.full(seqs, seq_len, np.int64)
+    longest = np.argsort(-sizes, kind="stable")  # stable: stream order among equals
+    seq = np.zeros(sizes.size, np.int64)
+    at = 0
+    while at < longest.size:
+        key = room * seqs + rank_order  # one per sequence, all distinct: larger is preferred
+        bins = np.argsort(-key)[: min(seqs, longest.size - at)]
+        take = longest[at: at + bins.size]
+        size = sizes[take]
+        after = (room[bins] - size) * seqs + rank_order[bins]
+        # Sample i goes to bins[i] while no bin filled before it in this round is preferred to it.
+        fine = np.ones(bins.size, bool)
+        fine[1:] = np.maximum.accumulate(after)[:-1] < key[bins[1:]]
+        count = int(np.argmin(fine)) if not fine.all() else bins.size
+        misfit = np.flatnonzero(size[:count] > room[bins[:count]])
+        if misfit.size:
+            return seq, np.zeros(seqs, np.int64), int(take[misfit[0]])
+        seq[take[:count]] = bins[:count]
+        room[bins[:count]] -= size[:count]
+        at += count
     return seq, room, None
 
 
 def _candidates(comps: list[int], quota: np.ndarray, lens: dict[int, np.ndarray], ends: dict[int, np.ndarray],
-                lag: dict[int, int], taken: dict[int, int]) -> list[tuple[int, int]]:
-    """(component, member index) of the samples a step may take (their ends within each component's
-    quotas so far), merged by their progress through the step's budget, as the text interleave does."""
-    keys, members = [], []
+                lag: dict[int, int], taken: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(component, member index, span) of the samples a step may take (their ends within each
+    component's quotas so far), merged by their progress through the step's budget, as the text
+    interleave does."""
+    keys, comp, member, size = [], [], [], []
     for k in comps:
         lag[k] += int(quota[k])
         if lag[k] <= 0:
@@ -525,11 +541,23 @@ def _candidates(comps: list[int], quota: np.ndarray, lens: dict[int, np.ndarray]
         base = int(ends[k][first - 1]) if first else 0
         stop = int(np.searchsorted(ends[k], base + lag[k], side="right"))
         keys.append((ends[k][first:stop] - base) / lag[k])
-        members.extend((k, i) for i in range(first, stop))
-    if not members:
-        return []
+        comp.append(np.full(stop - first, k, np.int64))
+        member.append(np.arange(first, stop, dtype=np.int64))
+        size.append(lens[k][first:stop].astype(np.int64))
+    if not keys:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
     order = np.argsort(np.concatenate(keys), kind="stable")
-    return [members[i] for i in order.tolist()]
+    return np.concatenate(comp)[order], np.concatenate(member)[order], np.concatenate(size)[order]
+
+
+def _sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.union1d`` of two sorted arrays: one merge (a stable sort of two sorted runs), no hashing."""
+    both = np.concatenate([a, b])
+    both.sort(kind="stable")
+    if both.size < 2:
+        return both
+    return both[np.concatenate([[True], both[1:] != both[:-1]])]
 
 
 def _lagging(streams: Streams, k: int, step: int, lag: int, seqs: int, seq_len: int) -> ConfigError:
@@ -546,7 +574,7 @@ def _merge_sequences(pieces: list[_Pieces], perm: np.ndarray, placed: _Placed, s
     length = _concat(pieces, "length")[perm]
     stop = np.cumsum(length)
     bounds = np.cumsum(placed.room.ravel())
-    cuts = np.union1d(stop, bounds[bounds > 0])  # every text entry ends on a piece end or a room end
+    cuts = _sorted_union(stop, bounds[bounds > 0])  # every text entry ends on a piece end or a room end
     piece = np.searchsorted(stop, cuts, side="left")
     seq = np.searchsorted(bounds, cuts, side="left")  # the first room reaching the cut holds it
     begin = np.concatenate([[0], cuts])[:-1].astype(np.int64)

@@ -9,6 +9,7 @@ and quotas.npy holding exactly what the rank files hold.
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,3 +398,39 @@ def test_two_image_components_and_text_on_synthetic_streams() -> None:
     for col in ("counts", "component", "position", "token_start", "token_end"):
         assert np.array_equal(getattr(block, col), getattr(again, col))
 
+
+def _greedy_worst_fit(sizes: list[int], world_size: int, batch_size: int,
+                      seq_len: int) -> tuple[list[int], list[int], int | None]:
+    """The one-by-one definition: longest first (stream order among equals), each into the sequence
+    with the most room, ties in the order sequence 0 of every rank, then sequence 1, ..."""
+    free = [(-seq_len, (j % batch_size) * world_size + j // batch_size, j)
+            for j in range(world_size * batch_size)]
+    heapq.heapify(free)
+    seq = [0] * len(sizes)
+    for n in sorted(range(len(sizes)), key=lambda n: -sizes[n]):
+        left, tie, j = free[0]
+        if sizes[n] > -left:
+            return seq, [], n
+        seq[n] = j
+        heapq.heapreplace(free, (left + sizes[n], tie, j))
+    room = [0] * len(free)
+    for left, _, j in free:
+        room[j] = -left
+    return seq, room, None
+
+
+def test_worst_fit_in_rounds_is_the_one_by_one_greedy() -> None:
+    rng = np.random.default_rng(11)
+    outcomes = set()
+    for _ in range(300):
+        world, batch, seq_len = int(rng.integers(1, 6)), int(rng.integers(1, 5)), int(rng.integers(8, 200))
+        lo = int(rng.integers(1, seq_len))
+        hi = lo + 1 if rng.random() < 0.3 else int(rng.integers(lo + 1, seq_len + 2))  # ties, or a misfit
+        sizes = rng.integers(lo, hi, int(rng.integers(0, 4 * world * batch)))
+        seq, room, failed = packing._worst_fit_decreasing(sizes, world, batch, seq_len)
+        want_seq, want_room, want_failed = _greedy_worst_fit(sizes.tolist(), world, batch, seq_len)
+        assert failed == want_failed
+        outcomes.add(failed is None)
+        if failed is None:
+            assert seq.tolist() == want_seq and room.tolist() == want_room
+    assert outcomes == {True, False}  # both fits and misfits were tried
