@@ -551,15 +551,6 @@ def _candidates(comps: list[int], quota: np.ndarray, lens: dict[int, np.ndarray]
     return np.concatenate(comp)[order], np.concatenate(member)[order], np.concatenate(size)[order]
 
 
-def _sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``np.union1d`` of two sorted arrays: one merge (a stable sort of two sorted runs), no hashing."""
-    both = np.concatenate([a, b])
-    both.sort(kind="stable")
-    if both.size < 2:
-        return both
-    return both[np.concatenate([[True], both[1:] != both[:-1]])]
-
-
 def _lagging(streams: Streams, k: int, step: int, lag: int, seqs: int, seq_len: int) -> ConfigError:
     return ConfigError(
         f"step {step}: the whole (image-text) samples of component {streams.names[k]!r} do not fit the "
@@ -570,28 +561,60 @@ def _lagging(streams: Streams, k: int, step: int, lag: int, seqs: int, seq_len: 
 
 def _merge_sequences(pieces: list[_Pieces], perm: np.ndarray, placed: _Placed, steps: int,
                      world_size: int, batch_size: int, k_count: int) -> _StepMajor:
-    """Every sequence: its whole samples in placement order, then its room of text (cut there)."""
+    """Every sequence: its whole samples in placement order, then its room of text (cut there).
+
+    Every entry's place is counted, not sorted for: before a text entry come the text entries before
+    it and the whole samples of its sequence and the earlier ones."""
     length = _concat(pieces, "length")[perm]
     stop = np.cumsum(length)
-    bounds = np.cumsum(placed.room.ravel())
-    cuts = _sorted_union(stop, bounds[bounds > 0])  # every text entry ends on a piece end or a room end
-    piece = np.searchsorted(stop, cuts, side="left")
-    seq = np.searchsorted(bounds, cuts, side="left")  # the first room reaching the cut holds it
+    cuts, piece, seq = _text_cuts(stop, np.cumsum(placed.room.ravel()))
     begin = np.concatenate([[0], cuts])[:-1].astype(np.int64)
     shift = (_concat(pieces, "start")[perm] - (stop - length))[piece]
     src = perm[piece]
     t_begin, t_end = begin + shift, cuts + shift
     doc_end = _concat(pieces, "doc_end")[src]
+    n_seq = placed.room.size
+    img_per_seq = np.bincount(placed.sequence, minlength=n_seq)
+    per_seq = img_per_seq + np.bincount(seq, minlength=n_seq)
+    img_dest = _grouped_slots(placed.sequence, np.cumsum(per_seq) - per_seq, img_per_seq)
+    text_dest = np.arange(cuts.size) + np.cumsum(img_per_seq)[seq]
     comp_dtype = np.uint16 if k_count <= 2**16 else np.int64
+
+    def merged(whole: np.ndarray, text: np.ndarray, dtype: Any) -> np.ndarray:
+        out = np.empty(whole.size + text.size, dtype)
+        out[img_dest] = whole
+        out[text_dest] = text
+        return out
+
     n_img = placed.component.size
-    sequence = np.concatenate([placed.sequence, seq])
-    order = np.argsort(sequence * 2 + (np.arange(sequence.size) >= n_img), kind="stable")
-    component = np.concatenate([placed.component, _components(pieces)[src]]).astype(comp_dtype)[order]
-    position = np.concatenate([placed.position, _concat(pieces, "position")[src]])[order]
-    zeros = np.zeros(n_img, np.int64)
-    token_start = np.concatenate([zeros, t_begin])[order].astype(np.uint32)
-    token_end = np.concatenate([zeros, np.where(t_end == doc_end, 0, t_end)])[order].astype(np.uint32)
-    cell = sequence[order] // batch_size
-    counts = np.bincount(cell, minlength=steps * world_size).reshape(steps, world_size)
-    return _StepMajor(counts=counts, component=component, position=position, token_start=token_start,
-                      token_end=token_end)
+    zeros = np.zeros(n_img, np.uint32)
+    counts = per_seq.reshape(steps * world_size, batch_size).sum(axis=1).reshape(steps, world_size)
+    return _StepMajor(counts=counts, component=merged(placed.component, _components(pieces)[src], comp_dtype),
+                      position=merged(placed.position, _concat(pieces, "position")[src], np.int64),
+                      token_start=merged(zeros, t_begin, np.uint32),
+                      token_end=merged(zeros, np.where(t_end == doc_end, 0, t_end), np.uint32))
+
+
+def _text_cuts(stop: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the text entries end: every piece end ``stop`` and every room end ``bounds`` (both
+    sorted, in the block's text stream), once each, with the piece (first ``stop`` at or after it)
+    and the sequence (first ``bounds`` at or after it) of every cut. One merge of the two sorted
+    runs (a stable sort; of equal values the piece end comes first) and running counts: no search."""
+    both = np.concatenate([stop, bounds])
+    order = np.argsort(both, kind="stable")
+    value = both[order]
+    is_stop = order < stop.size
+    stops_before = np.cumsum(is_stop) - is_stop
+    keep = value > 0  # an empty room at the start of the block ends no entry
+    keep[1:] &= value[1:] != value[:-1]
+    return value[keep], stops_before[keep], (np.arange(value.size) - stops_before)[keep]
+
+
+def _grouped_slots(group: np.ndarray, first: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Slot of every item when each ``group`` (sequence) lists its items in their order from
+    ``first[group]`` on (``sizes``: items per group)."""
+    order = np.argsort(group, kind="stable")
+    within = np.arange(group.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    out = np.empty(group.size, np.int64)
+    out[order] = first[group[order]] + within
+    return out
