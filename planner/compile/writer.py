@@ -168,6 +168,8 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
     :func:`check_output` allows.
     """
     out = Path(out)
+    if placement is not None and packed is not None:  # a bug, never bad input
+        raise ValueError("write_plan: placement measures the blocks it packs, not segments encoded elsewhere")
     replaced = check_output(out, replace_feedback_state=replace_feedback_state)
     topo = manifest["topology"]
     world = int(topo["world_size"])
@@ -181,7 +183,7 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
         frames: list[list[EncodedSegment]] = [[] for _ in range(world)]
         segments, entries = [], 0
         for k, seg in enumerate(_encode(blocks, pool, placement) if packed is None else packed):
-            if seg.placed is not None and placement is not None:
+            if placement is not None and seg.placed is not None:
                 used = placement.check(seg.placed, seg.first_step, used)
                 quotas[seg.first_step: seg.first_step + seg.steps] = seg.placed
             for per_rank, enc in zip(frames, seg.frames, strict=True):
