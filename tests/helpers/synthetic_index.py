@@ -169,13 +169,15 @@ def _tags(n: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat[order]))
 
 
-# The benchmarks' mixture: 8 sources with fixed weights, 256 ranks (bench/compile.py, bench/feedback.py).
+# The benchmarks' mixture: 8 sources with fixed weights, 256 ranks by default (bench/compile.py,
+# bench/feedback.py).
 BENCH_SOURCES = ("web", "code", "books", "wiki", "news", "papers", "forum", "legal")
 BENCH_WEIGHTS = (0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05)
 
 
-def bench_mixture(index: Path | str, steps: int, *, batch: int, seq_len: int, extra: str = "") -> str:
-    """Mixture TOML over BENCH_SOURCES with 256 ranks; ``extra`` is appended before the components."""
+def bench_mixture(index: Path | str, steps: int, *, batch: int, seq_len: int, extra: str = "",
+                  world_size: int = 256) -> str:
+    """Mixture TOML over BENCH_SOURCES; ``extra`` is appended before the components."""
     comps = "\n".join(f"[components.{s}]\nwhere = \"source == '{s}'\"\nweight = {w}\n"
                       for s, w in zip(BENCH_SOURCES, BENCH_WEIGHTS, strict=True))
     return f"""
@@ -185,7 +187,7 @@ seed = 1
 steps = {steps}
 segment_steps = 100
 [topology]
-world_size = 256
+world_size = {world_size}
 batch_size = {batch}
 seq_len = {seq_len}
 {extra}
