@@ -1,6 +1,6 @@
 """Decoded images per second per worker: PlanDataset against two baselines, measured in the same run.
 
-    .venv/bin/python bench/vision.py [--size 224] [--repeats 3] [--epochs 2]
+    .venv/bin/python bench/vision.py [--size 224] [--repeats 3] [--epochs 2] [--parts decode,tokens]
 
 Shards: ../shared/corpora/image_text (cc12m JPEGs, tuxpaint PNGs) when present, else the generated
 captioned-image corpus (examples/make_vlm_corpus.py, under bench/data/vision/). They are indexed and
@@ -21,6 +21,14 @@ Each with 0 and 2 loader workers. Rates are images per CPU second of the process
 main one with 0 workers; the workers' CPU time summed with 2), so they are per worker and hardly
 disturbed by other load on a shared machine; wall-clock rates are printed beside them. Every rate is
 the best of --repeats alternating rounds. Targets: ours >= 0.8x (a), and ahead of (b), per worker.
+
+``--parts tokens`` measures what a VLM's loader worker delivers: the same shards indexed with the
+gpt-neox tokenizer (../shared/tokenizers) and compiled as a `unit = "tokens"` plan with
+``image_tokens = 576`` (LLaVA-1.5's 24 x 24 patches of a 336 px image), one rank, batch 8 x 2,048;
+`PlanDataset(output="tokens", image_token_id=<|padding|>, image_size=(336, 336))` (tokenizing the
+captions, decoding and stacking the images, packing) through `ds.loader(num_workers=w)` with 0 and
+2 workers, in image-text samples and tokens per CPU second of a worker, against the documents path
+decoding the same images at the same size (`decode_images=True`), the baseline in the same run.
 """
 
 from __future__ import annotations
@@ -42,6 +50,11 @@ sys.path.insert(0, str(ROOT / "examples"))
 DATA = ROOT / "bench" / "data" / "vision"
 SHARED = ROOT.parent / "shared" / "corpora" / "image_text"
 BATCH = 16
+TOKENIZER = ROOT.parent / "shared" / "tokenizers" / "gpt-neox-olmo-dolma-v1_5.json"
+PLACEHOLDER = "<|padding|>"  # a special token of that tokenizer that no text encodes to
+VLM_IMAGE_TOKENS, VLM_SIZE, VLM_BATCH, VLM_SEQ_LEN = 576, 336, 8, 2048
+VLM_IMAGE_SHARE = 0.85  # of the plan's tokens; tldr pages fill the rest
+TEXT = ROOT.parent / "shared" / "corpora" / "text" / "tldr"
 
 
 def _bench_runtime() -> Any:
@@ -72,21 +85,64 @@ def shards_dir() -> Path:
 
 def build_plan(shards: Path, epochs: int) -> Path:
     """Index the shards and compile every sample ``epochs`` times into a one-rank samples plan."""
-    import shutil
-
-    from mixtera.planner.compile.pipeline import compile_file
     from mixtera.planner.index.build import build_index
 
-    work = DATA / "work"
+    work = fresh_work("work")
+    report = build_index([shards], work / "index", index_config(work))
+    steps = epochs * report.samples // BATCH
+    return compile_mixture(work, f'unit = "samples"\nsteps = {steps}\nsegment_steps = 16',
+                           f"batch_size = {BATCH}")
+
+
+def build_token_plan(shards: Path, epochs: int, tokenizer: Path) -> Path:
+    """The shards and tldr pages (the text that fills what whole image-text samples leave of a
+    sequence: a plan never pads) indexed with ``tokenizer``, about ``epochs`` passes over the images
+    as a LLaVA-shaped tokens plan."""
+    from mixtera.planner.index.build import build_index
+
+    work = fresh_work("work-tokens")
+    config = work / "index.toml"
+    config.write_text('[index]\ntext = ["txt", "text"]\n\n[properties.source]\npath = "{source}/**"\n')
+    build_index([shards, TEXT], work / "index", config, tokenizer=tokenizer, processes=1)
+    import pyarrow.compute as pc
+
+    from mixtera.planner.index import load_index
+
+    table = load_index(work / "index", columns=["source", "tokens"]).samples
+    images = table.filter(pc.equal(table["source"], shards.name))
+    # The image-text samples' tokens: text, placeholders, bos and eos.
+    tokens = pc.sum(images["tokens"]).as_py() + images.num_rows * (VLM_IMAGE_TOKENS + 2)
+    steps = max(1, int(epochs * tokens / VLM_IMAGE_SHARE) // (VLM_BATCH * VLM_SEQ_LEN))
+    return compile_mixture(
+        work, f'unit = "tokens"\nsteps = {steps}\nsegment_steps = 4\nimage_tokens = {VLM_IMAGE_TOKENS}',
+        f"batch_size = {VLM_BATCH}\nseq_len = {VLM_SEQ_LEN}",
+        f"[components.images]\nwhere = \"source == '{shards.name}'\"\nweight = {VLM_IMAGE_SHARE}\n\n"
+        f"[components.text]\nwhere = \"source == '{TEXT.parent.name}'\"\n"
+        f"weight = {1 - VLM_IMAGE_SHARE:.2f}\n")
+
+
+def fresh_work(name: str) -> Path:
+    import shutil
+
+    work = DATA / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    return work
+
+
+def index_config(work: Path) -> Path:
     config = work / "index.toml"
     config.write_text('[index]\ntext = "txt"\n')
-    report = build_index([shards], work / "index", config)
-    steps = epochs * report.samples // BATCH
+    return config
+
+
+def compile_mixture(work: Path, mixture: str, topology: str,
+                    components: str = "[components.images]\nweight = 1.0\n") -> Path:
+    from mixtera.planner.compile.pipeline import compile_file
+
     (work / "mixture.toml").write_text(
-        f'[mixture]\nindex = "index"\nseed = 1\nunit = "samples"\nsteps = {steps}\nsegment_steps = 16\n\n'
-        f"[topology]\nworld_size = 1\nbatch_size = {BATCH}\n\n[components.images]\nweight = 1.0\n"
+        f'[mixture]\nindex = "index"\nseed = 1\n{mixture}\n\n[topology]\nworld_size = 1\n{topology}\n\n'
+        f"{components}"
     )
     compile_file(work / "mixture.toml", work / "plan")
     return work / "plan"
@@ -132,6 +188,24 @@ def ours(plan: Path, size: tuple[int, int]) -> Callable[[int], Iterator[int]]:
         ds = PlanDataset(plan, rank=0, world_size=1, output="documents", decode_images=True, image_size=size)
         for docs in ds.loader(num_workers=workers):
             yield sum(len(d.get("images", ())) for d in docs)
+
+    return images
+
+
+def ours_tokens(plan: Path, tokenizer: Path, counted: list[int]) -> Callable[[int], Iterator[int]]:
+    """The tokens path with images; yields images per batch and appends the batch's tokens to ``counted``."""
+    from tokenizers import Tokenizer
+
+    from mixtera.runtime import PlanDataset
+
+    placeholder = Tokenizer.from_file(str(tokenizer)).token_to_id(PLACEHOLDER)
+
+    def images(workers: int) -> Iterator[int]:
+        ds = PlanDataset(plan, rank=0, world_size=1, output="tokens", tokenizer=tokenizer,
+                         image_token_id=placeholder, image_size=(VLM_SIZE, VLM_SIZE))
+        for batch in ds.loader(num_workers=workers):
+            counted.append(int(batch["input_ids"].numel()))
+            yield int(batch["images"].shape[0])
 
     return images
 
@@ -215,14 +289,8 @@ def best(runs: list[Run], repeats: int) -> list[tuple[float, float]]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=int, default=224, help="images are resized to SIZE x SIZE")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=2, help="passes over the shards per run")
-    args = ap.parse_args()
+def bench_decode(shards: Path, args: argparse.Namespace) -> None:
     size = (args.size, args.size)
-    shards = shards_dir()
     plan = build_plan(shards, args.epochs)
     reads = planned_reads(plan)
     tar_files = sorted(shards.glob("*.tar"))
@@ -238,6 +306,46 @@ def main() -> None:
         print(f"    PlanDataset           {o:8.0f}  [{ow:6.0f}]")
         print(f"    (a) pread + decode    {a:8.0f}  [{aw:6.0f}]   ours / (a) {o / a:.2f} (target >= 0.80)")
         print(f"    (b) webdataset        {b:8.0f}  [{bw:6.0f}]   ours / (b) {o / b:.2f} (target > 1.00)")
+
+
+def bench_tokens(shards: Path, args: argparse.Namespace) -> None:
+    """Image-text samples and tokens per worker on the LLaVA-shaped tokens plan vs the documents path."""
+    if not TOKENIZER.is_file():
+        print(f"tokens part skipped: {TOKENIZER} is absent")
+        return
+    size = (VLM_SIZE, VLM_SIZE)
+    token_plan = build_token_plan(shards, args.epochs, TOKENIZER)
+    doc_plan = build_plan(shards, args.epochs)
+    counted: list[int] = []
+    tokens_run = ours_tokens(token_plan, TOKENIZER, counted)
+    counted.clear()
+    images = sum(tokens_run(0))
+    tokens_per_image = sum(counted) / images  # of one pass over the plan: every batch's tokens
+    print(f"tokens plan: image_tokens {VLM_IMAGE_TOKENS}, batch {VLM_BATCH} x {VLM_SEQ_LEN}, {len(counted)} "
+          f"steps, {images} image-text samples ({sum(counted) / images:.0f} tokens each, with the text "
+          f"and padding of the step); images decoded to {VLM_SIZE} x {VLM_SIZE}, tokenizer {TOKENIZER.name}")
+    for workers in (0, 2):
+        (t, tw), (d, dw) = best([measured(tokens_run, workers), measured(ours(doc_plan, size), workers)],
+                                args.repeats)
+        print(f"{workers} workers, per CPU second of a worker [per wall second, all workers]:")
+        print(f"    tokens path           {t:8.0f} samples/s  {t * tokens_per_image:10,.0f} tokens/s  "
+              f"[{tw:6.0f} samples/s, {tw * tokens_per_image:10,.0f} tokens/s]")
+        print(f"    documents path        {d:8.0f} images/s   [{dw:6.0f}]   tokens / documents {t / d:.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=224, help="images are resized to SIZE x SIZE")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=2, help="passes over the shards per run")
+    ap.add_argument("--parts", default="decode,tokens", help="decode (the readers), tokens (the VLM plan)")
+    args = ap.parse_args()
+    shards = shards_dir()
+    parts = args.parts.split(",")
+    if "decode" in parts:
+        bench_decode(shards, args)
+    if "tokens" in parts:
+        bench_tokens(shards, args)
 
 
 if __name__ == "__main__":
