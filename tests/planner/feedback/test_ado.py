@@ -37,6 +37,20 @@ def test_noiseless_curves_with_eps_at_least_1_7_are_recovered_within_1_percent()
     np.testing.assert_allclose(got, np.stack([eps, beta, alpha]), rtol=0.01)
 
 
+def test_log_eps_stops_on_its_bound_when_the_data_pull_eps_below_e_to_the_half() -> None:
+    # ADO.md's penalty -min(log eps - 0.5, 0) acts as the bound eps >= e^0.5: curves whose true
+    # eps lies below it (here a pure power law and eps = 1.0, losses 3.9-18) fit log eps = 0.5
+    # exactly, while a curve with eps above the bound keeps its own (man/mixtera-feedback.md).
+    eps = np.array([0.0, 1.0, 2.5])
+    beta = np.array([30.0, 30.0, 30.0])
+    alpha = np.array([0.2, 0.2, 0.2])
+    losses, step_tokens = _curves(1600, eps, beta, alpha, per_step=16 * UNIT)
+    assert losses.min() > 2.5
+    res = fit(losses, step_tokens, ignore=1000, unit=UNIT, settings=_settings())
+    np.testing.assert_allclose(res.theta[:2, 1], 0.5, atol=1e-6)
+    assert np.exp(res.theta[2, 1]) == pytest.approx(2.5, rel=0.01)
+
+
 def test_gradient_matches_finite_differences() -> None:
     rng = np.random.default_rng(3)
     logn = np.log(np.arange(100, 200, 5, dtype=np.float64))
