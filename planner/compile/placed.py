@@ -12,6 +12,7 @@ exactly their quotas; nothing here is used for them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -74,3 +75,13 @@ class Placement:
                 "lower its weight or `steps` a little, give another text component the largest text "
                 "weight, add data, or set on_exhausted = 'repeat'")
         return run[-1] if run.size else used
+
+
+def components_as_placed(components: list[dict[str, Any]], quotas: np.ndarray) -> list[dict[str, Any]]:
+    """The manifest's component entries with ``used`` and the epochs of what ``quotas`` (as placed) hold,
+    so that the manifest of an image plan agrees with its quotas.npy and rank files."""
+    placed = []
+    for c, used in zip(components, quotas.sum(axis=0).tolist(), strict=True):
+        size = int(c["size"])
+        placed.append({**c, "used": used, "epochs": used / size, "epochs_started": -(-used // size)})
+    return placed

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mixtera.planner.compile.packing import PlanState
-from mixtera.planner.compile.placed import Placement
+from mixtera.planner.compile.placed import Placement, components_as_placed
 from mixtera.runtime.atomic import check_writable, fsync_path, staging_dir, write_atomic
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.fingerprint import file_content_hash
@@ -201,6 +201,8 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
         _fsync_files(paths, pool)  # all at once: the first flush carries the others' data along
         if nested is not None:
             nested(stage)
+        if placement is not None:
+            manifest = {**manifest, "components": components_as_placed(manifest["components"], quotas)}
         full = {"kind": PLAN_KIND, "format_version": PLAN_FORMAT_VERSION, "created_by": created_by(),
                 **manifest, "segments": segments, "entries": entries}
         # Read back for their checksums: cheap next to the fsync.

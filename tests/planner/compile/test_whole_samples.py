@@ -247,6 +247,8 @@ def test_quotas_hold_what_the_rank_files_hold(index: Path, tmp_path: Path) -> No
     assert not (_targets(toml) == got.taken).all()  # the targets differ: the check means something
     shares = [c["realized_share"] for c in plan_report(path)["components"]]
     np.testing.assert_allclose(shares, _replayed_share(got), rtol=0, atol=1e-12)
+    manifest = json.loads((path / "manifest.json").read_text())  # the manifest agrees with them
+    assert [c["used"] for c in manifest["components"]] == got.taken.sum(axis=0).tolist()
 
 
 def test_quotas_of_a_feedback_rewrite_hold_what_its_rank_files_hold(index: Path, tmp_path: Path) -> None:
