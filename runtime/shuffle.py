@@ -112,7 +112,7 @@ def _round_tables(key: int, bits: int) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-_TABLE_CHUNK = 1 << 16
+_TABLE_CHUNK = 1 << 14  # values per pass: a round's three int64 arrays stay in the L2 cache
 
 
 def _rounds(x: np.ndarray, low: int, tables: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -128,19 +128,27 @@ def _rounds(x: np.ndarray, low: int, tables: tuple[np.ndarray, ...]) -> np.ndarr
     return left
 
 
-def _permute_tables(positions: np.ndarray, n: int, bits: int, tables: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Cycle-walked network over cache-sized chunks (the walk stays inside the chunk)."""
-    out = np.empty(positions.size, np.int64)
-    low = bits // 2
-    for lo in range(0, positions.size, _TABLE_CHUNK):
-        values = _rounds(positions[lo: lo + _TABLE_CHUNK].astype(np.int64), low, tables)
-        todo = np.flatnonzero(values >= n)
-        while todo.size:
-            again = _rounds(values[todo], low, tables)
-            values[todo] = again
-            todo = todo[again >= n]
-        out[lo: lo + values.size] = values
+def _rounds_chunked(x: np.ndarray, low: int, tables: tuple[np.ndarray, ...]) -> np.ndarray:
+    if x.size <= _TABLE_CHUNK:
+        return _rounds(x, low, tables)
+    out = np.empty(x.size, np.int64)
+    for lo in range(0, x.size, _TABLE_CHUNK):
+        out[lo: lo + _TABLE_CHUNK] = _rounds(x[lo: lo + _TABLE_CHUNK], low, tables)
     return out
+
+
+def _permute_tables(positions: np.ndarray, n: int, bits: int, tables: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The network over cache-sized chunks, then cycle walking over all the values still outside
+    ``[0, n)`` at once: the walk takes a few dozen passes over ever fewer values, whose per-call
+    cost would dominate if every chunk walked on its own."""
+    low = bits // 2
+    values = _rounds_chunked(positions.astype(np.int64, copy=False), low, tables)
+    todo = np.flatnonzero(values >= n)
+    while todo.size:
+        again = _rounds_chunked(values[todo], low, tables)
+        values[todo] = again
+        todo = todo[again >= n]
+    return values
 
 
 def _use_tables(bits: int, count: int) -> bool:
