@@ -17,8 +17,6 @@ cache-sized sub-blocks; the result does not depend on their size.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,16 +108,6 @@ class _Pieces:
     doc_end: np.ndarray  # per piece: document span (to encode token_end = 0)
 
 
-_POOL: list[ThreadPoolExecutor] = []
-
-
-def _pool() -> ThreadPoolExecutor:
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
-                                        thread_name_prefix="mixtera-pack"))
-    return _POOL[0]
-
-
 SUB_BLOCK_ENTRIES = 1 << 18  # entries packed at once: bounds the working set of a pack
 
 
@@ -183,10 +171,10 @@ def _pack(streams: Streams, state: PlanState, quotas: np.ndarray, world_size: in
     if streams.unit == "tokens" and any(streams.whole):
         return _pack_whole(streams, state, quotas, world_size, batch_size, seq_len, new)
     if streams.unit == "tokens":
-        # Components are independent: pack them on threads (numpy releases the GIL; same result).
-        results = list(_pool().map(lambda k: _token_pieces(streams, k, int(state.position[k]),
-                                                           int(state.consumed[k]), quotas[:, k]),
-                                    range(k_count)))
+        # One component after the other: on threads the calls are too small to gain (most of their
+        # time holds the GIL) and they cost CPU; --processes is the way to use more cores.
+        results = [_token_pieces(streams, k, int(state.position[k]), int(state.consumed[k]), quotas[:, k])
+                   for k in range(k_count)]
         pieces = [r[0] for r in results]
         new.position[:] = [r[1] for r in results]
         new.consumed[:] = [r[2] for r in results]
@@ -287,15 +275,19 @@ def _interleave(pieces: list[_Pieces], steps: int) -> np.ndarray:
     for p in pieces:
         per_step += p.counts
     step_off = np.cumsum(per_step) - per_step
-    buckets = []
+    buckets = np.empty(int(per_step.sum()), np.int64)
+    at = 0
     for p in pieces:
-        n = np.repeat(per_step, p.counts)
-        frac = p.offset / np.repeat(p.quota, p.counts)
-        b = (frac * n).astype(np.int64)
-        np.minimum(b, n - 1, out=b)
-        b += np.repeat(step_off, p.counts)
-        buckets.append(b)
-    return np.argsort(np.concatenate(buckets), kind="stable")
+        # One repeat of the step index, then lookups in the per-step arrays (cheaper than a repeat each).
+        step = np.repeat(np.arange(steps), p.counts)
+        n = per_step[step]
+        frac = p.offset / p.quota[step]
+        frac *= n
+        b = buckets[at: at + step.size]
+        np.minimum(frac.astype(np.int64), n - 1, out=b)
+        b += step_off[step]
+        at += step.size
+    return np.argsort(buckets, kind="stable")
 
 
 def _concat(pieces: list[_Pieces], name: str) -> np.ndarray:
@@ -319,7 +311,10 @@ def _cut_sequences(pieces: list[_Pieces], perm: np.ndarray, steps: int, world_si
     # inside it (not on its end) cuts it. No search over the pieces is needed.
     crossed = (stop / seq_len).astype(np.int64) if total < 2**50 else stop // seq_len
     on = crossed * seq_len == stop
-    splits = np.diff(crossed, prepend=0) - on
+    splits = np.empty_like(crossed)
+    splits[0] = crossed[0]
+    np.subtract(crossed[1:], crossed[:-1], out=splits[1:])
+    splits -= on
     n_split = int(splits.sum())
     entry_piece = np.repeat(np.arange(perm.size), splits + 1) if n_split else None
     end = stop[entry_piece] if n_split else stop.copy()
@@ -335,17 +330,19 @@ def _cut_sequences(pieces: list[_Pieces], perm: np.ndarray, steps: int, world_si
     cells = steps * world_size
     cell_first = np.searchsorted(begin, np.arange(cells, dtype=np.int64) * (seq_len * batch_size), "left")
     counts = np.diff(cell_first, append=begin.size).reshape(steps, world_size)
-    shift = _concat(pieces, "start")[perm] - (stop - length)  # token coordinate minus stream offset
+    shift = _concat(pieces, "start")[perm]  # token coordinate minus stream offset
+    shift -= stop
+    shift += length
     src = perm if entry_piece is None else perm[entry_piece]
     if entry_piece is not None:
         shift = shift[entry_piece]
     begin += shift
     end += shift
-    doc_end = _concat(pieces, "doc_end")[src]
-    token_end = np.where(end == doc_end, 0, end)
+    token_end = end.astype(np.uint32)
+    token_end[end == _concat(pieces, "doc_end")[src]] = 0  # a document's end is encoded as 0
     return _StepMajor(counts=counts, component=_components(pieces)[src],
                       position=_concat(pieces, "position")[src], token_start=begin.astype(np.uint32),
-                      token_end=token_end.astype(np.uint32))
+                      token_end=token_end)
 
 
 def _sample_cells(pieces: list[_Pieces], perm: np.ndarray, steps: int, world_size: int,
