@@ -17,7 +17,7 @@ cache-sized sub-blocks; the result does not depend on their size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -38,17 +38,45 @@ class Streams:
     # Per component: its members are whole samples (image-text), never cut (empty: none is).
     whole: tuple[bool, ...] = ()
     means: tuple[float, ...] = field(init=False)  # mean span per component, at least 1
+    # Per component: (first position, spans) shuffled ahead of the packer (see ``lengths``).
+    _ahead: dict[int, tuple[int, np.ndarray]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Computed once: packing asks for them every sub-block, and a mean reads every member.
         object.__setattr__(self, "means", tuple(max(float(x.mean()), 1.0) if x.size else 1.0
                                                 for x in self.doc_lengths))
+        object.__setattr__(self, "_ahead", {})
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (a worker process's) starts without the read-ahead: it need not travel.
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_ahead"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_ahead", {})
 
     def is_whole(self, k: int) -> bool:
         return bool(self.whole) and self.whole[k]
 
     def lengths(self, k: int, start: int, count: int) -> np.ndarray:
-        """Spans of the documents at stream positions ``[start, start + count)`` of component ``k``."""
+        """Spans of the documents at stream positions ``[start, start + count)`` of component ``k``
+        (read-only).
+
+        The packer asks for consecutive stretches of a few thousand positions; the shuffle has a
+        fixed cost per call (its cycle walk takes a dozen passes whatever the size), so they are
+        served from ``SHUFFLE_AHEAD`` positions shuffled at once. The same values either way.
+        """
+        if count > SHUFFLE_AHEAD:
+            return self._shuffled(k, start, count)
+        first, spans = self._ahead.get(k, (0, _NO_SPANS))
+        if not first <= start <= start + count <= first + spans.size:
+            first, spans = start, self._shuffled(k, start, SHUFFLE_AHEAD)
+            spans.flags.writeable = False
+            self._ahead[k] = (first, spans)
+        return spans[start - first: start - first + count]
+
+    def _shuffled(self, k: int, start: int, count: int) -> np.ndarray:
         members = self.doc_lengths[k]
         n = members.size
         out = np.empty(count, dtype=members.dtype)
@@ -61,6 +89,10 @@ class Streams:
             out[at - start: stop - start] = members[idx]
             at = stop
         return out
+
+
+SHUFFLE_AHEAD = 1 << 18  # stream positions of a component shuffled at once (512 KiB of uint16 spans)
+_NO_SPANS = np.zeros(0, np.uint16)
 
 
 @dataclass(slots=True, kw_only=True)
