@@ -67,13 +67,12 @@ class Streams:
         fixed cost per call (its cycle walk takes a dozen passes whatever the size), so they are
         served from ``SHUFFLE_AHEAD`` positions shuffled at once. The same values either way.
         """
-        if count > SHUFFLE_AHEAD:
-            return self._shuffled(k, start, count)
         first, spans = self._ahead.get(k, (0, _NO_SPANS))
         if not first <= start <= start + count <= first + spans.size:
-            first, spans = start, self._shuffled(k, start, SHUFFLE_AHEAD)
+            first, spans = start, self._shuffled(k, start, max(count, SHUFFLE_AHEAD))
             spans.flags.writeable = False
-            self._ahead[k] = (first, spans)
+            if count <= SHUFFLE_AHEAD:  # a larger request (parallel's segment starts) is not kept
+                self._ahead[k] = (first, spans)
         return spans[start - first: start - first + count]
 
     def _shuffled(self, k: int, start: int, count: int) -> np.ndarray:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mixtera.planner.compile.packing import _insert_sorted
+from mixtera.planner.compile import packing
+from mixtera.planner.compile.packing import Streams, _insert_sorted
 from mixtera.runtime.format.rank_frames import position_deltas, position_sums
 from mixtera.runtime.shuffle import _permute_network, _permute_tables, _round_tables, permute
 
@@ -29,6 +31,28 @@ def test_wide_streams_use_the_uint64_network() -> None:
     out = permute(x, n, 7)
     assert np.array_equal(out, _permute_network(x, n, (n - 1).bit_length(), 7))
     assert ((out >= 0) & (out < n)).all()
+
+
+def test_read_ahead_gives_the_spans_the_shuffle_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packing, "SHUFFLE_AHEAD", 50)  # small: requests straddle the read-ahead
+    rng = np.random.default_rng(5)
+    members = (rng.integers(20, 900, 37).astype(np.uint16), rng.integers(1, 9, 1000).astype(np.uint16))
+    streams = Streams(names=("a", "b"), doc_lengths=members, seed=3, unit="tokens")
+    plain = Streams(names=("a", "b"), doc_lengths=members, seed=3, unit="tokens")
+    at = [0, 0]
+    for _ in range(300):  # mostly forward, as the packer asks; sometimes back, across epochs, or large
+        k = int(rng.integers(0, 2))
+        count = int(rng.choice([1, 7, 30, 49, 50, 51, 120]))
+        at[k] = max(0, at[k] + int(rng.integers(-60, 40)))
+        got = streams.lengths(k, at[k], count)
+        assert np.array_equal(got, plain._shuffled(k, at[k], count))
+        assert not got.flags.writeable  # a view of the read-ahead: nobody may change it
+        at[k] += count
+    assert streams._ahead
+    copy = pickle.loads(pickle.dumps(streams))  # what a --processes worker gets
+    assert copy.names == streams.names and copy.means == streams.means and not copy._ahead
+    assert all(np.array_equal(a, b) for a, b in zip(copy.doc_lengths, members, strict=True))
+    assert np.array_equal(copy.lengths(1, 5, 20), plain._shuffled(1, 5, 20))
 
 
 @pytest.mark.parametrize("inserts", [0, 1, 5, 64, 65, 300])
