@@ -11,8 +11,10 @@
    x 4 sequences x 4,096 tokens (a global batch of 1,024 x 4,096) over the steps that use every
    document about once, and prints its peak RSS, wall time and the plan's file sizes; then, in
    this process, times the phases (load, prepare, packing alone) and packing + encoding + writing
-   the plan with each ``--processes`` count, printing entries/s (per process too), the speed-up
-   over the first count (the baseline, in this process) and whether the bytes equal the CLI's plan.
+   the plan with each ``--processes`` count, printing entries/s (per process too), entries per
+   CPU-second (this process and its workers) with the load average (the machine may be shared),
+   the speed-up over the first count (the baseline, in this process) and whether the bytes equal
+   the CLI's plan.
 3. ``rank``: compiles the same index for world sizes 8, 64 and 256 (the same per-rank batch of
    4 x 4,096 tokens, 200 steps: the global files, above all the sample table, are as large as in
    the full plan) and, in a fresh child process per world size, opens rank 0's ``PlanDataset`` and
