@@ -65,11 +65,15 @@ class Streams:
 
         The packer asks for consecutive stretches of a few thousand positions; the shuffle has a
         fixed cost per call (its cycle walk takes a dozen passes whatever the size), so they are
-        served from ``SHUFFLE_AHEAD`` positions shuffled at once. The same values either way.
+        served from up to ``SHUFFLE_AHEAD`` positions shuffled at once, never past the end of the
+        current epoch (a small component would otherwise shuffle thousands of epochs ahead). The
+        same values either way.
         """
         first, spans = self._ahead.get(k, (0, _NO_SPANS))
         if not first <= start <= start + count <= first + spans.size:
-            first, spans = start, self._shuffled(k, start, max(count, SHUFFLE_AHEAD))
+            n = self.doc_lengths[k].size  # ahead no further than the epoch's end: one permutation each
+            ahead = min(SHUFFLE_AHEAD, n - start % n) if n else 0
+            first, spans = start, self._shuffled(k, start, max(count, ahead))
             spans.flags.writeable = False
             if count <= SHUFFLE_AHEAD:  # a larger request (parallel's segment starts) is not kept
                 self._ahead[k] = (first, spans)

@@ -89,3 +89,13 @@ def test_npy_files_are_the_bytes_of_np_save(tmp_path: Path, arr: np.ndarray) -> 
     from mixtera.planner.compile.writer import _write_npy, npy_bytes
 
     assert _write_npy(tmp_path / "a.npy", arr).read_bytes() == npy_bytes(np.ascontiguousarray(arr))
+
+
+def test_read_ahead_stops_at_the_end_of_the_epoch() -> None:
+    # A small component read ahead SHUFFLE_AHEAD positions would shuffle thousands of epochs per
+    # call (the many-rank job's feedback rewrite took seconds for a 60-document component).
+    streams = Streams(names=("a",), doc_lengths=(np.arange(1, 61, dtype=np.uint16),), seed=3, unit="tokens")
+    streams.lengths(0, 70, 5)
+    first, spans = streams._ahead[0]
+    assert (first, spans.size) == (70, 50)  # to the end of epoch 1, not SHUFFLE_AHEAD
+    assert np.array_equal(streams.lengths(0, 118, 4), streams._shuffled(0, 118, 4))
