@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,12 @@ from tests.helpers import ROOT, SHARED
 settings.register_profile("ci", max_examples=100, deadline=None)
 settings.register_profile("long", max_examples=10_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# A suite started in the background by a non-interactive shell (`make test &`, nohup) inherits SIGINT
+# ignored, and so would every CLI process it starts: the tests that interrupt one with SIGINT, as
+# Ctrl-C would, then wait for nothing. An ignored SIGINT stays ignored across exec; a handler does not.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _require(path: Path) -> Path:
