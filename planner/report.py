@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mixtera.planner.compile.placed import component_use
 from mixtera.runtime.errors import PlanError
 from mixtera.runtime.format.plan_dir import QUOTAS, RANK_FILE_GLOB, WEIGHTS
 from mixtera.runtime.plan import Plan
@@ -156,8 +157,7 @@ def component_report(components: list[dict[str, Any]], rep: Replayed, compiled: 
                     "mean_target": float(weights[:, k].mean()) if weights.size else c["weight"],
                     "realized_share": float(used[k] / max(used.sum(), 1)),
                     "max_step_deviation": float(dev.max()), "max_deviation_step": int(dev.argmax()),
-                    "used": int(used[k]), "epochs": float(used[k] / size),
-                    "epochs_started": -(-int(used[k]) // size),
+                    **component_use(int(used[k]), size),
                     "compiled_realized_share": float(compiled_used[k] / max(compiled_used.sum(), 1)),
                     "compiled_used": int(compiled_used[k]),
                     "compiled_epochs": float(compiled_used[k] / size)})

@@ -77,11 +77,14 @@ class Placement:
         return run[-1] if run.size else used
 
 
+def component_use(used: int, size: int) -> dict[str, Any]:
+    """The manifest's (and inspect's) fields for ``used`` tokens or samples of a component whose epoch
+    holds ``size``."""
+    return {"used": used, "epochs": used / size, "epochs_started": -(-used // size)}
+
+
 def components_as_placed(components: list[dict[str, Any]], quotas: np.ndarray) -> list[dict[str, Any]]:
     """The manifest's component entries with ``used`` and the epochs of what ``quotas`` (as placed) hold,
     so that the manifest of an image plan agrees with its quotas.npy and rank files."""
-    placed = []
-    for c, used in zip(components, quotas.sum(axis=0).tolist(), strict=True):
-        size = int(c["size"])
-        placed.append({**c, "used": used, "epochs": used / size, "epochs_started": -(-used // size)})
-    return placed
+    return [{**c, **component_use(used, int(c["size"]))}
+            for c, used in zip(components, quotas.sum(axis=0).tolist(), strict=True)]

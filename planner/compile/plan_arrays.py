@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from mixtera.planner.compile.estimate import PlanEstimate, estimate_plan
 from mixtera.planner.compile.packing import PlanState, Streams, compact_lengths, plan_steps
-from mixtera.planner.compile.placed import Placement
+from mixtera.planner.compile.placed import Placement, component_use
 from mixtera.planner.compile.quotas import QuotaPlan, plan_quotas, weight_matrix
 from mixtera.planner.compile.selection import Selection, leaf_weights, select
 from mixtera.planner.compile.validation import hold_out
@@ -49,8 +49,8 @@ class ComponentInfo:
     def to_json(self, weight: float) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "stream": self.name, "where": self.where,
                 "weight": weight, "on_exhausted": self.on_exhausted, "first_row": self.first_row,
-                "rows": self.rows, "size": self.size, "used": self.used, "epochs": self.epochs,
-                "epochs_started": -(-self.used // self.size), "dropped": self.dropped,
+                "rows": self.rows, "size": self.size, **component_use(self.used, self.size),
+                "dropped": self.dropped,
                 "exhausted_at": self.exhausted_at, **({"whole": True} if self.whole else {})}
 
 

@@ -144,6 +144,13 @@ def scale_mixture(index: Path | str, steps: int, *, components: int = 16, world_
     """Mixture TOML over `write_scale_index`'s sources, natural weights (each takes its share)."""
     comps = "\n".join(f"[components.{s}]\nwhere = \"source == '{s}'\"\nweight = \"natural\"\n"
                       for s in scale_sources(components))
+    return _mixture_toml(index, comps, steps=steps, segment_steps=segment_steps, world_size=world_size,
+                         batch_size=batch_size, seq_len=seq_len, extra=extra)
+
+
+def _mixture_toml(index: Path | str, comps: str, *, steps: int, segment_steps: int, world_size: int,
+                  batch_size: int, seq_len: int, extra: str) -> str:
+    """The synthetic indexes' mixture TOML: seed 1, the topology, ``extra``, then ``comps``."""
     return f"""
 [mixture]
 index = "{index}"
@@ -180,15 +187,5 @@ def bench_mixture(index: Path | str, steps: int, *, batch: int, seq_len: int, ex
     """Mixture TOML over BENCH_SOURCES; ``extra`` is appended before the components."""
     comps = "\n".join(f"[components.{s}]\nwhere = \"source == '{s}'\"\nweight = {w}\n"
                       for s, w in zip(BENCH_SOURCES, BENCH_WEIGHTS, strict=True))
-    return f"""
-[mixture]
-index = "{index}"
-seed = 1
-steps = {steps}
-segment_steps = 100
-[topology]
-world_size = {world_size}
-batch_size = {batch}
-seq_len = {seq_len}
-{extra}
-{comps}"""
+    return _mixture_toml(index, comps, steps=steps, segment_steps=100, world_size=world_size,
+                         batch_size=batch, seq_len=seq_len, extra=extra)
