@@ -326,12 +326,12 @@ class TarReader:
     """WebDataset shards: one positioned read (``os.pread``) of each sample's span, split into its
     members; the file stays open, no shard is scanned. Thread-safe (pread has no file position)."""
 
-    remote: RemoteObject | None = None
-
     def __init__(self, entry: FileEntry, text_field: str | list[str], cache_dir: Path) -> None:
         self.entry = entry
         self.getter = text_getter(text_field)
-        self._fd = os.open(entry.path, os.O_RDONLY)
+        self.remote: RemoteObject | None = entry.remote
+        # An object has no descriptor: ObjectTarReader reads it through the block cache.
+        self._fd = os.open(entry.path, os.O_RDONLY) if entry.remote is None else -1
 
     def spans(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[bytes]:
         """The bytes of each sample's span, checked to be whole."""
@@ -374,12 +374,6 @@ class TarReader:
 class ObjectTarReader(TarReader):
     """WebDataset shards in an object: the samples' spans through the block cache (ranged GETs that
     insist on the plan's ETag, coalesced and read ahead like JSON lines)."""
-
-    def __init__(self, entry: FileEntry, text_field: str | list[str], cache_dir: Path) -> None:
-        self.entry = entry
-        self.getter = text_getter(text_field)
-        self.remote = entry.remote
-        self._fd = -1
 
     def ranges(self, offsets: Sequence[int], lengths: Sequence[int]) -> list[tuple[int, int]]:
         return _byte_ranges(offsets, lengths)
