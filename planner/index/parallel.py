@@ -128,7 +128,9 @@ def run_tasks(tasks: list[indexer.FileTask], workers: int, init_args: tuple[Any,
     except BaseException:  # Ctrl-C (or an error): stop the workers now rather than after their task
         shared.stop()
         _terminate_workers(pool)
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Wait for the terminated workers to be reaped (quick: SIGTERM ends them), so that none
+        # outlives the run, even one the executor was still starting.
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
 
