@@ -7,12 +7,11 @@ into sequences, hands sequences to ranks, and returns the entries with the state
 It leaves ``state.carry`` alone: quotas (and their rounding carry) are
 :mod:`mixtera.planner.compile.quotas`' job.
 
-Everything is vectorised (no per-entry Python): a component's stream is cut at step ends by
-inserting the few step ends into its document ends; the interleave is one stable sort of bucket
-keys that are already sorted runs (one per component); the step stream is cut at sequence ends by
-arithmetic on the running token offset (no search), and the hand-out to ranks is one gather per
-column per segment (sub-blocks are step-major, so they simply concatenate). Blocks are packed in
-cache-sized sub-blocks; the result does not depend on their size.
+No per-entry Python: the walks along the streams (cutting them at document and step ends), the
+interleave (a stable counting sort of bucket keys) and the cut of the step stream at sequence ends
+are compiled loops (:mod:`mixtera.planner.compile.kernels`), and the hand-out to ranks is one gather
+per column per segment (sub-blocks are step-major, so they simply concatenate). Blocks are packed in
+sub-blocks that bound the working set; the result does not depend on their size.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mixtera.planner.compile import kernels
 from mixtera.runtime.errors import ConfigError
 from mixtera.runtime.format.rank_frames import BlockEntries
 from mixtera.runtime.shuffle import epoch_key, permute
@@ -127,20 +127,26 @@ class PlanState:
 
 @dataclass(slots=True)
 class _Pieces:
-    """Entries of one component in a block, in stream order, before the interleave.
+    """Entries of every component in a block before the interleave: component-major, each
+    component's in stream order.
 
-    A piece is the part of one document that falls into one step. ``counts[s]`` pieces belong to
-    step ``s``; ``offset`` is a piece's progress (in units) through its step's quota, whose
-    interleave bucket is ``floor(offset / quota * pieces_in_step)``.
+    A piece is the part of one document that falls into one step. ``counts[k, s]`` pieces of
+    component ``k`` belong to step ``s``; ``offset`` is a piece's progress (in units) through its
+    step's quota, whose interleave bucket is ``floor(offset / quota * pieces_in_step)``.
     """
 
-    counts: np.ndarray  # int64 per step
+    counts: np.ndarray  # (components, steps) int64
+    quota: np.ndarray  # (steps, components) int64: the quotas the pieces fill
     offset: np.ndarray  # int64 per piece: units of the step's quota before the piece
-    quota: np.ndarray  # int64 per step
     position: np.ndarray  # int64 per piece: stream position
     start: np.ndarray  # int64 per piece: first token inside the document
     length: np.ndarray  # int64 per piece: tokens of the piece
-    doc_end: np.ndarray  # per piece: document span (to encode token_end = 0)
+    doc_end: np.ndarray  # int64 per piece: document span (to encode token_end = 0)
+
+    def component(self) -> np.ndarray:
+        """The component of every piece."""
+        dtype = np.uint16 if self.counts.shape[0] <= 2**16 else np.int64
+        return kernels.piece_components(self.counts, np.zeros(0, dtype))
 
 
 SUB_BLOCK_ENTRIES = 1 << 18  # entries packed at once: bounds the working set of a pack
@@ -206,73 +212,36 @@ def _pack(streams: Streams, state: PlanState, quotas: np.ndarray, world_size: in
     if streams.unit == "tokens" and any(streams.whole):
         return _pack_whole(streams, state, quotas, world_size, batch_size, seq_len, new)
     if streams.unit == "tokens":
-        # One component after the other: on threads the calls are too small to gain (most of their
-        # time holds the GIL) and they cost CPU; --processes is the way to use more cores.
-        results = [_token_pieces(streams, k, int(state.position[k]), int(state.consumed[k]), quotas[:, k])
-                   for k in range(k_count)]
-        pieces = [r[0] for r in results]
-        new.position[:] = [r[1] for r in results]
-        new.consumed[:] = [r[2] for r in results]
+        pieces = _token_pieces(streams, state, quotas, new)
     else:
-        pieces = [_sample_pieces(int(state.position[k]), quotas[:, k]) for k in range(k_count)]
+        pieces = _sample_pieces(state.position, quotas)
         new.position += quotas.sum(axis=0)
-    perm = _interleave(pieces, steps)
     if streams.unit == "tokens":
-        return _cut_sequences(pieces, perm, steps, world_size, batch_size, seq_len), new
+        return _cut_sequences(pieces, world_size, batch_size, seq_len), new
+    perm = kernels.interleave(pieces.counts, pieces.offset, pieces.quota)
     return _sample_cells(pieces, perm, steps, world_size, batch_size), new
 
 
-def _token_pieces(streams: Streams, k: int, pos: int, consumed: int,
-                  quota: np.ndarray) -> tuple[_Pieces, int, int]:
-    """Cut component ``k``'s token stream at document ends and at step ends.
-
-    Local coordinates count tokens from the start of the document at ``pos``; the block takes
-    ``[consumed, need)``. Step ends are few (one per step), so they are inserted into the sorted
-    document ends in O(documents), with no search or sort over the documents.
-    """
-    need = consumed + int(quota.sum())
-    if need == consumed:
-        empty = np.zeros(0, np.int64)
-        return (_Pieces(np.zeros(quota.size, np.int64), empty, quota, empty, empty, empty, empty), pos,
-                consumed)
-    lens, ends = _doc_ends(streams, k, pos, need)
-    live = np.flatnonzero(quota)  # steps with a zero quota get no piece
-    bound = consumed + np.cumsum(quota[live])  # strictly increasing, last == need
-    at = np.searchsorted(ends, bound, side="left")  # the document each step ends in (or on)
-    off = ends[at] != bound  # a step end inside a document cuts it in two
-    last = at + np.cumsum(off) - off  # index of every step's last piece
-    pieces = int(last[-1]) + 1
-    doc = _insert_sorted(np.arange(ends.size, dtype=np.int64), at[off], at[off])[:pieces]
-    cuts = _insert_sorted(ends, at[off], bound[off])[:pieces]
-    start = np.empty(pieces, np.int64)
-    start[0] = consumed
-    start[1:] = cuts[:-1]
-    doc_len = lens[doc]
-    begins = cuts if pieces == ends.size and not off.any() else None
-    begin = (ends[doc] if begins is None else begins) - doc_len
-    counts = np.zeros(quota.size, np.int64)
-    counts[live] = np.diff(last, prepend=-1)
-    step_first = np.repeat(bound - quota[live], counts[live])  # the quota's first unit, per piece
-    if cuts[-1] == ends[doc[-1]]:
-        new_pos, new_consumed = pos + int(doc[-1]) + 1, 0
-    else:
-        new_pos, new_consumed = pos + int(doc[-1]), need - int(begin[-1])
-    return (_Pieces(counts, start - step_first, quota, pos + doc, start - begin, cuts - start, doc_len),
-            new_pos, new_consumed)
-
-
-def _insert_sorted(values: np.ndarray, at: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """``np.insert(values, at, new)`` for sorted ``at``; a few inserts are slice copies."""
-    if at.size > 64:
-        return np.insert(values, at, new)
-    out = np.empty(values.size + at.size, values.dtype)
-    prev = 0
-    for j, (a, v) in enumerate(zip(at.tolist(), new.tolist(), strict=True)):
-        out[prev + j: a + j] = values[prev:a]
-        out[a + j] = v
-        prev = a
-    out[prev + at.size:] = values[prev:]
-    return out
+def _token_pieces(streams: Streams, state: PlanState, quotas: np.ndarray, new: PlanState,
+                  text: np.ndarray | None = None) -> _Pieces:
+    """Cut the token streams of the components (those in ``text`` if given; the others get no
+    piece) at document ends and at step ends, from ``state`` on; their state after the block goes
+    to ``new``."""
+    k_count = quotas.shape[1]
+    text = np.ones(k_count, bool) if text is None else text
+    quotas = np.where(text[None, :], quotas, 0)
+    given = quotas.sum(axis=0)
+    need = state.consumed + given
+    spans = [_doc_ends(streams, k, int(state.position[k]), int(need[k]))[0] if given[k] else _NO_SPANS
+             for k in range(k_count)]  # each reaches its component's need: the loop relies on it
+    first = np.zeros(k_count + 1, np.int64)
+    np.cumsum([x.size for x in spans], out=first[1:])
+    lens = np.concatenate(spans).astype(np.int64) if spans else np.zeros(0, np.int64)
+    position, start, length, doc_end, offset, counts, pos, consumed = kernels.token_pieces(
+        lens, first, state.position, state.consumed, np.ascontiguousarray(quotas))
+    new.position[text], new.consumed[text] = pos[text], consumed[text]
+    return _Pieces(counts=counts, quota=quotas, offset=offset, position=position, start=start,
+                   length=length, doc_end=doc_end)
 
 
 def _doc_ends(streams: Streams, k: int, pos: int, need: int) -> tuple[np.ndarray, np.ndarray]:
@@ -290,114 +259,45 @@ def _doc_ends(streams: Streams, k: int, pos: int, need: int) -> tuple[np.ndarray
     return lens[:stop], ends[:stop]
 
 
-def _sample_pieces(pos: int, quota: np.ndarray) -> _Pieces:
-    total = int(quota.sum())
-    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(quota) - quota, quota)
+def _sample_pieces(position: np.ndarray, quotas: np.ndarray) -> _Pieces:
+    """Every component's next samples, one piece each (component-major)."""
+    counts = np.ascontiguousarray(quotas.T)
+    per_comp = counts.sum(axis=1)
+    total = int(per_comp.sum())
+    comp_first = np.cumsum(per_comp) - per_comp
+    flat = counts.ravel()
+    piece = np.arange(total, dtype=np.int64)
+    within_step = piece - np.repeat(np.cumsum(flat) - flat, flat)  # the sample's place in its step
+    within_comp = piece - np.repeat(comp_first, per_comp)
     zeros = np.zeros(total, np.int64)
-    return _Pieces(quota.copy(), within, quota, pos + np.arange(total, dtype=np.int64), zeros, zeros, zeros)
+    return _Pieces(counts=counts, quota=np.ascontiguousarray(quotas), offset=within_step,
+                   position=np.repeat(position, per_comp) + within_comp, start=zeros, length=zeros,
+                   doc_end=zeros)
 
 
-def _interleave(pieces: list[_Pieces], steps: int) -> np.ndarray:
-    """Merge the components' entries inside every step by their progress through their quota.
-
-    Step ``s`` with ``n_s`` entries gets ``n_s`` buckets; an entry lands in bucket
-    ``floor(frac * n_s)``, buckets keep component order, and a component keeps its stream order, so
-    any stretch of the step holds every component in proportion. A component's buckets never
-    decrease, so the stable sort of the concatenated buckets merges sorted runs. Returns ``perm``:
-    merged slot -> index in the concatenated (component-major) pieces.
-    """
-    per_step = np.zeros(steps, np.int64)
-    for p in pieces:
-        per_step += p.counts
-    step_off = np.cumsum(per_step) - per_step
-    buckets = np.empty(int(per_step.sum()), np.int64)
-    at = 0
-    for p in pieces:
-        # One repeat of the step index, then lookups in the per-step arrays (cheaper than a repeat each).
-        step = np.repeat(np.arange(steps), p.counts)
-        n = per_step[step]
-        frac = p.offset / p.quota[step]
-        frac *= n
-        b = buckets[at: at + step.size]
-        np.minimum(frac.astype(np.int64), n - 1, out=b)
-        b += step_off[step]
-        at += step.size
-    return np.argsort(buckets, kind="stable")
-
-
-def _concat(pieces: list[_Pieces], name: str) -> np.ndarray:
-    return np.concatenate([getattr(p, name) for p in pieces])
-
-
-def _components(pieces: list[_Pieces]) -> np.ndarray:
-    dtype = np.uint16 if len(pieces) <= 2**16 else np.int64
-    return np.repeat(np.arange(len(pieces), dtype=dtype), [p.position.size for p in pieces])
-
-
-def _cut_sequences(pieces: list[_Pieces], perm: np.ndarray, steps: int, world_size: int, batch_size: int,
-                   seq_len: int) -> _StepMajor:
-    """Split the merged pieces at sequence boundaries; sequence ``j`` of a step goes to rank
-    ``j // batch_size``, so a (step, rank) cell is a contiguous stretch of the step."""
-    length = _concat(pieces, "length")[perm]
-    stop = np.cumsum(length)  # offsets in the block's token stream
-    total = int(stop[-1])
-    # Sequence boundaries are the multiples of seq_len: a piece ending at `stop` has crossed
-    # floor(stop / seq_len) of them (float division is exact here: stop < 2**50), and each one
-    # inside it (not on its end) cuts it. No search over the pieces is needed.
-    crossed = (stop / seq_len).astype(np.int64) if total < 2**50 else stop // seq_len
-    on = crossed * seq_len == stop
-    splits = np.empty_like(crossed)
-    splits[0] = crossed[0]
-    np.subtract(crossed[1:], crossed[:-1], out=splits[1:])
-    splits -= on
-    n_split = int(splits.sum())
-    entry_piece = np.repeat(np.arange(perm.size), splits + 1) if n_split else None
-    end = stop[entry_piece] if n_split else stop.copy()
-    if n_split:
-        is_cut = np.ones(total // seq_len + 1, bool)  # boundary k * seq_len, k < total / seq_len
-        is_cut[crossed[on]] = False
-        is_cut[0] = False
-        cut_at_bound = np.flatnonzero(is_cut[:-1]) * seq_len
-        end[np.repeat(np.arange(perm.size), splits) + np.arange(n_split)] = cut_at_bound
-    begin = np.empty_like(end)
-    begin[0] = 0
-    begin[1:] = end[:-1]
-    cells = steps * world_size
-    cell_first = np.searchsorted(begin, np.arange(cells, dtype=np.int64) * (seq_len * batch_size), "left")
-    counts = np.diff(cell_first, append=begin.size).reshape(steps, world_size)
-    shift = _concat(pieces, "start")[perm]  # token coordinate minus stream offset
-    shift -= stop
-    shift += length
-    src = perm if entry_piece is None else perm[entry_piece]
-    if entry_piece is not None:
-        shift = shift[entry_piece]
-    begin += shift
-    end += shift
-    token_end = end.astype(np.uint32)
-    token_end[end == _concat(pieces, "doc_end")[src]] = 0  # a document's end is encoded as 0
-    return _StepMajor(counts=counts, component=_components(pieces)[src],
-                      position=_concat(pieces, "position")[src], token_start=begin.astype(np.uint32),
+def _cut_sequences(pieces: _Pieces, world_size: int, batch_size: int, seq_len: int) -> _StepMajor:
+    """Interleave every step's pieces and split them at sequence boundaries; sequence ``j`` of a step
+    goes to rank ``j // batch_size``, so a (step, rank) cell is a contiguous stretch of the step."""
+    counts, component, position, token_start, token_end = kernels.cut_sequences(
+        pieces.counts, pieces.offset, pieces.quota, pieces.component(), pieces.position, pieces.start,
+        pieces.length, pieces.doc_end, world_size, batch_size, seq_len)
+    return _StepMajor(counts=counts, component=component, position=position, token_start=token_start,
                       token_end=token_end)
 
 
-def _sample_cells(pieces: list[_Pieces], perm: np.ndarray, steps: int, world_size: int,
+def _sample_cells(pieces: _Pieces, perm: np.ndarray, steps: int, world_size: int,
                   batch_size: int) -> _StepMajor:
     # Every step holds exactly world_size * batch_size samples: entry i is in cell i // batch_size.
     zeros = np.zeros(perm.size, np.uint32)
     return _StepMajor(counts=np.full((steps, world_size), batch_size, np.int64),
-                      component=_components(pieces)[perm], position=_concat(pieces, "position")[perm],
+                      component=pieces.component()[perm], position=pieces.position[perm],
                       token_start=zeros, token_end=zeros)
 
 
 def rank_major_gather(counts: np.ndarray, steps: int, world_size: int) -> np.ndarray:
     """For entries sorted by cell ``step * world_size + rank`` with ``counts`` (steps, world_size),
     the gather that lists them rank-major (rank 0's steps, then rank 1's ...)."""
-    by_cell = counts.ravel()
-    cell_start = np.cumsum(by_cell) - by_cell
-    rm_counts = counts.T.ravel()
-    rm_start = np.cumsum(rm_counts) - rm_counts
-    shift = cell_start.reshape(steps, world_size).T.ravel() - rm_start
-    return np.arange(rm_start[-1] + rm_counts[-1] if rm_counts.size else 0) + np.repeat(shift, rm_counts)
+    return kernels.rank_major_gather(np.ascontiguousarray(counts, dtype=np.int64).reshape(steps, world_size))
 
 
 def rank_major_order(cell: np.ndarray, steps: int, world_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -452,16 +352,8 @@ def _pack_whole(streams: Streams, state: PlanState, quotas: np.ndarray, world_si
     if placed.lagging is not None:
         raise placed.lagging
     text_q[rows, filler] += room - text_q.sum(axis=1)
-    pieces = []
-    for k in range(k_count):
-        if whole[k]:
-            empty = np.zeros(0, np.int64)
-            pieces.append(_Pieces(np.zeros(steps, np.int64), empty, text_q[:, k], empty, empty, empty, empty))
-            continue
-        p, new.position[k], new.consumed[k] = _token_pieces(streams, k, int(state.position[k]),
-                                                            int(state.consumed[k]), text_q[:, k])
-        pieces.append(p)
-    perm = _interleave(pieces, steps)
+    pieces = _token_pieces(streams, state, text_q, new, text=~whole)
+    perm = kernels.interleave(pieces.counts, pieces.offset, pieces.quota)
     return _merge_sequences(pieces, perm, placed, steps, world_size, batch_size, k_count), new
 
 
@@ -591,20 +483,20 @@ def _lagging(streams: Streams, k: int, step: int, lag: int, seqs: int, seq_len: 
         "lower its weight, raise seq_len or batch_size, or lower [mixture] image_tokens")
 
 
-def _merge_sequences(pieces: list[_Pieces], perm: np.ndarray, placed: _Placed, steps: int,
+def _merge_sequences(pieces: _Pieces, perm: np.ndarray, placed: _Placed, steps: int,
                      world_size: int, batch_size: int, k_count: int) -> _StepMajor:
     """Every sequence: its whole samples in placement order, then its room of text (cut there).
 
     Every entry's place is counted, not sorted for: before a text entry come the text entries before
     it and the whole samples of its sequence and the earlier ones."""
-    length = _concat(pieces, "length")[perm]
+    length = pieces.length[perm]
     stop = np.cumsum(length)
     cuts, piece, seq = _text_cuts(stop, np.cumsum(placed.room.ravel()))
     begin = np.concatenate([[0], cuts])[:-1].astype(np.int64)
-    shift = (_concat(pieces, "start")[perm] - (stop - length))[piece]
+    shift = (pieces.start[perm] - (stop - length))[piece]
     src = perm[piece]
     t_begin, t_end = begin + shift, cuts + shift
-    doc_end = _concat(pieces, "doc_end")[src]
+    doc_end = pieces.doc_end[src]
     n_seq = placed.room.size
     img_per_seq = np.bincount(placed.sequence, minlength=n_seq)
     per_seq = img_per_seq + np.bincount(seq, minlength=n_seq)
@@ -621,8 +513,8 @@ def _merge_sequences(pieces: list[_Pieces], perm: np.ndarray, placed: _Placed, s
     n_img = placed.component.size
     zeros = np.zeros(n_img, np.uint32)
     counts = per_seq.reshape(steps * world_size, batch_size).sum(axis=1).reshape(steps, world_size)
-    return _StepMajor(counts=counts, component=merged(placed.component, _components(pieces)[src], comp_dtype),
-                      position=merged(placed.position, _concat(pieces, "position")[src], np.int64),
+    return _StepMajor(counts=counts, component=merged(placed.component, pieces.component()[src], comp_dtype),
+                      position=merged(placed.position, pieces.position[src], np.int64),
                       token_start=merged(zeros, t_begin, np.uint32),
                       token_end=merged(zeros, np.where(t_end == doc_end, 0, t_end), np.uint32))
 
