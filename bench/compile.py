@@ -40,6 +40,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.helpers: the builders the tests use too
 
+from bench.scale import warm_up_kernels  # noqa: E402
 from mixtera.planner.compile.packing import PlanState, Streams, compact_lengths, plan_steps  # noqa: E402
 from mixtera.planner.compile.pipeline import manifest_of, needed_columns  # noqa: E402
 from mixtera.planner.compile.plan_arrays import CompiledPlan, compile_plan  # noqa: E402
@@ -180,6 +181,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=0,
                     help="benchmark packing this many whole image-text samples beside text instead")
     args = ap.parse_args()
+    t0 = time.perf_counter()
+    warm_up_kernels()
+    print(f"numba: the packing loops loaded in {time.perf_counter() - t0:.2f} s (once per process, not in "
+          "the rates below; the first run on a machine compiles them)")
     if args.images:
         image_case(args.images, args.profile)
         return

@@ -210,3 +210,51 @@ def rank_major_gather(counts: np.ndarray) -> np.ndarray:
                 order[j] = i
                 j += 1
     return order
+
+
+@njit(cache=True)
+def worst_fit_decreasing(sizes: np.ndarray, world_size: int, batch_size: int, seq_len: int,
+                         seq: np.ndarray, room: np.ndarray) -> int:
+    """Whole samples into a step's sequences: longest first (stream order among equals), each into
+    the sequence with the most room left; ties go round the ranks (sequence 0 of every rank, then
+    sequence 1, ...), so every rank gets image samples when the step has as many as ranks.
+
+    Writes every sample's sequence into ``seq`` and every sequence's room left into ``room``;
+    returns the index of the first sample that fits nowhere, or -1 when all fit. The sequences
+    wait in a max-heap keyed by (room, tie order): O(log sequences) per sample.
+    """
+    seqs = world_size * batch_size
+    key = np.empty(seqs, np.int64)  # room * seqs + tie order: all distinct, larger is preferred
+    heap = np.empty(seqs, np.int64)  # sequences, a max-heap by key
+    for j in range(seqs):
+        tie = seqs - 1 - ((j % batch_size) * world_size + j // batch_size)
+        key[j] = seq_len * seqs + tie
+    for t in range(seqs):  # all rooms are equal: descending tie order, a valid heap
+        heap[t] = (t % world_size) * batch_size + t // world_size  # the sequence of tie order seqs - 1 - t
+    order = np.argsort(-sizes, kind="mergesort")  # stable: stream order among equals
+    for i in order:
+        best = heap[0]
+        left = key[best] // seqs - sizes[i]
+        if left < 0:
+            return i
+        seq[i] = best
+        key[best] -= sizes[i] * seqs
+        _sift_down(heap, key, 0)
+    for j in range(seqs):
+        room[j] = key[j] // seqs
+    return -1
+
+
+@njit(cache=True)
+def _sift_down(heap: np.ndarray, key: np.ndarray, at: int) -> None:
+    n = heap.size
+    while True:
+        child = 2 * at + 1
+        if child >= n:
+            return
+        if child + 1 < n and key[heap[child + 1]] > key[heap[child]]:
+            child += 1
+        if key[heap[child]] <= key[heap[at]]:
+            return
+        heap[at], heap[child] = heap[child], heap[at]
+        at = child

@@ -416,39 +416,13 @@ def _place_whole(streams: Streams, state: PlanState, quotas: np.ndarray, whole: 
 
 def _worst_fit_decreasing(sizes: np.ndarray, world_size: int, batch_size: int,
                           seq_len: int) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """Longest first, each into the sequence with the most room; ties go round the ranks (sequence 0
-    of every rank, then sequence 1, ...), so every rank gets image samples when the step has as many
-    as ranks. Returns the sequence of every sample, every sequence's room left, and the index of the
-    first sample that fits nowhere (None when all fit).
-
-    Computed in rounds: the next samples (longest first) go one each to the sequences in order of
-    preference (most room, then the tie order) for as long as no sequence filled earlier in the
-    round would be preferred again; that is exactly the one-by-one greedy, and with samples of
-    similar spans a round places as many samples as there are sequences."""
-    seqs = world_size * batch_size
-    j = np.arange(seqs, dtype=np.int64)
-    rank_order = seqs - 1 - ((j % batch_size) * world_size + j // batch_size)  # larger: preferred
-    room = np.full(seqs, seq_len, np.int64)
-    longest = np.argsort(-sizes, kind="stable")  # stable: stream order among equals
+    """The sequence of every sample, every sequence's room left, and the index of the first sample
+    that fits nowhere (None when all fit): :func:`kernels.worst_fit_decreasing`."""
     seq = np.zeros(sizes.size, np.int64)
-    at = 0
-    while at < longest.size:
-        key = room * seqs + rank_order  # one per sequence, all distinct: larger is preferred
-        bins = np.argsort(-key)[: min(seqs, longest.size - at)]
-        take = longest[at: at + bins.size]
-        size = sizes[take]
-        after = (room[bins] - size) * seqs + rank_order[bins]
-        # Sample i goes to bins[i] while no bin filled before it in this round is preferred to it.
-        fine = np.ones(bins.size, bool)
-        fine[1:] = np.maximum.accumulate(after)[:-1] < key[bins[1:]]
-        count = int(np.argmin(fine)) if not fine.all() else bins.size
-        misfit = np.flatnonzero(size[:count] > room[bins[:count]])
-        if misfit.size:
-            return seq, np.zeros(seqs, np.int64), int(take[misfit[0]])
-        seq[take[:count]] = bins[:count]
-        room[bins[:count]] -= size[:count]
-        at += count
-    return seq, room, None
+    room = np.zeros(world_size * batch_size, np.int64)
+    failed = kernels.worst_fit_decreasing(np.asarray(sizes, np.int64), world_size, batch_size, seq_len, seq,
+                                          room)
+    return seq, room, None if failed < 0 else failed
 
 
 def _candidates(comps: list[int], quota: np.ndarray, lens: dict[int, np.ndarray], ends: dict[int, np.ndarray],

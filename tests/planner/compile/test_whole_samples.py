@@ -421,7 +421,7 @@ def _greedy_worst_fit(sizes: list[int], world_size: int, batch_size: int,
     return seq, room, None
 
 
-def test_worst_fit_in_rounds_is_the_one_by_one_greedy() -> None:
+def test_worst_fit_is_the_one_by_one_greedy() -> None:
     rng = np.random.default_rng(11)
     outcomes = set()
     for _ in range(300):
