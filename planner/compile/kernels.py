@@ -8,8 +8,9 @@ Numba compiles them once per machine (``cache=True`` keeps the machine code besi
 numba's user cache where that is read-only); arithmetic is IEEE double and int64 as in numpy, so
 the results are the bytes the array programs gave.
 
-The callers (:mod:`mixtera.planner.compile.packing`) check every size these loops rely on: numba
-does not check array bounds.
+Numba does not check array bounds: the callers (:mod:`mixtera.planner.compile.packing`) pass
+what the loops rely on, above all spans that cover the quotas (``packing._doc_ends``). Spans are at
+least 1 (the selection drops empty documents).
 """
 
 from __future__ import annotations

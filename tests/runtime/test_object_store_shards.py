@@ -75,6 +75,25 @@ def test_documents_with_images_from_s3_equal_the_local_replay(s3_server: Any, tm
     assert _images_in(got) == 2 * 6 * 2  # half of each rank's 4 samples per step are images
     assert all("media" in d for rank in got for step in rank for d in step if d["domain"] == "img")
     assert_same_steps(_documents(remote, tmp_path / "w", workers=2), want)  # forked workers read from S3 too
+    _assert_documents_resume_exactly(remote, tmp_path / "resume", stop=3)
+
+
+def _assert_documents_resume_exactly(plan: Path, cache: Path, stop: int) -> None:
+    """Rank 1 stopped after ``stop`` steps (2 loader workers) and resumed from its state (1 worker)
+    gives exactly the documents of an uninterrupted run, decoded images included."""
+    def make() -> PlanDataset:
+        return PlanDataset(plan, rank=1, world_size=2, output="documents", decode_images=True,
+                           cache_dir=cache)
+
+    whole = list(make().loader(num_workers=2))
+    first = make()
+    it = iter(first.loader(num_workers=2))
+    head = [next(it) for _ in range(stop)]
+    state = first.state_dict()
+    del it
+    again = make()
+    again.load_state_dict(state)
+    assert_same_steps([head + list(again.loader(num_workers=1))], [whole])
 
 
 @pytest.fixture(scope="module")
