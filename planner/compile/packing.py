@@ -206,18 +206,16 @@ def _to_block(parts: list[_StepMajor], steps: int, world_size: int, first_step: 
 
 def _pack(streams: Streams, state: PlanState, quotas: np.ndarray, world_size: int, batch_size: int,
           seq_len: int) -> tuple[_StepMajor, PlanState]:
-    steps, k_count = quotas.shape
+    steps = quotas.shape[0]
     new = PlanState(step=state.step + steps, position=state.position.copy(),
                     consumed=state.consumed.copy(), carry=state.carry.copy())
     if streams.unit == "tokens" and any(streams.whole):
         return _pack_whole(streams, state, quotas, world_size, batch_size, seq_len, new)
     if streams.unit == "tokens":
         pieces = _token_pieces(streams, state, quotas, new)
-    else:
-        pieces = _sample_pieces(state.position, quotas)
-        new.position += quotas.sum(axis=0)
-    if streams.unit == "tokens":
         return _cut_sequences(pieces, world_size, batch_size, seq_len), new
+    pieces = _sample_pieces(state.position, quotas)
+    new.position += quotas.sum(axis=0)
     perm = kernels.interleave(pieces.counts, pieces.offset, pieces.quota)
     return _sample_cells(pieces, perm, steps, world_size, batch_size), new
 
