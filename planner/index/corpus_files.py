@@ -405,7 +405,8 @@ class _ForwardFile:
     """A shard streamed from a store as the seekable file tarfile wants. It reads the stream in
     `READ_BYTES` blocks (tarfile asks for 512-byte headers: one store read each would cost far more
     than the bytes) and keeps what a seek back may want: tarfile steps back one byte before a header
-    and one block at the archive's end, never more than `REWIND`. A seek forward reads past the bytes
+    and one block at the archive's end, so a seek back to at most `REWIND` before the furthest
+    position reached is served, and one further back is an error. A seek forward reads past the bytes
     in between (they are still hashed). Memory: a block and the kept tail, whatever the shard's size
     (and a member asked for whole, while it is read)."""
 

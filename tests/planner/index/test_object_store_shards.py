@@ -133,16 +133,19 @@ def test_a_damaged_shard_in_s3_is_named_as_locally(s3_server: Any, tmp_path: Pat
 def test_the_forward_file_reads_as_a_seekable_file_and_hashes_every_byte(
     size: int, seed: int, moves: list[tuple[int, int]]
 ) -> None:
-    """Seeks forward (any distance) or back (at most REWIND behind the position), then a read: the
-    bytes a seekable file gives; the stream's hash is that of all its bytes, skipped ones too."""
+    """Seeks forward (any distance) or back (at most REWIND behind the furthest position reached),
+    then a read: the bytes a seekable file gives; the stream's hash is that of all its bytes,
+    skipped ones too."""
     data = random.Random(seed).randbytes(size)
     src = HashingReader(io.BytesIO(data))
     stream = _ForwardFile(src)
+    furthest = 0
     for step, n in moves:
-        pos = max(stream.tell() + step, 0)
+        pos = max(stream.tell() + step, furthest - _ForwardFile.REWIND, 0)
         assert stream.seek(pos) == pos
         assert stream.read(n) == data[pos : pos + n]
         assert stream.tell() == min(pos + n, max(size, pos))
+        furthest = max(furthest, stream.tell())
     assert src.drain() == bytes_content_hash(data)
 
 
