@@ -195,11 +195,9 @@ def expected_step(plan: ImagePlan, rank: int, step: int, size: tuple[int, int] |
 IMAGE_BATCH_KEYS = ("input_ids", "labels", "domain_ids", "image_positions", "images", "step")
 
 
-def assert_resumes_exactly(make: Callable[[], Any], stop: int) -> None:
-    """A dataset from ``make()`` stopped after ``stop`` steps (2 loader workers) and resumed from its
-    state (1 worker) gives exactly the batches of an uninterrupted run, images included."""
-    import torch
-
+def stopped_and_resumed(make: Callable[[], Any], stop: int) -> tuple[list[Any], list[Any]]:
+    """The steps of a dataset from ``make()`` stopped after ``stop`` steps (2 loader workers) and
+    resumed from its state (1 worker), and those of an uninterrupted run."""
     whole = list(make().loader(num_workers=2))
     first = make()
     it = iter(first.loader(num_workers=2))
@@ -208,8 +206,16 @@ def assert_resumes_exactly(make: Callable[[], Any], stop: int) -> None:
     del it
     again = make()
     again.load_state_dict(state)
-    tail = list(again.loader(num_workers=1))
-    assert len(head) + len(tail) == len(whole)
-    for got, want in zip(head + tail, whole, strict=True):
+    return head + list(again.loader(num_workers=1)), whole
+
+
+def assert_resumes_exactly(make: Callable[[], Any], stop: int) -> None:
+    """Stopped and resumed (``stopped_and_resumed``), a token dataset gives exactly the batches of an
+    uninterrupted run, images included."""
+    import torch
+
+    resumed, whole = stopped_and_resumed(make, stop)
+    assert len(resumed) == len(whole)
+    for got, want in zip(resumed, whole, strict=True):
         for key in IMAGE_BATCH_KEYS:
             assert torch.equal(got[key], want[key]), key

@@ -20,7 +20,7 @@ from mixtera.runtime.object_reads import block_cache, read_stats
 from mixtera.runtime.readers import FileEntry, ObjectTarReader, open_reader
 from mixtera.runtime.storage import corpus_location
 from tests.helpers import ROOT, SHARED
-from tests.helpers.image_plans import assert_resumes_exactly
+from tests.helpers.image_plans import assert_resumes_exactly, stopped_and_resumed
 from tests.helpers.runtime_plans import assert_same_steps
 from tests.helpers.shards import image_samples, mixed_corpus, mixture_toml, write_shard
 
@@ -79,21 +79,14 @@ def test_documents_with_images_from_s3_equal_the_local_replay(s3_server: Any, tm
 
 
 def _assert_documents_resume_exactly(plan: Path, cache: Path, stop: int) -> None:
-    """Rank 1 stopped after ``stop`` steps (2 loader workers) and resumed from its state (1 worker)
-    gives exactly the documents of an uninterrupted run, decoded images included."""
+    """Rank 1 stopped and resumed gives exactly the documents of an uninterrupted run, decoded
+    images included."""
     def make() -> PlanDataset:
         return PlanDataset(plan, rank=1, world_size=2, output="documents", decode_images=True,
                            cache_dir=cache)
 
-    whole = list(make().loader(num_workers=2))
-    first = make()
-    it = iter(first.loader(num_workers=2))
-    head = [next(it) for _ in range(stop)]
-    state = first.state_dict()
-    del it
-    again = make()
-    again.load_state_dict(state)
-    assert_same_steps([head + list(again.loader(num_workers=1))], [whole])
+    resumed, whole = stopped_and_resumed(make, stop)
+    assert_same_steps(resumed, whole)
 
 
 @pytest.fixture(scope="module")
