@@ -234,7 +234,7 @@ def _token_pieces(streams: Streams, state: PlanState, quotas: np.ndarray, new: P
              for k in range(k_count)]  # each reaches its component's need: the loop relies on it
     first = np.zeros(k_count + 1, np.int64)
     np.cumsum([x.size for x in spans], out=first[1:])
-    lens = np.concatenate(spans).astype(np.int64) if spans else np.zeros(0, np.int64)
+    lens = np.concatenate(spans).astype(np.int64)
     position, start, length, doc_end, offset, counts, pos, consumed = kernels.token_pieces(
         lens, first, state.position, state.consumed, np.ascontiguousarray(quotas))
     new.position[text], new.consumed[text] = pos[text], consumed[text]

@@ -183,7 +183,7 @@ def write_plan(out: Path | str, *, manifest: dict[str, Any], samples: np.ndarray
         frames: list[list[EncodedSegment]] = [[] for _ in range(world)]
         segments, entries = [], 0
         for k, seg in enumerate(_encode(blocks, pool, placement) if packed is None else packed):
-            if placement is not None and seg.placed is not None:
+            if seg.placed is not None:  # only with placement: packed segments carry none
                 used = placement.check(seg.placed, seg.first_step, used)
                 quotas[seg.first_step: seg.first_step + seg.steps] = seg.placed
             for per_rank, enc in zip(frames, seg.frames, strict=True):
